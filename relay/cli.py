@@ -1,0 +1,203 @@
+"""The ``relay`` command: thin click wrappers around the modules that do the work.
+
+A user mistake (bad config, busy port, unreachable target) ends with one line
+on standard error and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import click
+import trio
+
+from relay import __version__, app, config, sender
+from relay.errors import ConfigErrors, RelayError
+
+log = logging.getLogger("relay")
+
+ENDPOINT_HELP = (
+    "Endpoint URLs: udp://HOST:PORT, tcp://HOST:PORT, unix:///PATH (inputs), "
+    "file:///PATH or file:- for standard output (outputs)."
+)
+
+
+class _UTCFormatter(logging.Formatter):
+    converter = time.gmtime
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", self.converter(record.created))
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_UTCFormatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("relay")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def _fail(message: str, status: int = 1) -> NoReturn:
+    click.echo(f"relay: {message}", err=True)
+    sys.exit(status)
+
+
+def _leaf_errors(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaf_errors(sub)]
+    return [exc]
+
+
+def _run_trio(main: Callable[..., Any], *args: Any) -> Any:
+    """trio.run, translating our errors (even inside exception groups) to one line."""
+    try:
+        return trio.run(main, *args)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except BaseException as exc:
+        leaves = _leaf_errors(exc)
+        ours = [e for e in leaves if isinstance(e, RelayError)]
+        if ours and len(ours) == len(leaves):
+            _fail("\n".join(f"error: {e}" for e in ours))
+        raise
+
+
+def _load(config_file: str | None, inputs: Sequence[str], outputs: Sequence[str]) -> config.Config:
+    try:
+        base = config.load(config_file) if config_file else config.default_config()
+        return config.with_endpoints(base, list(inputs), list(outputs),
+                                     replace=config_file is None)
+    except ConfigErrors as exc:
+        _fail("\n".join(f"error: {e}" for e in exc.errors))
+
+
+_config_option = click.option(
+    "-c", "--config", "config_file", metavar="FILE",
+    type=click.Path(dir_okay=False), help="TOML configuration file (see relay.toml(5)).",
+)
+_input_option = click.option(
+    "--input", "inputs", metavar="URL", multiple=True,
+    help="Listen on this endpoint (repeatable), e.g. udp://0.0.0.0:514.",
+)
+_output_option = click.option(
+    "--output", "outputs", metavar="URL", multiple=True,
+    help="Forward to this endpoint (repeatable), e.g. tcp://collector:514.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="relay")
+def main() -> None:
+    """relay: a syslog relay server.
+
+    Receives RFC 5424 and RFC 3164 syslog over UDP, TCP and unix sockets and
+    forwards it to upstream collectors, each output behind its own queue.
+    See relay(8) and relay.toml(5).
+    """
+
+
+@main.command()
+@_config_option
+@_input_option
+@_output_option
+@click.option("--stop-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="How long a stop may spend delivering what is queued [default: 30].")
+@click.option("--log-level", type=click.Choice(config.LOG_LEVELS),
+              help="Least severe level of the relay's own log [default: info].")
+def run(config_file: str | None, inputs: tuple[str, ...], outputs: tuple[str, ...],
+        stop_timeout: float | None, log_level: str | None) -> None:
+    """Run the relay in the foreground until SIGTERM or SIGINT.
+
+    With no options it listens on udp://127.0.0.1:5514 and tcp://127.0.0.1:5514
+    and writes every message to standard output. --input and --output add
+    endpoints to the config file's; without a config file they replace the
+    built-in defaults of their kind.
+
+    \b
+    Examples:
+      relay run
+      relay run -c /etc/relay/relay.toml
+      relay run --input udp://0.0.0.0:514 --input tcp://0.0.0.0:514 \\
+                --output tcp://collector.example.net:514
+    """
+    cfg = _load(config_file, inputs, outputs)
+    overrides: dict[str, Any] = {}
+    if stop_timeout is not None:
+        overrides["stop_timeout"] = stop_timeout
+    if log_level is not None:
+        overrides["log_level"] = log_level
+    if overrides:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, **overrides)
+    _setup_logging(cfg.log_level)
+    status = _run_trio(app.run, cfg)
+    sys.exit(status)
+
+
+run.epilog = ENDPOINT_HELP
+
+
+@main.command()
+@_config_option
+@_input_option
+@_output_option
+def check(config_file: str | None, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
+    """Validate a configuration and exit: 0 if valid, 1 with one line per mistake.
+
+    Each line names the file, line and key to fix. Nothing is started.
+    """
+    cfg = _load(config_file, inputs, outputs)
+    click.echo(
+        f"{cfg.source}: ok: {len(cfg.inputs)} inputs "
+        f"({', '.join(i.endpoint.url for i in cfg.inputs)}), {len(cfg.outputs)} outputs "
+        f"({', '.join(o.endpoint.url for o in cfg.outputs)})"
+    )
+
+
+@main.command()
+@click.argument("url")
+@click.option("-n", "--count", type=click.IntRange(min=0), default=1, show_default=True,
+              help="How many messages to send.")
+@click.option("-r", "--rate", type=click.FloatRange(min=0), default=0.0, metavar="MSG/S",
+              help="Messages per second over all connections; 0 is as fast as possible.")
+@click.option("-s", "--size", type=click.IntRange(min=0, max=1 << 24), default=0,
+              metavar="BYTES", help="Pad each message to this many bytes.")
+@click.option("--connections", type=click.IntRange(min=1, max=10000), default=1,
+              show_default=True, help="TCP connections to spread the messages over.")
+@click.option("--framing", type=click.Choice(["octet-counting", "non-transparent"]),
+              default="octet-counting", show_default=True,
+              help="TCP framing (RFC 6587): octet counts, or LF after each message.")
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True,
+              help="First sequence number.")
+@click.option("-m", "--message", "text", default="", help="Text to put after seq=<n>.")
+def send(url: str, count: int, rate: float, size: int, connections: int, framing: str,
+         start: int, text: str) -> None:
+    """Send numbered test messages to URL (tcp://, udp:// or unix://).
+
+    Every message is RFC 5424 and its MSG starts with seq=<n>, counting from
+    --start, so the far end of a pipeline can check that each arrived once.
+    """
+    try:
+        endpoint = config.parse_endpoint(url, "input")
+    except ValueError as exc:
+        _fail(f"error: {exc}", 2)
+    plan = sender.SendPlan(endpoint=endpoint, count=count, rate=rate, size=size,
+                           connections=connections, framing=framing, start=start, text=text)
+    try:
+        seconds = _run_trio(sender.send, plan)
+    except OSError as exc:
+        _fail(f"error: cannot send to {url}: {exc.strerror or exc}")
+    except BaseExceptionGroup as group:
+        errors = [e for e in _leaf_errors(group) if isinstance(e, OSError)]
+        if not errors:
+            raise
+        _fail(f"error: cannot send to {url}: {errors[0].strerror or errors[0]}")
+    rate_done = count / seconds if seconds > 0 else float("inf")
+    click.echo(f"relay: sent {count} messages to {url} in {seconds:.2f} s "
+               f"({rate_done:,.0f} msg/s)", err=True)

@@ -1,0 +1,480 @@
+"""Configuration: a TOML file and command-line endpoints -> one validated value.
+
+The file has a ``[relay]`` table for process-wide settings and one table per
+input and output, named by the operator::
+
+    [relay]
+    state_dir = "/var/lib/relay"
+
+    [input.lan-udp]
+    url = "udp://0.0.0.0:514"
+
+    [output.central]
+    url = "tcp://collector.example.net:514"
+
+Every mistake is reported with the dotted key and the line it is on, all of
+them in one pass (``relay check`` lists each). Unknown keys are errors: a typo
+must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from relay.errors import ConfigError, ConfigErrors
+from relay.protocol.framing import DEFAULT_MAX_FRAME, Framing, OversizePolicy
+from relay.spool.memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES
+
+INPUT_SCHEMES = ("udp", "tcp", "unix")
+OUTPUT_SCHEMES = ("tcp", "udp", "file")
+PLANNED_SCHEMES = ("tls", "relp", "relp+tls")
+DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
+
+# A relay node takes in thousands of hosts; one connection each plus headroom.
+# Past this many, the listener stops accepting until one closes (no unbounded
+# file descriptors, no OOM under a connection storm).
+DEFAULT_MAX_CONNECTIONS = 4096
+# What the UDP input asks the kernel for (SO_RCVBUF). Linux caps an
+# unprivileged request at net.core.rmem_max (208 KiB by default); as root we
+# use SO_RCVBUFFORCE. 8 MiB holds about 25,000 typical datagrams: a few tenths
+# of a second of a burst while the relay is busy elsewhere.
+DEFAULT_RCVBUF = 8 * 1024 * 1024
+# systemd's default TimeoutStopSec is 90 s; stopping must finish well inside it.
+DEFAULT_STOP_TIMEOUT = 30.0
+# Longest wait between reconnect attempts to an upstream.
+DEFAULT_RETRY_MAX = 30.0
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where an input listens or an output sends: ``scheme://host:port`` or a path."""
+
+    scheme: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def url(self) -> str:
+        if self.scheme in ("file", "unix"):
+            return f"{self.scheme}:{self.path}" if self.path == "-" else f"{self.scheme}://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InputConfig:
+    name: str
+    endpoint: Endpoint
+    max_message_size: int = DEFAULT_MAX_FRAME
+    oversize: OversizePolicy = OversizePolicy.TRUNCATE
+    framing: Framing = Framing.AUTO
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    rcvbuf: int = DEFAULT_RCVBUF
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutputConfig:
+    name: str
+    endpoint: Endpoint
+    queue_max_messages: int = DEFAULT_MAX_MESSAGES
+    queue_max_bytes: int = DEFAULT_MAX_BYTES
+    retry_max: float = DEFAULT_RETRY_MAX
+    format: str = "lines"  # file outputs: "lines" or "octet-counted"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    inputs: tuple[InputConfig, ...]
+    outputs: tuple[OutputConfig, ...]
+    state_dir: Path
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    log_level: str = "info"
+    source: str = "<built-in default>"
+
+
+def default_state_dir() -> Path:
+    """``/var/lib/relay`` for root, else ``$XDG_STATE_HOME/relay`` (~/.local/state)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/relay")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "relay"
+
+
+def default_config() -> Config:
+    """What ``relay run`` does with no arguments: works for a new user without root."""
+    return Config(
+        inputs=(
+            InputConfig("udp", Endpoint("udp", "127.0.0.1", 5514)),
+            InputConfig("tcp", Endpoint("tcp", "127.0.0.1", 5514)),
+        ),
+        outputs=(OutputConfig("stdout", Endpoint("file", path="-")),),
+        state_dir=default_state_dir(),
+    )
+
+
+# -- endpoint URLs ---------------------------------------------------------
+
+
+def parse_endpoint(url: str, role: str) -> Endpoint:
+    """Parse an endpoint URL for an ``input`` or ``output``; ValueError says why."""
+    schemes = INPUT_SCHEMES if role == "input" else OUTPUT_SCHEMES
+    scheme, sep, rest = url.partition(":")
+    scheme = scheme.lower()
+    if not sep or not scheme:
+        raise ValueError(f"{url!r} is not an endpoint URL (try udp://0.0.0.0:514)")
+    if scheme in PLANNED_SCHEMES and scheme not in schemes:
+        raise ValueError(f"{scheme}:// {role}s are not supported by this version yet")
+    if scheme not in schemes:
+        raise ValueError(
+            f"unknown {role} scheme {scheme!r}; use one of: "
+            + ", ".join(f"{s}://" for s in schemes)
+        )
+    if scheme in ("file", "unix"):
+        path = rest[2:] if rest.startswith("//") else rest
+        if not path:
+            raise ValueError(f"{url!r} names no path (try {scheme}:///var/run/example)")
+        if path != "-" and not path.startswith("/"):
+            raise ValueError(f"{url!r}: the path must be absolute")
+        if path == "-" and scheme != "file":
+            raise ValueError(f"{url!r}: '-' (standard output) is only for file outputs")
+        return Endpoint(scheme, path=path)
+    if not rest.startswith("//"):
+        raise ValueError(f"{url!r} is not an endpoint URL (try {scheme}://host:port)")
+    parts = urllib.parse.urlsplit(url)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: unexpected path or query after host:port")
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError(f"{url!r} names no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
+    if port is None:
+        port = DEFAULT_PORTS[scheme]
+    if port == 0 and role == "output":
+        raise ValueError(f"{url!r}: an output needs a port from 1 to 65535")
+    if "[" in parts.netloc:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{url!r}: {host!r} is not an IPv6 address") from None
+    return Endpoint(scheme, host, port)
+
+
+# -- the file --------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raises ConfigErrors listing every mistake."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigErrors([ConfigError("no such file", source=source)]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigErrors([ConfigError(f"cannot read: {reason}", source=source)]) from None
+    return loads(text, source=source)
+
+
+def loads(text: str, *, source: str = "<string>") -> Config:
+    """Validate config text; raises ConfigErrors listing every mistake."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = _toml_error_line(str(exc))
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigErrors(
+            [ConfigError(f"not valid TOML: {msg}", source=source, line=line)]
+        ) from None
+    return _Validator(text, source).config(data)
+
+
+def _toml_error_line(message: str) -> int | None:
+    found = re.search(r"at line (\d+)", message)
+    return int(found.group(1)) if found else None
+
+
+class _Validator:
+    """Walks the parsed TOML, collecting one ConfigError per mistake."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.lines = text.splitlines()
+        self.source = source
+        self.errors: list[ConfigError] = []
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append(
+            ConfigError(message, key=key, source=self.source, line=self.line_of(key))
+        )
+
+    def line_of(self, key: str) -> int | None:
+        """Best-effort line of a dotted key: its table header, then the key under it."""
+        parts = key.split(".")
+        for split in range(len(parts), 0, -1):
+            table, leaf = parts[:split], parts[split:]
+            header = _find_header(self.lines, table)
+            if header is None:
+                continue
+            if not leaf:
+                return header + 1
+            found = _find_key(self.lines, header + 1, leaf[0])
+            return (found if found is not None else header) + 1
+        if parts:
+            found = _find_key(self.lines, 0, parts[-1])
+            if found is not None:
+                return found + 1
+        return None
+
+    def config(self, data: dict[str, Any]) -> Config:
+        for key in data:
+            if key not in ("relay", "input", "output"):
+                self.error(key, "unknown table (expected [relay], [input.NAME], [output.NAME])")
+        relay = self.table(data, "relay")
+        state_dir = self.get(relay, "relay.state_dir", str, str(default_state_dir()))
+        stop_timeout = self.get(relay, "relay.stop_timeout", _seconds, DEFAULT_STOP_TIMEOUT)
+        log_level = self.get(relay, "relay.log_level", _choice(LOG_LEVELS), "info")
+        self.unknown(relay, "relay", ("state_dir", "stop_timeout", "log_level"))
+        inputs = tuple(self.endpoints(data, "input", self.input))
+        outputs = tuple(self.endpoints(data, "output", self.output))
+        if not inputs:
+            self.error("input", "no inputs: add at least one [input.NAME] table with a url")
+        if not outputs:
+            self.error("output", "no outputs: add at least one [output.NAME] table with a url")
+        if self.errors:
+            raise ConfigErrors(self.errors)
+        return Config(
+            inputs=inputs,  # type: ignore[arg-type]
+            outputs=outputs,  # type: ignore[arg-type]
+            state_dir=Path(state_dir),
+            stop_timeout=stop_timeout,
+            log_level=log_level,
+            source=self.source,
+        )
+
+    def table(self, data: Mapping[str, Any], key: str) -> dict[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.error(key, f"must be a table ([{key}]), not {_kind(value)}")
+            return {}
+        return value
+
+    def endpoints(
+        self, data: Mapping[str, Any], role: str, build: Callable[[str, dict[str, Any]], Any]
+    ) -> list[Any]:
+        out = []
+        for name, table in self.table(data, role).items():
+            key = f"{role}.{name}"
+            if not isinstance(table, dict):
+                self.error(key, f"must be a table ([{key}]) with a url, not {_kind(table)}")
+                continue
+            if "url" not in table:
+                self.error(key, 'has no url (e.g. url = "udp://0.0.0.0:514")')
+                continue
+            url = self.get(table, f"{key}.url", str, "")
+            try:
+                endpoint = parse_endpoint(url, role)
+            except ValueError as exc:
+                self.error(f"{key}.url", str(exc))
+                continue
+            item = build(key, {**table, "_endpoint": endpoint, "_name": name})
+            if item is not None:
+                out.append(item)
+        return out
+
+    def input(self, key: str, table: dict[str, Any]) -> InputConfig | None:
+        endpoint: Endpoint = table["_endpoint"]
+        allowed = ["url", "max_message_size", "oversize"]
+        if endpoint.scheme == "tcp":
+            allowed += ["framing", "max_connections"]
+        if endpoint.scheme in ("udp", "unix"):
+            allowed += ["rcvbuf"]
+        self.unknown(table, key, allowed, endpoint.scheme)
+        return InputConfig(
+            name=table["_name"],
+            endpoint=endpoint,
+            max_message_size=self.get(table, f"{key}.max_message_size", _size(16, 1 << 30),
+                                      DEFAULT_MAX_FRAME),
+            oversize=self.get(table, f"{key}.oversize", _enum(OversizePolicy),
+                              OversizePolicy.TRUNCATE),
+            framing=self.get(table, f"{key}.framing", _enum(Framing), Framing.AUTO),
+            max_connections=self.get(table, f"{key}.max_connections", _count(1, 1 << 20),
+                                     DEFAULT_MAX_CONNECTIONS),
+            rcvbuf=self.get(table, f"{key}.rcvbuf", _size(4096, 1 << 31), DEFAULT_RCVBUF),
+        )
+
+    def output(self, key: str, table: dict[str, Any]) -> OutputConfig | None:
+        endpoint: Endpoint = table["_endpoint"]
+        allowed = ["url", "queue_max_messages", "queue_max_bytes"]
+        if endpoint.scheme == "tcp":
+            allowed += ["retry_max"]
+        if endpoint.scheme == "file":
+            allowed += ["format"]
+        self.unknown(table, key, allowed, endpoint.scheme)
+        return OutputConfig(
+            name=table["_name"],
+            endpoint=endpoint,
+            queue_max_messages=self.get(table, f"{key}.queue_max_messages", _count(1, 1 << 40),
+                                        DEFAULT_MAX_MESSAGES),
+            queue_max_bytes=self.get(table, f"{key}.queue_max_bytes", _size(1024, 1 << 50),
+                                     DEFAULT_MAX_BYTES),
+            retry_max=self.get(table, f"{key}.retry_max", _seconds, DEFAULT_RETRY_MAX),
+            format=self.get(table, f"{key}.format", _choice(("lines", "octet-counted")),
+                            "lines"),
+        )
+
+    def unknown(
+        self, table: Mapping[str, Any], key: str, allowed: Any, scheme: str = ""
+    ) -> None:
+        for name in table:
+            if name.startswith("_") or name in allowed:
+                continue
+            where = f" for {scheme}:// {key.split('.')[0]}s" if scheme else ""
+            self.error(f"{key}.{name}", f"unknown setting{where} (known: {', '.join(allowed)})")
+
+    def get(self, table: Mapping[str, Any], key: str, convert: Callable[[Any], Any],
+            default: Any) -> Any:
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf not in table:
+            return default
+        try:
+            return convert(table[leaf])
+        except (TypeError, ValueError) as exc:
+            self.error(key, str(exc))
+            return default
+
+
+def _kind(value: object) -> str:
+    return {str: "a string", int: "a number", float: "a number", bool: "true/false",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _find_header(lines: list[str], table: list[str]) -> int | None:
+    want = ".".join(table)
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[") and not stripped.startswith("[["):
+            name = stripped[1:].split("]", 1)[0].strip()
+            name = ".".join(p.strip().strip('"').strip("'") for p in name.split("."))
+            if name == want:
+                return i
+    return None
+
+
+def _find_key(lines: list[str], start: int, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+    for i in range(start, len(lines)):
+        if i > start and lines[i].lstrip().startswith("["):
+            return None
+        if pattern.match(lines[i]):
+            return i
+    return None
+
+
+def parse_size(value: object) -> int:
+    """A byte count: an integer, or a string such as ``"64 MiB"``, ``"512k"``."""
+    if isinstance(value, bool):
+        raise TypeError("must be a size in bytes, not true/false")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        found = _SIZE.match(value)
+        if found:
+            unit = (found.group(2) or "").lower()[:1]
+            return int(found.group(1)) * _UNITS[unit]
+    raise ValueError(f"must be a size in bytes such as 65536 or \"64 KiB\", not {value!r}")
+
+
+def _size(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        size = parse_size(value)
+        if not low <= size <= high:
+            raise ValueError(f"must be between {low} and {high} bytes, not {size}")
+        return size
+
+    return convert
+
+
+def _count(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"must be a whole number, not {_kind(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, not {value}")
+        return value
+
+    return convert
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"must be a number of seconds, not {_kind(value)}")
+    if not 0 < value <= 86400:
+        raise ValueError(f"must be more than 0 and at most 86400 seconds, not {value}")
+    return float(value)
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}; not {value!r}")
+        return str(value)
+
+    return convert
+
+
+def _enum(kind: type[Any]) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            options = ", ".join(m.value for m in kind)
+            raise ValueError(f"must be one of {options}; not {value!r}") from None
+
+    return convert
+
+
+def with_endpoints(
+    config: Config, inputs: list[str], outputs: list[str], *, replace: bool
+) -> Config:
+    """Add command-line endpoints (``--input URL``) to a config.
+
+    With ``replace`` (no config file given) they take the place of the built-in
+    default's inputs / outputs of the same role. Raises ConfigErrors.
+    """
+    errors = []
+    new_inputs, new_outputs = [], []
+    for url in inputs:
+        try:
+            new_inputs.append(InputConfig(url, parse_endpoint(url, "input")))
+        except ValueError as exc:
+            errors.append(ConfigError(str(exc), key="--input"))
+    for url in outputs:
+        try:
+            new_outputs.append(OutputConfig(url, parse_endpoint(url, "output")))
+        except ValueError as exc:
+            errors.append(ConfigError(str(exc), key="--output"))
+    if errors:
+        raise ConfigErrors(errors)
+    keep_in = () if (replace and new_inputs) else config.inputs
+    keep_out = () if (replace and new_outputs) else config.outputs
+    return dataclasses.replace(
+        config,
+        inputs=(*keep_in, *new_inputs),
+        outputs=(*keep_out, *new_outputs),
+        source=config.source if not (inputs or outputs) else f"{config.source} + command line",
+    )

@@ -1,0 +1,183 @@
+"""UDP (RFC 5426) and unix datagram (``/dev/log``) inputs.
+
+One datagram is one message. The receive task only receives and queues: when
+the socket is readable it drains every waiting datagram without awaiting,
+groups them by sender into batches and hands them on without waiting
+(``Router.put_nowait``). A datagram input cannot push back on its senders, so
+when an output's spool is full the batch is dropped for that output and
+counted, instead of stalling the loop while the kernel drops silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import time
+
+import trio
+
+from relay.config import InputConfig
+from relay.message import Batch
+from relay.errors import StartupError
+from relay.protocol.framing import OversizePolicy, utf8_cut
+from relay.routing import Router
+from relay.stats import Counters
+
+log = logging.getLogger("relay.input")
+
+# Datagrams taken per wake-up before yielding to other tasks: large enough to
+# amortise the await, small enough that TCP connections still get their turn.
+DRAIN_LIMIT = 1024
+# The largest UDP payload over IPv4 (65,535 - 8 - 20).
+MAX_DATAGRAM = 65_507
+
+# Linux's SO_RCVBUFFORCE (asm-generic/socket.h); the socket module lacks the name.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+COUNTERS = ("received", "bytes", "truncated", "dropped_oversize")
+
+
+class DatagramInput:
+    """A bound datagram socket feeding the router."""
+
+    def __init__(self, config: InputConfig, router: Router, counters: Counters) -> None:
+        self.config = config
+        self.router = router
+        self.counters = counters
+        self.sock: socket.socket | None = None
+        self.address: str = config.endpoint.url
+
+    def open(self) -> None:
+        """Create and bind the socket; StartupError with one clear line on failure."""
+        endpoint = self.config.endpoint
+        try:
+            if endpoint.scheme == "unix":
+                self.sock = _bind_unix(endpoint.path)
+                self.address = f"unix://{endpoint.path}"
+            else:
+                family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                self.sock = sock
+                self._grow_rcvbuf(sock)
+                sock.bind((endpoint.host, endpoint.port))
+                host, port = sock.getsockname()[:2]
+                self.address = f"udp://[{host}]:{port}" if ":" in host else f"udp://{host}:{port}"
+            self.sock.setblocking(False)
+        except OSError as exc:
+            if self.sock is not None:
+                self.sock.close()
+            raise StartupError(
+                f"input {self.config.name}: cannot listen on {endpoint.url}: {exc.strerror or exc}"
+            ) from None
+
+    def _grow_rcvbuf(self, sock: socket.socket) -> None:
+        want = self.config.rcvbuf
+        try:  # root may exceed net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, want)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+        # Linux reports twice the usable size (it counts its bookkeeping).
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        level = logging.INFO if granted >= want else logging.WARNING
+        hint = "" if granted >= want else " (raise net.core.rmem_max to get more)"
+        log.log(level, "input %s: receive buffer %d bytes, asked for %d%s",
+                self.config.name, granted, want, hint)
+
+    async def serve(self) -> None:
+        """Receive until cancelled."""
+        sock = self.sock
+        assert sock is not None
+        name = self.config.name
+        limit = self.config.max_message_size
+        truncate = self.config.oversize is OversizePolicy.TRUNCATE
+        recvfrom = sock.recvfrom
+        counters = self.counters
+        put_nowait = self.router.put_nowait
+        bufsize = MAX_DATAGRAM + 1 if self.config.endpoint.scheme == "udp" else limit + 1
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                groups: dict[object, list[bytes]] = {}
+                nbytes = count = 0
+                for _ in range(DRAIN_LIMIT):
+                    try:
+                        data, peer = recvfrom(bufsize)
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:  # e.g. ICMP errors surfaced on the socket
+                        log.debug("input %s: %s", name, exc)
+                        continue
+                    if data[-1:] == b"\n":  # a trailer, not content (rsyslog drops it too)
+                        data = data[:-1]
+                    if len(data) > limit:
+                        if not truncate:
+                            counters.add("dropped_oversize")
+                            continue
+                        data = utf8_cut(data, limit)
+                        counters.add("truncated")
+                    if not data:
+                        continue
+                    group = groups.get(peer)
+                    if group is None:
+                        groups[peer] = [data]
+                    else:
+                        group.append(data)
+                    nbytes += len(data)
+                    count += 1
+                if not groups:
+                    continue
+                now = time.time()
+                counters.add("received", count)
+                counters.add("bytes", nbytes)
+                for peer, messages in groups.items():
+                    batch = Batch(messages, received=now, peer=_peer_name(peer), input=name)
+                    put_nowait(batch)  # a full spool counts its own drops
+                await trio.lowlevel.checkpoint()
+        finally:
+            sock.close()
+            if self.config.endpoint.scheme == "unix":
+                _unlink_socket(self.config.endpoint.path)
+
+
+def _peer_name(peer: object) -> str:
+    if isinstance(peer, tuple):
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(peer or "")
+
+
+def _bind_unix(path: str) -> socket.socket:
+    if _in_use(path):
+        raise OSError(98, f"{path} is in use by another process")
+    _unlink_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o666)  # every local program may log, as with /dev/log
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _in_use(path: str) -> bool:
+    """True if something is bound to the datagram socket at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _unlink_socket(path: str) -> None:
+    """Remove a stale socket left by an earlier run; never remove anything else."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,153 @@
+"""TCP input: RFC 6587 syslog over plain TCP.
+
+One task per connection reads up to ``RECV_SIZE`` bytes at a time, lets the
+sans-IO :class:`FrameDecoder` cut them into frames and queues them as one
+batch. When an output's spool is full, :meth:`Router.put` waits and the
+connection is not read: back-pressure reaches the sender through TCP, so its
+own queue engages rather than ours overflowing.
+
+At most ``max_connections`` connections are served at once; past that the
+listener stops accepting (the kernel's backlog holds the next few) until one
+closes. Nothing is buffered without a bound.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+
+import trio
+
+from relay.config import InputConfig
+from relay.errors import StartupError
+from relay.message import Batch
+from relay.protocol.framing import FrameDecoder
+from relay.routing import Router
+from relay.stats import Counters
+
+log = logging.getLogger("relay.input")
+
+# One read: large enough that a busy connection costs one await per few
+# hundred messages (ARCHITECTURE.md: batch everything), small enough to bound
+# per-connection memory.
+RECV_SIZE = 256 * 1024
+
+COUNTERS = (
+    "received", "bytes", "connections", "truncated", "dropped_oversize", "framing_errors",
+)
+
+
+class TcpInput:
+    def __init__(self, config: InputConfig, router: Router, counters: Counters) -> None:
+        self.config = config
+        self.router = router
+        self.counters = counters
+        self.listeners: list[trio.SocketListener] = []
+        self.address = config.endpoint.url
+        self.active = 0
+
+    async def open(self) -> None:
+        """Bind and listen; StartupError with one clear line on failure."""
+        endpoint = self.config.endpoint
+        try:
+            self.listeners = await trio.open_tcp_listeners(
+                endpoint.port, host=endpoint.host, backlog=1024
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                reason = "address already in use (is another syslog daemon running?)"
+            raise StartupError(
+                f"input {self.config.name}: cannot listen on {endpoint.url}: {reason}"
+            ) from None
+        sockname = self.listeners[0].socket.getsockname()
+        host, port = sockname[0], sockname[1]
+        self.address = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+    async def serve(self) -> None:
+        """Accept and serve connections until cancelled."""
+        slots = trio.Semaphore(self.config.max_connections)
+        try:
+            async with trio.open_nursery() as nursery:
+                for listener in self.listeners:
+                    nursery.start_soon(self._accept, listener, slots, nursery)
+        finally:
+            for listener in self.listeners:
+                await listener.aclose()
+
+    async def _accept(
+        self, listener: trio.SocketListener, slots: trio.Semaphore, nursery: trio.Nursery
+    ) -> None:
+        while True:
+            if slots.value == 0:
+                log.warning(
+                    "input %s: %d connections open (max_connections); not accepting more "
+                    "until one closes", self.config.name, self.config.max_connections,
+                )
+            await slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                slots.release()
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("input %s: cannot accept: %s; pausing 1 s",
+                              self.config.name, exc.strerror)
+                    await trio.sleep(1)  # back-off, not synchronisation
+                continue
+            nursery.start_soon(self._connection, stream, slots)
+
+    async def _connection(self, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
+        config = self.config
+        counters = self.counters
+        peer = _peer_name(stream.socket)
+        decoder = FrameDecoder(
+            framing=config.framing, max_frame=config.max_message_size, oversize=config.oversize
+        )
+        counters.add("connections")
+        self.active += 1
+        put = self.router.put
+        name = config.name
+        try:
+            while True:
+                try:
+                    data = await stream.receive_some(RECV_SIZE)
+                except trio.BrokenResourceError as exc:
+                    log.info("input %s: connection from %s broken: %s", name, peer,
+                             exc.__cause__ or exc)
+                    data = b""
+                frames = decoder.receive_data(data)
+                if frames:
+                    batch = Batch(frames, received=time.time(), peer=peer, input=name,
+                                  wire=decoder.wire)
+                    counters.add("received", len(frames))
+                    counters.add("bytes", batch.nbytes)
+                    await put(batch)
+                if not data:
+                    break
+        finally:
+            self.active -= 1
+            slots.release()
+            truncated, dropped, errors = decoder.statistics()
+            if truncated or dropped or errors:
+                counters.add("truncated", truncated)
+                counters.add("dropped_oversize", dropped)
+                counters.add("framing_errors", errors)
+                log.warning(
+                    "input %s: connection from %s: %d messages truncated and %d dropped "
+                    "(over %d bytes), %d framing errors",
+                    name, peer, truncated, dropped, config.max_message_size, errors,
+                )
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+def _peer_name(sock: trio.socket.SocketType) -> str:
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "?"
+    if sock.family == socket.AF_INET6:
+        return f"[{peer[0]}]:{peer[1]}"
+    return f"{peer[0]}:{peer[1]}"

@@ -1,0 +1,107 @@
+"""The delivery loop every output shares.
+
+An output waits for batches in its spool, delivers them, and only then acks
+them (the single commit point: what was not delivered stays queued). A
+failure is logged when its reason changes, not per attempt, and retried
+forever with exponential back-off and jitter; the spool holds what waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import trio
+
+from relay.config import OutputConfig
+from relay.message import Batch
+from relay.policy.backoff import Backoff
+from relay.spool.memory import MemorySpool
+from relay.stats import Counters
+
+log = logging.getLogger("relay.output")
+
+# How much one write may carry: large enough to amortise a syscall and an
+# await over thousands of messages, small enough to keep latency low.
+SEND_BYTES = 1024 * 1024
+
+COUNTERS = ("queued", "delivered", "bytes", "dropped_queue_full", "failures", "truncated")
+
+# Errors that mean "this attempt failed, try again later".
+RETRYABLE: tuple[type[BaseException], ...] = (
+    OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+)
+
+
+class Output:
+    """Base of every output: subclasses implement :meth:`deliver`."""
+
+    def __init__(self, config: OutputConfig, spool: MemorySpool, counters: Counters) -> None:
+        self.config = config
+        self.spool = spool
+        self.counters = counters
+        self.name = config.name
+        self.last_error = ""
+
+    async def open(self) -> None:
+        """Check what can be checked before the relay starts (StartupError)."""
+
+    async def deliver(self, batches: list[Batch]) -> None:
+        """Write ``batches``; return only once they are safe. Raise to retry."""
+        raise NotImplementedError
+
+    async def reset(self) -> None:
+        """Drop whatever connection state a failed delivery left behind."""
+
+    async def aclose(self) -> None:
+        await self.reset()
+
+    async def run(self) -> None:
+        backoff = Backoff(maximum=self.config.retry_max)
+        spool = self.spool
+        counters = self.counters
+        try:
+            while True:
+                batches = await spool.wait_batches(SEND_BYTES)
+                try:
+                    await self.deliver(batches)
+                except RETRYABLE as exc:
+                    backoff = backoff.increment()
+                    delay = backoff.delay(random.random())
+                    self._failed(exc, delay)
+                    with trio.CancelScope(shield=True):
+                        await self.reset()
+                    await trio.sleep(delay)
+                    continue
+                if backoff.failures:
+                    log.warning("output %s: delivering again after %d failed attempts",
+                                self.name, backoff.failures)
+                    backoff = backoff.reset()
+                    self.last_error = ""
+                spool.ack(len(batches))
+                counters.add("delivered", sum([len(b.messages) for b in batches]))
+                counters.add("bytes", sum([b.nbytes for b in batches]))
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.aclose()
+
+    def _failed(self, exc: BaseException, delay: float) -> None:
+        self.counters.add("failures")
+        reason = describe(exc)
+        queued = len(self.spool)
+        if reason != self.last_error:
+            log.warning("output %s: %s; %d messages queued, retrying in %.1f s",
+                        self.name, reason, queued, delay)
+            self.last_error = reason
+        else:
+            log.debug("output %s: %s; retrying in %.1f s", self.name, reason, delay)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an OS or trio error, without a traceback."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return str(cause or exc) or type(exc).__name__

@@ -1,0 +1,59 @@
+"""Counters of every component, kept in one place.
+
+Each input, output and spool owns a :class:`Counters`; the hot path adds batch
+sizes to it (one dict update per batch, never per message). :class:`Registry`
+holds them all by component name, for the summary line the relay logs and for
+the stats command and metrics that read :meth:`Registry.snapshot`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+
+class Counters:
+    """Named counters of one component; names are fixed at creation."""
+
+    __slots__ = ("_values", "kind", "name")
+
+    def __init__(self, kind: str, name: str, names: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self._values = dict.fromkeys(names, 0)
+
+    def add(self, counter: str, amount: int = 1) -> None:
+        self._values[counter] += amount
+
+    def __getitem__(self, counter: str) -> int:
+        return self._values[counter]
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._values)
+
+
+class Registry:
+    """All components' counters, by ``kind`` and ``name``."""
+
+    def __init__(self) -> None:
+        self._components: dict[tuple[str, str], Counters] = {}
+
+    def counters(self, kind: str, name: str, names: Iterable[str]) -> Counters:
+        counters = Counters(kind, name, names)
+        self._components[(kind, name)] = counters
+        return counters
+
+    def snapshot(self) -> dict[str, dict[str, dict[str, int]]]:
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for (kind, name), counters in self._components.items():
+            out.setdefault(kind, {})[name] = counters.snapshot()
+        return out
+
+
+def summary(snapshot: Mapping[str, Mapping[str, Mapping[str, int]]]) -> str:
+    """One line per component with its non-zero counters, for the relay's log."""
+    lines = []
+    for kind, components in snapshot.items():
+        for name, values in components.items():
+            shown = ", ".join(f"{k}={v}" for k, v in values.items() if v)
+            lines.append(f"{kind} {name}: {shown or 'nothing'}")
+    return "\n".join(lines)
