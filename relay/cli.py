@@ -43,7 +43,8 @@ def _setup_logging(level: str) -> None:
 
 
 def _fail(message: str, status: int = 1) -> NoReturn:
-    click.echo(f"relay: {message}", err=True)
+    for line in message.splitlines():
+        click.echo(f"relay: {line}", err=True)
     sys.exit(status)
 
 

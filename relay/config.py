@@ -25,7 +25,7 @@ import os
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,19 @@ DEFAULT_STOP_TIMEOUT = 30.0
 # Longest wait between reconnect attempts to an upstream.
 DEFAULT_RETRY_MAX = 30.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_COMMON_INPUT = ("url", "max_message_size", "oversize")
+INPUT_KEYS: dict[str, tuple[str, ...]] = {
+    "udp": (*_COMMON_INPUT, "rcvbuf"),
+    "unix": (*_COMMON_INPUT, "rcvbuf"),
+    "tcp": (*_COMMON_INPUT, "framing", "max_connections"),
+}
+_COMMON_OUTPUT = ("url", "queue_max_messages", "queue_max_bytes", "retry_max")
+OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
+    "tcp": _COMMON_OUTPUT,
+    "udp": _COMMON_OUTPUT,
+    "file": (*_COMMON_OUTPUT, "format"),
+}
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -251,9 +264,9 @@ class _Validator:
         self.unknown(relay, "relay", ("state_dir", "stop_timeout", "log_level"))
         inputs = tuple(self.endpoints(data, "input", self.input))
         outputs = tuple(self.endpoints(data, "output", self.output))
-        if not inputs:
+        if not self.table(data, "input"):
             self.error("input", "no inputs: add at least one [input.NAME] table with a url")
-        if not outputs:
+        if not self.table(data, "output"):
             self.error("output", "no outputs: add at least one [output.NAME] table with a url")
         if self.errors:
             raise ConfigErrors(self.errors)
@@ -290,6 +303,7 @@ class _Validator:
                 endpoint = parse_endpoint(url, role)
             except ValueError as exc:
                 self.error(f"{key}.url", str(exc))
+                self.unknown(table, key, INPUT_KEYS if role == "input" else OUTPUT_KEYS)
                 continue
             item = build(key, {**table, "_endpoint": endpoint, "_name": name})
             if item is not None:
@@ -298,12 +312,7 @@ class _Validator:
 
     def input(self, key: str, table: dict[str, Any]) -> InputConfig | None:
         endpoint: Endpoint = table["_endpoint"]
-        allowed = ["url", "max_message_size", "oversize"]
-        if endpoint.scheme == "tcp":
-            allowed += ["framing", "max_connections"]
-        if endpoint.scheme in ("udp", "unix"):
-            allowed += ["rcvbuf"]
-        self.unknown(table, key, allowed, endpoint.scheme)
+        self.unknown(table, key, INPUT_KEYS[endpoint.scheme], endpoint.scheme)
         return InputConfig(
             name=table["_name"],
             endpoint=endpoint,
@@ -319,12 +328,7 @@ class _Validator:
 
     def output(self, key: str, table: dict[str, Any]) -> OutputConfig | None:
         endpoint: Endpoint = table["_endpoint"]
-        allowed = ["url", "queue_max_messages", "queue_max_bytes"]
-        if endpoint.scheme == "tcp":
-            allowed += ["retry_max"]
-        if endpoint.scheme == "file":
-            allowed += ["format"]
-        self.unknown(table, key, allowed, endpoint.scheme)
+        self.unknown(table, key, OUTPUT_KEYS[endpoint.scheme], endpoint.scheme)
         return OutputConfig(
             name=table["_name"],
             endpoint=endpoint,
@@ -338,8 +342,14 @@ class _Validator:
         )
 
     def unknown(
-        self, table: Mapping[str, Any], key: str, allowed: Any, scheme: str = ""
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        allowed: Collection[str] | Mapping[str, Collection[str]],
+        scheme: str = "",
     ) -> None:
+        if isinstance(allowed, Mapping):  # any scheme's settings (the url was bad)
+            allowed = sorted({k for keys in allowed.values() for k in keys})
         for name in table:
             if name.startswith("_") or name in allowed:
                 continue

@@ -9,6 +9,7 @@ forever with exponential back-off and jitter; the spool holds what waits.
 from __future__ import annotations
 
 import logging
+import os
 import random
 
 import trio
@@ -102,6 +103,19 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
     cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
-    if isinstance(cause, OSError) and cause.strerror:
+    if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+        return os.strerror(cause.errno)
+    if isinstance(cause, OSError) and cause.strerror:  # e.g. resolver errors
         return cause.strerror
+    if isinstance(cause, OSError) and isinstance(cause.__cause__, BaseExceptionGroup):
+        # trio.open_tcp_stream: "all attempts to connect to H:P failed", the
+        # reasons in the group; the first is what an operator needs.
+        inner = _first_leaf(cause.__cause__)
+        target = str(cause).removeprefix("all attempts to connect to ").removesuffix(" failed")
+        return f"cannot connect to {target}: {describe(inner)}"
     return str(cause or exc) or type(exc).__name__
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -1,0 +1,105 @@
+"""relay/inputs/datagram.py: UDP and unix datagram sockets."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from relay.config import Endpoint, InputConfig
+from relay.errors import StartupError
+from relay.inputs import datagram
+from relay.outputs import base
+from relay.protocol.framing import OversizePolicy
+from relay.routing import Route, Router
+from relay.spool.memory import MemorySpool
+from relay.stats import Counters
+
+
+def make_input(spool: MemorySpool, endpoint: Endpoint, **settings: object) -> datagram.DatagramInput:
+    config = InputConfig("d", endpoint, **settings)  # type: ignore[arg-type]
+    router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
+    dgram = datagram.DatagramInput(config, router, Counters("input", "d", datagram.COUNTERS))
+    dgram.open()
+    return dgram
+
+
+def queued(spool: MemorySpool) -> list[bytes]:
+    return [m for b in spool.peek(1 << 40) for m in b.messages]
+
+
+async def wait_for(spool: MemorySpool, count: int) -> None:
+    with trio.fail_after(10):
+        while len(spool) < count:
+            await spool._wait_changed()
+
+
+async def test_udp_one_message_per_datagram() -> None:
+    spool = MemorySpool()
+    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0), max_message_size=100,
+                       oversize=OversizePolicy.TRUNCATE)
+    port = int(dgram.address.rsplit(":", 1)[1])
+    sent = [b"<13>seq=%d" % i for i in range(500)] + [b"<13>lf\n", b"<13>" + b"x" * 200,
+                                                        b"\xff\x00 raw"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dgram.serve)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for message in sent:
+                client.sendto(message, ("127.0.0.1", port))
+        await wait_for(spool, len(sent))
+        nursery.cancel_scope.cancel()
+    got = queued(spool)
+    assert got[:500] == sent[:500]
+    assert got[500:] == [b"<13>lf", b"<13>" + b"x" * 96, b"\xff\x00 raw"]
+    assert dgram.counters["received"] == len(sent)
+    assert dgram.counters["truncated"] == 1
+
+
+async def test_udp_full_spool_drops_and_counts() -> None:
+    spool = MemorySpool(max_messages=10, max_bytes=1 << 20)
+    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0))
+    port = int(dgram.address.rsplit(":", 1)[1])
+    route = dgram.router.routes[0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dgram.serve)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for burst in (range(20), range(20, 100)):  # the first burst fills the spool
+                for i in burst:
+                    client.sendto(b"<13>seq=%d" % i, ("127.0.0.1", port))
+                with trio.fail_after(10):
+                    while dgram.counters["received"] < burst[-1] + 1:
+                        await trio.sleep(0.01)  # polling a counter with a deadline
+        nursery.cancel_scope.cancel()
+    dropped = route.counters["dropped_queue_full"]
+    assert dropped >= 80
+    assert len(spool) + dropped == 100
+
+
+async def test_unix_socket_replaces_stale_and_refuses_live(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(str(path))
+    stale.close()  # leaves the socket file behind, like a crashed daemon
+    spool = MemorySpool()
+    dgram = make_input(spool, Endpoint("unix", path=str(path)))
+    with pytest.raises(StartupError, match="in use"):
+        make_input(MemorySpool(), Endpoint("unix", path=str(path)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dgram.serve)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            client.sendto(b"<13>Nov 22 00:00:00 app[1]: hello", str(path))
+        await wait_for(spool, 1)
+        nursery.cancel_scope.cancel()
+    assert queued(spool) == [b"<13>Nov 22 00:00:00 app[1]: hello"]
+    assert not path.exists()  # removed on stop
+
+
+def test_udp_port_in_use_is_a_startup_error() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        with pytest.raises(StartupError, match=f"udp://127.0.0.1:{port}: Address already in use"):
+            make_input(MemorySpool(), Endpoint("udp", "127.0.0.1", port))

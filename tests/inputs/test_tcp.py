@@ -1,0 +1,96 @@
+"""relay/inputs/tcp.py over real loopback sockets."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from relay.config import Endpoint, InputConfig
+from relay.inputs import tcp
+from relay.outputs import base
+from relay.protocol.framing import encode_lines, encode_octet_counted
+from relay.routing import Route, Router
+from relay.spool.memory import MemorySpool
+from relay.stats import Counters
+
+
+async def start_input(spool: MemorySpool, **settings: object) -> tcp.TcpInput:
+    config = InputConfig("t", Endpoint("tcp", "127.0.0.1", 0), **settings)  # type: ignore[arg-type]
+    router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
+    tcp_input = tcp.TcpInput(config, router, Counters("input", "t", tcp.COUNTERS))
+    await tcp_input.open()
+    return tcp_input
+
+
+def port_of(tcp_input: tcp.TcpInput) -> int:
+    return int(tcp_input.address.rsplit(":", 1)[1])
+
+
+def queued(spool: MemorySpool) -> list[bytes]:
+    return [m for b in spool.peek(1 << 40) for m in b.messages]
+
+
+async def test_both_framings_and_the_peer_is_recorded() -> None:
+    spool = MemorySpool()
+    tcp_input = await start_input(spool)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tcp_input.serve)
+        port = port_of(tcp_input)
+        for wire in (encode_octet_counted([b"<13>a", b"<13>b\nc"]), encode_lines([b"<13>d"])):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(wire)
+            await stream.aclose()
+        while len(spool) < 3:
+            await spool._wait_changed()
+        nursery.cancel_scope.cancel()
+    assert sorted(queued(spool)) == [b"<13>a", b"<13>b\nc", b"<13>d"]
+    assert spool.peek(1 << 40)[0].peer.startswith("127.0.0.1:")
+    assert tcp_input.counters["received"] == 3
+    assert tcp_input.counters["connections"] == 2
+
+
+async def test_full_spool_stops_reading_then_delivers_everything() -> None:
+    """Back-pressure: the input never queues past the bound, and loses nothing."""
+    spool = MemorySpool(max_messages=50, max_bytes=1 << 20)
+    tcp_input = await start_input(spool)
+    count = 20_000
+    wire = encode_octet_counted([b"<13>seq=%d" % i for i in range(count)])
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tcp_input.serve)
+        stream = await trio.open_tcp_stream("127.0.0.1", port_of(tcp_input))
+
+        async def sender() -> None:
+            await stream.send_all(wire)
+            await stream.aclose()
+
+        nursery.start_soon(sender)
+        most = 0
+        while len(got) < count:
+            batches = await spool.wait_batches(1 << 20)
+            most = max(most, len(spool))
+            got += [m for b in batches for m in b.messages]
+            spool.ack(len(batches))
+        nursery.cancel_scope.cancel()
+    assert got == [b"<13>seq=%d" % i for i in range(count)]
+    # Bounded: at most the limit plus the one batch that crossed it.
+    assert most <= 50 + tcp.RECV_SIZE // len(b"<13>seq=0")
+
+
+async def test_max_connections_pauses_accepting() -> None:
+    spool = MemorySpool()
+    tcp_input = await start_input(spool, max_connections=2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tcp_input.serve)
+        port = port_of(tcp_input)
+        streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert tcp_input.active == 2  # the third waits in the kernel's backlog
+        await streams[2].send_all(b"<13>third\n")
+        await streams[0].aclose()
+        await streams[2].aclose()
+        while len(spool) < 1:
+            await spool._wait_changed()
+        assert queued(spool) == [b"<13>third"]
+        await streams[1].aclose()
+        nursery.cancel_scope.cancel()

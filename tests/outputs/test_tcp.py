@@ -1,0 +1,79 @@
+"""relay/outputs/tcp.py over real loopback sockets."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from relay.config import Endpoint, OutputConfig
+from relay.message import Batch
+from relay.outputs import base
+from relay.outputs.tcp import TcpOutput
+from relay.protocol.framing import FrameDecoder
+from relay.spool.memory import MemorySpool
+from relay.stats import Counters
+
+
+def make_output(port: int) -> TcpOutput:
+    config = OutputConfig("up", Endpoint("tcp", "127.0.0.1", port), retry_max=0.2)
+    return TcpOutput(config, MemorySpool(), Counters("output", "up", base.COUNTERS))
+
+
+def batch(*seqs: int) -> Batch:
+    return Batch([b"<13>1 - - - - - seq=%d" % s for s in seqs], received=0.0)
+
+
+async def read_frames(stream: trio.abc.ReceiveStream, want: int) -> list[bytes]:
+    decoder = FrameDecoder()
+    frames: list[bytes] = []
+    while len(frames) < want:
+        data = await stream.receive_some(65536)
+        frames += decoder.receive_data(data)
+        if not data:
+            break
+    return frames
+
+
+async def test_collector_closing_between_two_batches_loses_neither() -> None:
+    """rsyslog#3929: the write after a peer close must not vanish."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    output = make_output(port)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.run)
+        output.spool.put_nowait(batch(0, 1))
+        first = await listeners[0].accept()
+        assert await read_frames(first, 2) == [b"<13>1 - - - - - seq=0", b"<13>1 - - - - - seq=1"]
+        await output.spool.wait_empty()
+        await first.aclose()  # the collector (or a load balancer) drops the idle connection
+        await trio.testing.wait_all_tasks_blocked()
+        output.spool.put_nowait(batch(2))
+        second = await listeners[0].accept()
+        assert await read_frames(second, 1) == [b"<13>1 - - - - - seq=2"]
+        await output.spool.wait_empty()
+        nursery.cancel_scope.cancel()
+    await second.aclose()
+    assert output.counters["delivered"] == 3
+    await listeners[0].aclose()
+
+
+async def test_retries_until_the_collector_comes_up(autojump_clock: trio.testing.MockClock) -> None:
+    probe = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = probe[0].socket.getsockname()[1]
+    await probe[0].aclose()  # nothing listens there now: connection refused
+    output = make_output(port)
+    output.spool.put_nowait(batch(0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.run)
+        await trio.sleep(5)  # virtual time: several failed attempts with back-off
+        assert output.counters["failures"] >= 3
+        assert len(output.spool) == 1  # nothing is dropped while it waits
+        assert output.last_error == f"cannot connect to 127.0.0.1:{port}: Connection refused"
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+        stream = await listeners[0].accept()
+        assert await read_frames(stream, 1) == [b"<13>1 - - - - - seq=0"]
+        await output.spool.wait_empty()
+        nursery.cancel_scope.cancel()
+    await stream.aclose()
+    await listeners[0].aclose()
+    assert output.counters["delivered"] == 1

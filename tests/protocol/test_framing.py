@@ -1,0 +1,248 @@
+"""RFC 6587 framing: relay/protocol/framing.py."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.protocol.framing import (
+    FrameDecoder,
+    Framing,
+    OversizePolicy,
+    encode_lines,
+    encode_octet_counted,
+    utf8_cut,
+)
+
+GOOD = b"<13>1 2026-11-22T00:00:00Z host app - - - the next good message"
+
+
+def decode(data: bytes, chunk: int | None = None, **kwargs: object) -> tuple[list[bytes], FrameDecoder]:
+    """Feed ``data`` whole (or ``chunk`` bytes at a time), then EOF."""
+    decoder = FrameDecoder(**kwargs)  # type: ignore[arg-type]
+    frames: list[bytes] = []
+    step = chunk or max(1, len(data))
+    for i in range(0, len(data), step):
+        frames += decoder.receive_data(data[i : i + step])
+    frames += decoder.receive_data(b"")
+    return frames, decoder
+
+
+# RFC 6587 §3.4.1: "MSG-LEN SP SYSLOG-MSG"; §3.4.2: the trailer is LF.
+@pytest.mark.parametrize(
+    ("wire", "expected"),
+    [
+        pytest.param(b"11 <13>1 - - -", [b"<13>1 - - -"], id="rfc6587-3.4.1-one-frame"),
+        pytest.param(b"3 abc3 def", [b"abc", b"def"], id="octet-back-to-back"),
+        pytest.param(b"<13>a\n<14>b\n", [b"<13>a", b"<14>b"], id="rfc6587-3.4.2-lf"),
+        pytest.param(b"<13>no trailer", [b"<13>no trailer"], id="lf-final-frame-at-eof"),
+        pytest.param(b"<13>a\n\n\n<14>b\n", [b"<13>a", b"<14>b"], id="lf-empty-lines"),
+        pytest.param(b"5 a\nb\nc", [b"a\nb\nc"], id="octet-embedded-lf"),
+        pytest.param(b"3 \x00\xff\n", [b"\x00\xff\n"], id="octet-binary"),
+        pytest.param(b"3 abc\n3 def\n", [b"abc", b"def"], id="octet-with-lf-trailers"),
+    ],
+)
+@pytest.mark.parametrize("chunk", [None, 1, 2, 7])
+def test_decode(wire: bytes, expected: list[bytes], chunk: int | None) -> None:
+    frames, _ = decode(wire, chunk)
+    assert frames == expected
+
+
+def test_framing_chosen_by_first_octet() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(b"12 ")
+    assert decoder.framing is Framing.OCTET_COUNTING
+    decoder = FrameDecoder()
+    decoder.receive_data(b"<13>")
+    assert decoder.framing is Framing.NON_TRANSPARENT
+
+
+def test_forced_lf_framing_keeps_leading_digits() -> None:
+    frames, _ = decode(b"2026 is a year\n", framing=Framing.NON_TRANSPARENT)
+    assert frames == [b"2026 is a year"]
+
+
+def test_wire_is_the_received_bytes_for_clean_octet_frames() -> None:
+    decoder = FrameDecoder()
+    wire = b"3 abc4 defg"
+    assert decoder.receive_data(wire + b"5 hi") == [b"abc", b"defg"]
+    assert decoder.wire == wire
+    assert decoder.receive_data(b"jkl") == [b"hijkl"]
+    assert decoder.wire == b"5 hijkl"
+
+
+def test_wire_is_none_when_frames_were_repaired() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(b"3 abc\n3 def")
+    assert decoder.wire is None
+
+
+# -- malformed input: never crash, never lose the next good message ----------
+
+
+def _framed(*messages: bytes) -> bytes:
+    return encode_octet_counted(list(messages))
+
+
+MALFORMED_OCTET = [
+    pytest.param(b"12x <13>bad count\n", id="letters-in-count"),
+    pytest.param(b"99999999999999999 x\n", id="absurd-count"),
+    pytest.param(b"-5 <13>negative\n", id="negative-count"),
+    pytest.param(b"5x", id="count-without-space"),
+    pytest.param(b" 5 hello", id="leading-space"),
+    pytest.param(b"<13>bad PRI is still forwarded\n", id="lf-frame-in-octet-stream"),
+    pytest.param(b"\x00\x00\x00\n", id="nul-bytes"),
+    pytest.param(b"\xff\xfe invalid utf-8\n", id="invalid-utf8"),
+]
+
+
+@pytest.mark.parametrize("garbage", MALFORMED_OCTET)
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+def test_garbage_in_octet_stream_keeps_next_good_message(garbage: bytes, chunk: int | None) -> None:
+    wire = _framed(b"<13>first") + garbage + _framed(GOOD)
+    frames, decoder = decode(wire, chunk)
+    assert frames[0] == b"<13>first"
+    assert frames[-1] == GOOD
+    assert decoder.framing_errors >= 1
+    # The garbage is forwarded raw (never silently dropped).
+    assert b"".join(frames[1:-1]).strip(b"\n") != b"" or garbage.strip(b"\n") == b""
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(b"<999>bad PRI\n", id="bad-pri"),
+        pytest.param(b"no PRI at all\n", id="no-pri"),
+        pytest.param(b"\x00\x01\x02\n", id="nul-bytes"),
+        pytest.param(b"\xc3\x28 invalid utf-8\n", id="invalid-utf8"),
+        pytest.param(b"\r\n", id="bare-crlf"),
+    ],
+)
+def test_garbage_in_lf_stream_keeps_next_good_message(garbage: bytes) -> None:
+    frames, _ = decode(b"<13>first\n" + garbage + GOOD + b"\n", 5)
+    assert frames[0] == b"<13>first"
+    assert frames[-1] == GOOD
+    if garbage.strip(b"\r\n"):
+        assert garbage.rstrip(b"\n") in frames  # forwarded raw, byte-exact
+
+
+@pytest.mark.parametrize("policy", list(OversizePolicy))
+@pytest.mark.parametrize("chunk", [None, 1, 10, 100])
+def test_oversize_octet_frame(policy: OversizePolicy, chunk: int | None) -> None:
+    big = b"<13>" + b"x" * 300
+    frames, decoder = decode(_framed(big, GOOD), chunk, max_frame=100, oversize=policy)
+    assert frames[-1] == GOOD
+    if policy is OversizePolicy.TRUNCATE:
+        assert frames == [big[:100], GOOD]
+        assert (decoder.truncated, decoder.dropped) == (1, 0)
+    else:
+        assert frames == [GOOD]
+        assert (decoder.truncated, decoder.dropped) == (0, 1)
+
+
+@pytest.mark.parametrize("policy", list(OversizePolicy))
+@pytest.mark.parametrize("chunk", [None, 1, 10, 100])
+def test_oversize_lf_frame(policy: OversizePolicy, chunk: int | None) -> None:
+    big = b"<13>" + b"y" * 300
+    frames, decoder = decode(big + b"\n" + GOOD + b"\n", chunk, max_frame=100, oversize=policy)
+    assert frames[-1] == GOOD
+    assert len(frames) == (2 if policy is OversizePolicy.TRUNCATE else 1)
+    if policy is OversizePolicy.TRUNCATE:
+        assert frames[0] == big[:100]
+    assert decoder.truncated + decoder.dropped == 1
+
+
+def test_oversize_never_splits_into_several_messages() -> None:
+    frames, _ = decode(b"<13>" + b"z" * 1000 + b"\n", 7, max_frame=64)
+    assert len(frames) == 1
+
+
+def test_truncated_octet_frame_at_eof_is_kept_and_counted() -> None:
+    frames, decoder = decode(b"100 <13>cut short")
+    assert frames == [b"<13>cut short"]
+    assert decoder.truncated == 1
+
+
+def test_buffer_stays_bounded_without_trailer() -> None:
+    decoder = FrameDecoder(max_frame=1000)
+    for _ in range(100):
+        decoder.receive_data(b"a" * 999)
+    assert len(decoder._buf) <= 1000
+
+
+def test_receive_after_eof_is_an_error() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(b"")
+    with pytest.raises(RuntimeError):
+        decoder.receive_data(b"x")
+
+
+# -- UTF-8 aware truncation --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "limit", "expected"),
+    [
+        (b"abcdef", 3, b"abc"),
+        ("aé".encode(), 2, b"a"),  # é is 2 bytes: do not cut inside it
+        ("a€".encode(), 3, b"a"),
+        ("a😀".encode(), 4, b"a"),
+        (b"a\xff\xfe\xfd", 2, b"a\xff"),  # invalid UTF-8: cut exactly
+        (b"abc", 10, b"abc"),
+    ],
+)
+def test_utf8_cut(data: bytes, limit: int, expected: bytes) -> None:
+    assert utf8_cut(data, limit) == expected
+
+
+@given(st.text(), st.integers(min_value=1, max_value=50))
+def test_utf8_cut_yields_valid_utf8(text: str, limit: int) -> None:
+    cut = utf8_cut(text.encode(), limit)
+    assert len(cut) <= limit
+    cut.decode("utf-8")  # does not raise
+
+
+# -- round trips --------------------------------------------------------------
+
+messages = st.lists(st.binary(min_size=1, max_size=300), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages, st.integers(min_value=1, max_value=64))
+def test_octet_counting_round_trip(msgs: list[bytes], chunk: int) -> None:
+    """Any bytes, any read boundaries: octet-counted frames come back exact."""
+    frames, decoder = decode(encode_octet_counted(msgs), chunk, framing=Framing.OCTET_COUNTING)
+    assert frames == msgs
+    assert decoder.framing_errors == decoder.truncated == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.binary(min_size=1, max_size=200).filter(lambda b: b"\n" not in b), max_size=30),
+    st.integers(min_value=1, max_value=64),
+)
+def test_lf_round_trip(msgs: list[bytes], chunk: int) -> None:
+    frames, _ = decode(encode_lines(msgs), chunk, framing=Framing.NON_TRANSPARENT)
+    assert frames == msgs
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=400), st.integers(min_value=1, max_value=64),
+       st.sampled_from(list(OversizePolicy)))
+def test_arbitrary_bytes_never_crash_and_stay_bounded(
+    data: bytes, chunk: int, policy: OversizePolicy
+) -> None:
+    frames, _ = decode(data, chunk, max_frame=50, oversize=policy)
+    assert all(0 < len(f) <= 50 for f in frames)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=100).filter(lambda b: b" " not in b), st.integers(1, 32))
+def test_good_message_survives_any_garbage_before_a_newline(garbage: bytes, chunk: int) -> None:
+    """Junk that holds no plausible ``MSG-LEN SP`` header is resynchronised on the
+    next LF, and the frame after it comes out exact. (Junk that does look like a
+    header is indistinguishable from a frame, for us as for rsyslog.)"""
+    wire = _framed(b"<13>first") + garbage + b"\n" + _framed(GOOD)
+    frames, _ = decode(wire, chunk)
+    assert frames[-1] == GOOD

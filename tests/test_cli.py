@@ -1,0 +1,120 @@
+"""The relay command as an operator runs it: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RELAY = [sys.executable, "-m", "relay"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def relay(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RELAY, *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("relay: error:")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0]
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["send"]])
+def test_help(command: list[str]) -> None:
+    result = relay(*command, "--help")
+    assert result.returncode == 0
+    assert "Usage:" in result.stdout
+
+
+def test_check_valid_example() -> None:
+    result = relay("check", "-c", str(ROOT / "etc" / "relay.toml"))
+    assert result.returncode == 0, result.stderr
+    assert ": ok:" in result.stdout
+
+
+def test_check_lists_each_mistake(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text('[input.a]\nurl = "udp://0.0.0.0:514"\nrcvbufs = 1\n'
+                    '[output.b]\nurl = "tcp://collector"\nqueue_max_bytes = -1\n')
+    result = relay("check", "-c", str(path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"relay: error: {path}:3: input.a.rcvbufs: unknown setting for udp:// inputs "
+        "(known: url, max_message_size, oversize, rcvbuf)",
+        f"relay: error: {path}:6: output.b.queue_max_bytes: must be between 1024 and "
+        "1125899906842624 bytes, not -1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[input.a\n", "not valid TOML"),
+        ('[input.a]\nurl = "tls://0.0.0.0:6514"\n[output.b]\nurl = "file:-"\n', "input.a.url"),
+    ],
+)
+def test_run_with_bad_config_exits_with_one_line(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    assert_one_line_error(relay("run", "-c", str(path)), needle)
+
+
+def test_run_with_missing_config(tmp_path: Path) -> None:
+    assert_one_line_error(relay("run", "-c", str(tmp_path / "nope.toml")), "no such file")
+
+
+def test_run_on_busy_port_exits_with_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = relay("run", "--input", f"tcp://127.0.0.1:{port}", "--output", "file:-")
+    assert_one_line_error(result, f"tcp://127.0.0.1:{port}", "address already in use")
+
+
+def test_run_with_unwritable_file_output(tmp_path: Path) -> None:
+    result = relay("run", "--input", "udp://127.0.0.1:0",
+                   "--output", f"file://{tmp_path}/missing-dir/out.log")
+    assert_one_line_error(result, "cannot open", "No such file or directory")
+
+
+def test_bad_endpoint_on_command_line() -> None:
+    assert_one_line_error(relay("run", "--output", "tcp://collector:0"), "--output", "needs a port")
+
+
+def test_default_run_forwards_to_stdout_and_stops_cleanly(tmp_path: Path) -> None:
+    """`relay run` with no arguments: the README's first command."""
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*RELAY, "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    try:
+        from tests.interop.peers import wait_for_tcp
+
+        wait_for_tcp("127.0.0.1", 5514, timeout=20)
+        sent = relay("send", "tcp://127.0.0.1:5514", "--count", "3")
+        assert sent.returncode == 0, sent.stderr
+        sent = relay("send", "udp://127.0.0.1:5514", "--count", "2", "--start", "3")
+        assert sent.returncode == 0, sent.stderr
+        lines: list[bytes] = []
+        assert proc.stdout is not None
+        while len(lines) < 5:
+            line = proc.stdout.readline()  # blocks until a line or EOF; bounded by timeout below
+            assert line, "relay closed its standard output early"
+            lines.append(line)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert sorted(int(l.split(b"seq=")[1]) for l in lines) == [0, 1, 2, 3, 4]
+    assert b"Traceback" not in err

@@ -1,0 +1,157 @@
+"""relay/config.py: TOML and endpoint URLs -> validated config."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from relay import config
+from relay.config import Endpoint, parse_endpoint
+from relay.errors import ConfigErrors
+from relay.protocol.framing import Framing, OversizePolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("url", "role", "expected"),
+    [
+        ("udp://0.0.0.0:514", "input", Endpoint("udp", "0.0.0.0", 514)),
+        ("udp://0.0.0.0", "input", Endpoint("udp", "0.0.0.0", 514)),
+        ("tcp://[::1]:5514", "input", Endpoint("tcp", "::1", 5514)),
+        ("TCP://collector.example.net:6000", "output", Endpoint("tcp", "collector.example.net", 6000)),
+        ("unix:///dev/log", "input", Endpoint("unix", path="/dev/log")),
+        ("file:///var/log/all.log", "output", Endpoint("file", path="/var/log/all.log")),
+        ("file:-", "output", Endpoint("file", path="-")),
+    ],
+)
+def test_parse_endpoint(url: str, role: str, expected: Endpoint) -> None:
+    assert parse_endpoint(url, role) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "role", "says"),
+    [
+        ("udpp://0.0.0.0:514", "input", "unknown input scheme"),
+        ("file:///x", "input", "unknown input scheme"),
+        ("tls://0.0.0.0:6514", "input", "not supported by this version yet"),
+        ("tcp://host:99999", "output", "port must be a number"),
+        ("tcp://host:abc", "output", "port must be a number"),
+        ("tcp://:514", "output", "names no host"),
+        ("tcp://host:0", "output", "needs a port"),
+        ("file://relative", "output", "must be absolute"),
+        ("0.0.0.0:514", "input", "unknown input scheme"),
+        ("tcp://host:514/path", "output", "unexpected path"),
+    ],
+)
+def test_parse_endpoint_errors(url: str, role: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        parse_endpoint(url, role)
+
+
+def test_full_config() -> None:
+    cfg = config.loads(textwrap.dedent("""
+        [relay]
+        state_dir = "/tmp/relay-state"
+        stop_timeout = 12
+
+        [input.lan-udp]
+        url = "udp://0.0.0.0:514"
+        rcvbuf = "16 MiB"
+
+        [input.lan-tcp]
+        url = "tcp://0.0.0.0:514"
+        max_connections = 100
+        framing = "octet-counting"
+        max_message_size = "8k"
+        oversize = "drop"
+
+        [output.central]
+        url = "tcp://collector.example.net:514"
+        queue_max_bytes = "1 GiB"
+        """))
+    assert [i.name for i in cfg.inputs] == ["lan-udp", "lan-tcp"]
+    udp, tcp = cfg.inputs
+    assert udp.rcvbuf == 16 * 1024 * 1024
+    assert (tcp.max_connections, tcp.framing, tcp.max_message_size, tcp.oversize) == (
+        100, Framing.OCTET_COUNTING, 8192, OversizePolicy.DROP)
+    assert cfg.outputs[0].queue_max_bytes == 1 << 30
+    assert cfg.stop_timeout == 12.0
+    assert str(cfg.state_dir) == "/tmp/relay-state"
+
+
+BROKEN = """\
+[relay]
+stop_timeout = -1
+colour = "blue"
+
+[input.udp]
+url = "udpp://0.0.0.0:514"
+
+[input.tcp]
+url = "tcp://0.0.0.0:514"
+max_conections = 10
+
+[output.central]
+url = "tcp://collector:514"
+queue_max_bytes = "lots"
+"""
+
+
+def test_every_mistake_is_reported_with_key_and_line() -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(BROKEN, source="relay.toml")
+    found = {(e.key, e.line) for e in caught.value.errors}
+    assert found == {
+        ("relay.stop_timeout", 2),
+        ("relay.colour", 3),
+        ("input.udp.url", 6),
+        ("input.tcp.max_conections", 10),
+        ("output.central.queue_max_bytes", 14),
+    }
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 5
+    assert lines[0].startswith("relay.toml:2: relay.stop_timeout: ")
+
+
+def test_toml_syntax_error_names_the_line() -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads('[input.x]\nurl = "udp://0.0.0.0:514\n', source="f.toml")
+    (error,) = caught.value.errors
+    assert error.line == 2
+    assert "not valid TOML" in str(error)
+
+
+def test_no_inputs_or_outputs() -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads("")
+    assert {e.key for e in caught.value.errors} == {"input", "output"}
+
+
+def test_setting_of_another_scheme_is_unknown() -> None:
+    with pytest.raises(ConfigErrors, match="unknown setting for udp:// inputs"):
+        config.loads('[input.u]\nurl = "udp://0.0.0.0:514"\nmax_connections = 5\n'
+                     '[output.o]\nurl = "file:-"\n')
+
+
+def test_command_line_endpoints_replace_defaults_without_a_file() -> None:
+    cfg = config.with_endpoints(config.default_config(), [], ["tcp://127.0.0.1:6000"],
+                                replace=True)
+    assert [o.endpoint.url for o in cfg.outputs] == ["tcp://127.0.0.1:6000"]
+    assert [i.endpoint.url for i in cfg.inputs] == ["udp://127.0.0.1:5514", "tcp://127.0.0.1:5514"]
+
+
+def test_default_config_needs_no_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", "/home/u/.state")
+    cfg = config.default_config()
+    assert str(cfg.state_dir) == "/home/u/.state/relay"
+    assert all(i.endpoint.host == "127.0.0.1" and i.endpoint.port == 5514 for i in cfg.inputs)
+    assert cfg.outputs[0].endpoint == Endpoint("file", path="-")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "etc").glob("*.toml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path: Path) -> None:
+    config.load(path)
