@@ -271,8 +271,8 @@ class _Validator:
         if self.errors:
             raise ConfigErrors(self.errors)
         return Config(
-            inputs=inputs,  # type: ignore[arg-type]
-            outputs=outputs,  # type: ignore[arg-type]
+            inputs=inputs,
+            outputs=outputs,
             state_dir=Path(state_dir),
             stop_timeout=stop_timeout,
             log_level=log_level,

@@ -19,8 +19,8 @@ import time
 import trio
 
 from relay.config import InputConfig
-from relay.message import Batch
 from relay.errors import StartupError
+from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, utf8_cut
 from relay.routing import Router
 from relay.stats import Counters

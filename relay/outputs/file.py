@@ -61,11 +61,13 @@ class FileOutput(Output):
     async def deliver(self, batches: list[Batch]) -> None:
         if self.fd is None:
             self._open()
+        fd = self.fd
+        assert fd is not None
         if self.config.format == "octet-counted":
             data = b"".join([encode_octet_counted(b.messages) for b in batches])
         else:
             data = b"".join([encode_lines(b.messages) for b in batches])
-        await trio.to_thread.run_sync(_write_all, self.fd, data)
+        await trio.to_thread.run_sync(_write_all, fd, data)
 
     async def aclose(self) -> None:
         if self.fd is not None and self.fd != 1:

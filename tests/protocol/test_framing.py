@@ -18,7 +18,9 @@ from relay.protocol.framing import (
 GOOD = b"<13>1 2026-11-22T00:00:00Z host app - - - the next good message"
 
 
-def decode(data: bytes, chunk: int | None = None, **kwargs: object) -> tuple[list[bytes], FrameDecoder]:
+def decode(
+    data: bytes, chunk: int | None = None, **kwargs: object
+) -> tuple[list[bytes], FrameDecoder]:
     """Feed ``data`` whole (or ``chunk`` bytes at a time), then EOF."""
     decoder = FrameDecoder(**kwargs)  # type: ignore[arg-type]
     frames: list[bytes] = []
