@@ -65,8 +65,10 @@ class Batch:
     def split(self, count: int) -> tuple[Batch, Batch]:
         """The first ``count`` messages and the rest, as two batches."""
         head, tail = self.messages[:count], self.messages[count:]
-        meta = {"received": self.received, "peer": self.peer, "input": self.input}
-        return Batch(head, **meta), Batch(tail, **meta)  # type: ignore[arg-type]
+        return (
+            Batch(head, received=self.received, peer=self.peer, input=self.input),
+            Batch(tail, received=self.received, peer=self.peer, input=self.input),
+        )
 
     def __iter__(self) -> Iterator[Message]:
         for raw in self.messages:

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -104,7 +105,9 @@ async def _datagram_socket(endpoint: Endpoint) -> trio.socket.SocketType:
     return sock
 
 
-async def _paced(plan: SendPlan, first: int, last: int, rate: float):  # type: ignore[no-untyped-def]
+async def _paced(
+    plan: SendPlan, first: int, last: int, rate: float
+) -> AsyncIterator[list[bytes]]:
     """Chunks of messages, spaced so that ``rate`` messages per second go out."""
     chunk = CHUNK if not rate else max(1, min(CHUNK, int(rate / 100)))
     start = trio.current_time()

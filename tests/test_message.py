@@ -1,0 +1,45 @@
+"""relay/message.py: batches on the hot path, lazy per-message views."""
+
+from __future__ import annotations
+
+from relay.message import Batch, Message, format_received
+from relay.protocol.syslog import Facility, Severity
+
+
+def test_batch_forwards_received_wire_bytes_unchanged() -> None:
+    wire = b"5 <13>a"
+    batch = Batch([b"<13>a"], received=0.0, wire=wire)
+    assert batch.octet_counted() is wire
+
+
+def test_batch_encodes_once_when_no_wire_bytes() -> None:
+    batch = Batch([b"<13>a", b"<14>bc"], received=0.0)
+    assert batch.octet_counted() == b"5 <13>a6 <14>bc"
+    assert batch.octet_counted() is batch.octet_counted()
+    assert batch.nbytes == 11
+
+
+def test_split_keeps_metadata() -> None:
+    batch = Batch([b"a", b"b", b"c"], received=1.5, peer="10.0.0.1:514", input="lan")
+    head, tail = batch.split(1)
+    assert (head.messages, tail.messages) == ([b"a"], [b"b", b"c"])
+    assert (tail.received, tail.peer, tail.input) == (1.5, "10.0.0.1:514", "lan")
+
+
+def test_message_parses_only_when_asked() -> None:
+    message = Message(b"<165>1 2003-10-11T22:14:15.003Z host app - ID47 - hi", received=0.0)
+    assert message._parsed is None
+    assert message.pri == 165
+    assert message._parsed is None  # PRI alone does not parse the rest
+    parsed = message.parsed()
+    assert (parsed.facility, parsed.severity) == (Facility.local4, Severity.notice)
+    assert parsed.hostname == "host" and parsed.msg == b"hi"
+    assert message.parsed() is parsed
+
+
+def test_message_without_pri() -> None:
+    assert Message(b"no pri", received=0.0).pri is None
+
+
+def test_format_received_has_microseconds() -> None:
+    assert format_received(1_700_000_000.123456) == "2023-11-14T22:13:20.123456Z"
