@@ -116,5 +116,5 @@ def test_default_run_forwards_to_stdout_and_stops_cleanly(tmp_path: Path) -> Non
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert sorted(int(l.split(b"seq=")[1]) for l in lines) == [0, 1, 2, 3, 4]
+    assert sorted(int(line.split(b"seq=")[1]) for line in lines) == [0, 1, 2, 3, 4]
     assert b"Traceback" not in err

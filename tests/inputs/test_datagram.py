@@ -19,7 +19,9 @@ from relay.spool.memory import MemorySpool
 from relay.stats import Counters
 
 
-def make_input(spool: MemorySpool, endpoint: Endpoint, **settings: object) -> datagram.DatagramInput:
+def make_input(
+    spool: MemorySpool, endpoint: Endpoint, **settings: object
+) -> datagram.DatagramInput:
     config = InputConfig("d", endpoint, **settings)  # type: ignore[arg-type]
     router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
     dgram = datagram.DatagramInput(config, router, Counters("input", "d", datagram.COUNTERS))
