@@ -104,15 +104,17 @@ class Relay:
                     for item in self.inputs:
                         inputs.start_soon(item.serve)
                     addresses = [item.address for item in self.inputs]
-                    log.info("relay: listening on %s; forwarding to %s", ", ".join(addresses),
-                             ", ".join(o.config.endpoint.url for o in self.outputs))
+                    log.info(
+                        "relay: listening on %s; forwarding to %s",
+                        ", ".join(addresses),
+                        ", ".join(o.config.endpoint.url for o in self.outputs),
+                    )
                     task_status.started(addresses)
                     async for signum in signals:
                         if signum == signal.SIGHUP:
                             self.reopen()
                             continue
-                        log.info("relay: %s received; stopping",
-                                 signal.Signals(signum).name)
+                        log.info("relay: %s received; stopping", signal.Signals(signum).name)
                         break
                     inputs.cancel_scope.cancel()
                 await self._drain(signals)
@@ -130,14 +132,18 @@ class Relay:
         if not queued:
             return
         timeout = self.config.stop_timeout
-        log.info("relay: delivering %d queued messages (up to %.0f s; "
-                 "send the signal again to stop now)", queued, timeout)
+        log.info(
+            "relay: delivering %d queued messages (up to %g s; "
+            "send the signal again to stop now)",
+            queued,
+            timeout,
+        )
         with trio.move_on_after(timeout) as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._wait_all_empty, nursery.cancel_scope)
                 nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
         if scope.cancelled_caught:
-            log.warning("relay: stop budget of %.0f s used up", timeout)
+            log.warning("relay: stop budget of %g s used up", timeout)
 
     async def _wait_all_empty(self, scope: trio.CancelScope) -> None:
         for output in self.outputs:
@@ -151,8 +157,13 @@ class Relay:
         for output in self.outputs:
             left = len(output.spool)
             if left:
-                log.error("output %s: %d messages could not be delivered before the stop "
-                          "(last error: %s)", output.name, left, output.last_error or "none")
+                log.error(
+                    "output %s: %d messages could not be delivered before the stop "
+                    "(last error: %s)",
+                    output.name,
+                    left,
+                    output.last_error or "none",
+                )
 
 
 async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:

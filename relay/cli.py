@@ -69,22 +69,31 @@ def _run_trio(main: Callable[..., Any], *args: Any) -> Any:
 def _load(config_file: str | None, inputs: Sequence[str], outputs: Sequence[str]) -> config.Config:
     try:
         base = config.load(config_file) if config_file else config.default_config()
-        return config.with_endpoints(base, list(inputs), list(outputs),
-                                     replace=config_file is None)
+        return config.with_endpoints(base, list(inputs), list(outputs), replace=config_file is None)
     except ConfigErrors as exc:
         _fail("\n".join(f"error: {e}" for e in exc.errors))
 
 
 _config_option = click.option(
-    "-c", "--config", "config_file", metavar="FILE",
-    type=click.Path(dir_okay=False), help="TOML configuration file (see relay.toml(5)).",
+    "-c",
+    "--config",
+    "config_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file (see relay.toml(5)).",
 )
 _input_option = click.option(
-    "--input", "inputs", metavar="URL", multiple=True,
+    "--input",
+    "inputs",
+    metavar="URL",
+    multiple=True,
     help="Listen on this endpoint (repeatable), e.g. udp://0.0.0.0:514.",
 )
 _output_option = click.option(
-    "--output", "outputs", metavar="URL", multiple=True,
+    "--output",
+    "outputs",
+    metavar="URL",
+    multiple=True,
     help="Forward to this endpoint (repeatable), e.g. tcp://collector:514.",
 )
 
@@ -104,12 +113,24 @@ def main() -> None:
 @_config_option
 @_input_option
 @_output_option
-@click.option("--stop-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="How long a stop may spend delivering what is queued [default: 30].")
-@click.option("--log-level", type=click.Choice(config.LOG_LEVELS),
-              help="Least severe level of the relay's own log [default: info].")
-def run(config_file: str | None, inputs: tuple[str, ...], outputs: tuple[str, ...],
-        stop_timeout: float | None, log_level: str | None) -> None:
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=config.MAX_SECONDS),
+    metavar="SECONDS",
+    help="How long a stop may spend delivering what is queued [default: 30].",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(config.LOG_LEVELS),
+    help="Least severe level of the relay's own log [default: info].",
+)
+def run(
+    config_file: str | None,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    stop_timeout: float | None,
+    log_level: str | None,
+) -> None:
     """Run the relay in the foreground until SIGTERM or SIGINT.
 
     With no options it listens on udp://127.0.0.1:5514 and tcp://127.0.0.1:5514
@@ -153,41 +174,94 @@ def check(config_file: str | None, inputs: tuple[str, ...], outputs: tuple[str, 
     """
     cfg = _load(config_file, inputs, outputs)
     click.echo(
-        f"{cfg.source}: ok: {len(cfg.inputs)} inputs "
-        f"({', '.join(i.endpoint.url for i in cfg.inputs)}), {len(cfg.outputs)} outputs "
+        f"{cfg.source}: ok: {_plural(len(cfg.inputs), 'input')} "
+        f"({', '.join(i.endpoint.url for i in cfg.inputs)}), "
+        f"{_plural(len(cfg.outputs), 'output')} "
         f"({', '.join(o.endpoint.url for o in cfg.outputs)})"
     )
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 @main.command()
 @click.argument("url")
-@click.option("-n", "--count", type=click.IntRange(min=0), default=1, show_default=True,
-              help="How many messages to send.")
-@click.option("-r", "--rate", type=click.FloatRange(min=0), default=0.0, metavar="MSG/S",
-              help="Messages per second over all connections; 0 is as fast as possible.")
-@click.option("-s", "--size", type=click.IntRange(min=0, max=1 << 24), default=0,
-              metavar="BYTES", help="Pad each message to this many bytes.")
-@click.option("--connections", type=click.IntRange(min=1, max=10000), default=1,
-              show_default=True, help="TCP connections to spread the messages over.")
-@click.option("--framing", type=click.Choice(["octet-counting", "non-transparent"]),
-              default="octet-counting", show_default=True,
-              help="TCP framing (RFC 6587): octet counts, or LF after each message.")
-@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True,
-              help="First sequence number.")
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="How many messages to send.",
+)
+@click.option(
+    "-r",
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="MSG/S",
+    help="Messages per second over all connections; 0 is as fast as possible.",
+)
+@click.option(
+    "-s",
+    "--size",
+    type=click.IntRange(min=0, max=1 << 24),
+    default=0,
+    metavar="BYTES",
+    help="Pad each message to this many bytes.",
+)
+@click.option(
+    "--connections",
+    type=click.IntRange(min=1, max=10000),
+    default=1,
+    show_default=True,
+    help="TCP connections to spread the messages over.",
+)
+@click.option(
+    "--framing",
+    type=click.Choice(["octet-counting", "non-transparent"]),
+    default="octet-counting",
+    show_default=True,
+    help="TCP framing (RFC 6587): octet counts, or LF after each message.",
+)
+@click.option(
+    "--start",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="First sequence number.",
+)
 @click.option("-m", "--message", "text", default="", help="Text to put after seq=<n>.")
-def send(url: str, count: int, rate: float, size: int, connections: int, framing: str,
-         start: int, text: str) -> None:
+def send(
+    url: str,
+    count: int,
+    rate: float,
+    size: int,
+    connections: int,
+    framing: str,
+    start: int,
+    text: str,
+) -> None:
     """Send numbered test messages to URL (tcp://, udp:// or unix://).
 
     Every message is RFC 5424 and its MSG starts with seq=<n>, counting from
     --start, so the far end of a pipeline can check that each arrived once.
     """
     try:
-        endpoint = config.parse_endpoint(url, "input")
+        endpoint = config.parse_endpoint(url, "send")
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
-    plan = sender.SendPlan(endpoint=endpoint, count=count, rate=rate, size=size,
-                           connections=connections, framing=framing, start=start, text=text)
+    plan = sender.SendPlan(
+        endpoint=endpoint,
+        count=count,
+        rate=rate,
+        size=size,
+        connections=connections,
+        framing=framing,
+        start=start,
+        text=text,
+    )
     try:
         seconds = _run_trio(sender.send, plan)
     except OSError as exc:
@@ -198,5 +272,8 @@ def send(url: str, count: int, rate: float, size: int, connections: int, framing
             raise
         _fail(f"error: cannot send to {url}: {errors[0].strerror or errors[0]}")
     rate_done = count / seconds if seconds > 0 else float("inf")
-    click.echo(f"relay: sent {count} messages to {url} in {seconds:.2f} s "
-               f"({rate_done:,.0f} msg/s)", err=True)
+    click.echo(
+        f"relay: sent {_plural(count, 'message')} to {url} in {seconds:.2f} s "
+        f"({rate_done:,.0f} msg/s)",
+        err=True,
+    )

@@ -47,8 +47,12 @@ DEFAULT_MAX_CONNECTIONS = 4096
 # use SO_RCVBUFFORCE. 8 MiB holds about 25,000 typical datagrams: a few tenths
 # of a second of a burst while the relay is busy elsewhere.
 DEFAULT_RCVBUF = 8 * 1024 * 1024
+# setsockopt takes a C int, and Linux doubles the value it stores.
+MAX_RCVBUF = 1 << 30
 # systemd's default TimeoutStopSec is 90 s; stopping must finish well inside it.
 DEFAULT_STOP_TIMEOUT = 30.0
+# Upper bound of every setting in seconds: a day.
+MAX_SECONDS = 86400
 # Longest wait between reconnect attempts to an upstream.
 DEFAULT_RETRY_MAX = 30.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -82,7 +86,9 @@ class Endpoint:
     @property
     def url(self) -> str:
         if self.scheme in ("file", "unix"):
-            return f"{self.scheme}:{self.path}" if self.path == "-" else f"{self.scheme}://{self.path}"
+            return (
+                f"{self.scheme}:{self.path}" if self.path == "-" else f"{self.scheme}://{self.path}"
+            )
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
@@ -143,16 +149,17 @@ def default_config() -> Config:
 
 def parse_endpoint(url: str, role: str) -> Endpoint:
     """Parse an endpoint URL for an ``input`` or ``output``; ValueError says why."""
-    schemes = INPUT_SCHEMES if role == "input" else OUTPUT_SCHEMES
+    schemes = OUTPUT_SCHEMES if role == "output" else INPUT_SCHEMES
     scheme, sep, rest = url.partition(":")
     scheme = scheme.lower()
     if not sep or not scheme:
         raise ValueError(f"{url!r} is not an endpoint URL (try udp://0.0.0.0:514)")
     if scheme in PLANNED_SCHEMES and scheme not in schemes:
-        raise ValueError(f"{scheme}:// {role}s are not supported by this version yet")
+        what = "relay send" if role == "send" else f"{role}s"
+        raise ValueError(f"{scheme}:// is not supported by {what} in this version yet")
     if scheme not in schemes:
         raise ValueError(
-            f"unknown {role} scheme {scheme!r}; use one of: "
+            f"unknown {'' if role == 'send' else role + ' '}scheme {scheme!r}; use one of: "
             + ", ".join(f"{s}://" for s in schemes)
         )
     if scheme in ("file", "unix"):
@@ -178,7 +185,7 @@ def parse_endpoint(url: str, role: str) -> Endpoint:
         raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
     if port is None:
         port = DEFAULT_PORTS[scheme]
-    if port == 0 and role == "output":
+    if port == 0 and role != "input":
         raise ValueError(f"{url!r}: an output needs a port from 1 to 65535")
     if "[" in parts.netloc:
         try:
@@ -258,7 +265,7 @@ class _Validator:
             if key not in ("relay", "input", "output"):
                 self.error(key, "unknown table (expected [relay], [input.NAME], [output.NAME])")
         relay = self.table(data, "relay")
-        state_dir = self.get(relay, "relay.state_dir", str, str(default_state_dir()))
+        state_dir = self.get(relay, "relay.state_dir", _absolute_path, str(default_state_dir()))
         stop_timeout = self.get(relay, "relay.stop_timeout", _seconds, DEFAULT_STOP_TIMEOUT)
         log_level = self.get(relay, "relay.log_level", _choice(LOG_LEVELS), "info")
         self.unknown(relay, "relay", ("state_dir", "stop_timeout", "log_level"))
@@ -316,14 +323,17 @@ class _Validator:
         return InputConfig(
             name=table["_name"],
             endpoint=endpoint,
-            max_message_size=self.get(table, f"{key}.max_message_size", _size(16, 1 << 30),
-                                      DEFAULT_MAX_FRAME),
-            oversize=self.get(table, f"{key}.oversize", _enum(OversizePolicy),
-                              OversizePolicy.TRUNCATE),
+            max_message_size=self.get(
+                table, f"{key}.max_message_size", _size(16, 1 << 30), DEFAULT_MAX_FRAME
+            ),
+            oversize=self.get(
+                table, f"{key}.oversize", _enum(OversizePolicy), OversizePolicy.TRUNCATE
+            ),
             framing=self.get(table, f"{key}.framing", _enum(Framing), Framing.AUTO),
-            max_connections=self.get(table, f"{key}.max_connections", _count(1, 1 << 20),
-                                     DEFAULT_MAX_CONNECTIONS),
-            rcvbuf=self.get(table, f"{key}.rcvbuf", _size(4096, 1 << 31), DEFAULT_RCVBUF),
+            max_connections=self.get(
+                table, f"{key}.max_connections", _count(1, 1 << 20), DEFAULT_MAX_CONNECTIONS
+            ),
+            rcvbuf=self.get(table, f"{key}.rcvbuf", _size(4096, MAX_RCVBUF), DEFAULT_RCVBUF),
         )
 
     def output(self, key: str, table: dict[str, Any]) -> OutputConfig | None:
@@ -332,13 +342,14 @@ class _Validator:
         return OutputConfig(
             name=table["_name"],
             endpoint=endpoint,
-            queue_max_messages=self.get(table, f"{key}.queue_max_messages", _count(1, 1 << 40),
-                                        DEFAULT_MAX_MESSAGES),
-            queue_max_bytes=self.get(table, f"{key}.queue_max_bytes", _size(1024, 1 << 50),
-                                     DEFAULT_MAX_BYTES),
+            queue_max_messages=self.get(
+                table, f"{key}.queue_max_messages", _count(1, 1 << 40), DEFAULT_MAX_MESSAGES
+            ),
+            queue_max_bytes=self.get(
+                table, f"{key}.queue_max_bytes", _size(1024, 1 << 50), DEFAULT_MAX_BYTES
+            ),
             retry_max=self.get(table, f"{key}.retry_max", _seconds, DEFAULT_RETRY_MAX),
-            format=self.get(table, f"{key}.format", _choice(("lines", "octet-counted")),
-                            "lines"),
+            format=self.get(table, f"{key}.format", _choice(("lines", "octet-counted")), "lines"),
         )
 
     def unknown(
@@ -356,8 +367,9 @@ class _Validator:
             where = f" for {scheme}:// {key.split('.')[0]}s" if scheme else ""
             self.error(f"{key}.{name}", f"unknown setting{where} (known: {', '.join(allowed)})")
 
-    def get(self, table: Mapping[str, Any], key: str, convert: Callable[[Any], Any],
-            default: Any) -> Any:
+    def get(
+        self, table: Mapping[str, Any], key: str, convert: Callable[[Any], Any], default: Any
+    ) -> Any:
         leaf = key.rsplit(".", 1)[-1]
         if leaf not in table:
             return default
@@ -369,8 +381,14 @@ class _Validator:
 
 
 def _kind(value: object) -> str:
-    return {str: "a string", int: "a number", float: "a number", bool: "true/false",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "true/false",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def _find_header(lines: list[str], table: list[str]) -> int | None:
@@ -406,7 +424,7 @@ def parse_size(value: object) -> int:
         if found:
             unit = (found.group(2) or "").lower()[:1]
             return int(found.group(1)) * _UNITS[unit]
-    raise ValueError(f"must be a size in bytes such as 65536 or \"64 KiB\", not {value!r}")
+    raise ValueError(f'must be a size in bytes such as 65536 or "64 KiB", not {value!r}')
 
 
 def _size(low: int, high: int) -> Callable[[Any], int]:
@@ -430,11 +448,19 @@ def _count(low: int, high: int) -> Callable[[Any], int]:
     return convert
 
 
+def _absolute_path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"must be a path in quotes, not {_kind(value)}")
+    if not value.startswith("/"):
+        raise ValueError(f"must be an absolute path, not {value!r}")
+    return value
+
+
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"must be a number of seconds, not {_kind(value)}")
-    if not 0 < value <= 86400:
-        raise ValueError(f"must be more than 0 and at most 86400 seconds, not {value}")
+    if not 0 < value <= MAX_SECONDS:
+        raise ValueError(f"must be more than 0 and at most {MAX_SECONDS} seconds, not {value}")
     return float(value)
 
 

@@ -40,8 +40,10 @@ class SendPlan:
 def build_messages(plan: SendPlan, first: int, last: int) -> list[bytes]:
     """Messages numbered ``first`` to ``last - 1``."""
     header = "<13>1 {ts} {host} {app} {pid} - - ".format(
-        ts=format_received(time.time()), host=socket.gethostname() or "-",
-        app=plan.app_name, pid=os.getpid(),
+        ts=format_received(time.time()),
+        host=socket.gethostname() or "-",
+        app=plan.app_name,
+        pid=os.getpid(),
     ).encode()
     text = (" " + plan.text).encode() if plan.text else b""
     out = []
@@ -105,9 +107,7 @@ async def _datagram_socket(endpoint: Endpoint) -> trio.socket.SocketType:
     return sock
 
 
-async def _paced(
-    plan: SendPlan, first: int, last: int, rate: float
-) -> AsyncIterator[list[bytes]]:
+async def _paced(plan: SendPlan, first: int, last: int, rate: float) -> AsyncIterator[list[bytes]]:
     """Chunks of messages, spaced so that ``rate`` messages per second go out."""
     chunk = CHUNK if not rate else max(1, min(CHUNK, int(rate / 100)))
     start = trio.current_time()

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def relay(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*RELAY, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        [*RELAY, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -44,8 +45,10 @@ def test_check_valid_example() -> None:
 
 def test_check_lists_each_mistake(tmp_path: Path) -> None:
     path = tmp_path / "relay.toml"
-    path.write_text('[input.a]\nurl = "udp://0.0.0.0:514"\nrcvbufs = 1\n'
-                    '[output.b]\nurl = "tcp://collector"\nqueue_max_bytes = -1\n')
+    path.write_text(
+        '[input.a]\nurl = "udp://0.0.0.0:514"\nrcvbufs = 1\n'
+        '[output.b]\nurl = "tcp://collector"\nqueue_max_bytes = -1\n'
+    )
     result = relay("check", "-c", str(path))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -84,8 +87,9 @@ def test_run_on_busy_port_exits_with_one_line() -> None:
 
 
 def test_run_with_unwritable_file_output(tmp_path: Path) -> None:
-    result = relay("run", "--input", "udp://127.0.0.1:0",
-                   "--output", f"file://{tmp_path}/missing-dir/out.log")
+    result = relay(
+        "run", "--input", "udp://127.0.0.1:0", "--output", f"file://{tmp_path}/missing-dir/out.log"
+    )
     assert_one_line_error(result, "cannot open", "No such file or directory")
 
 
@@ -96,8 +100,9 @@ def test_bad_endpoint_on_command_line() -> None:
 def test_default_run_forwards_to_stdout_and_stops_cleanly(tmp_path: Path) -> None:
     """`relay run` with no arguments: the README's first command."""
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([*RELAY, "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+    proc = subprocess.Popen(
+        [*RELAY, "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
     try:
         from tests.interop.peers import wait_for_tcp
 

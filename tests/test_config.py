@@ -21,8 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
         ("udp://0.0.0.0:514", "input", Endpoint("udp", "0.0.0.0", 514)),
         ("udp://0.0.0.0", "input", Endpoint("udp", "0.0.0.0", 514)),
         ("tcp://[::1]:5514", "input", Endpoint("tcp", "::1", 5514)),
-        ("TCP://collector.example.net:6000", "output",
-         Endpoint("tcp", "collector.example.net", 6000)),
+        (
+            "TCP://collector.example.net:6000",
+            "output",
+            Endpoint("tcp", "collector.example.net", 6000),
+        ),
         ("unix:///dev/log", "input", Endpoint("unix", path="/dev/log")),
         ("file:///var/log/all.log", "output", Endpoint("file", path="/var/log/all.log")),
         ("file:-", "output", Endpoint("file", path="-")),
@@ -37,7 +40,10 @@ def test_parse_endpoint(url: str, role: str, expected: Endpoint) -> None:
     [
         ("udpp://0.0.0.0:514", "input", "unknown input scheme"),
         ("file:///x", "input", "unknown input scheme"),
-        ("tls://0.0.0.0:6514", "input", "not supported by this version yet"),
+        ("tls://0.0.0.0:6514", "input", "not supported by inputs in this version yet"),
+        ("relp://host:2514", "send", "not supported by relay send in this version yet"),
+        ("file:///x", "send", "unknown scheme 'file'"),
+        ("state_dir", "input", "not an endpoint URL"),
         ("tcp://host:99999", "output", "port must be a number"),
         ("tcp://host:abc", "output", "port must be a number"),
         ("tcp://:514", "output", "names no host"),
@@ -53,7 +59,8 @@ def test_parse_endpoint_errors(url: str, role: str, says: str) -> None:
 
 
 def test_full_config() -> None:
-    cfg = config.loads(textwrap.dedent("""
+    cfg = config.loads(
+        textwrap.dedent("""
         [relay]
         state_dir = "/tmp/relay-state"
         stop_timeout = 12
@@ -72,12 +79,17 @@ def test_full_config() -> None:
         [output.central]
         url = "tcp://collector.example.net:514"
         queue_max_bytes = "1 GiB"
-        """))
+        """)
+    )
     assert [i.name for i in cfg.inputs] == ["lan-udp", "lan-tcp"]
     udp, tcp = cfg.inputs
     assert udp.rcvbuf == 16 * 1024 * 1024
     assert (tcp.max_connections, tcp.framing, tcp.max_message_size, tcp.oversize) == (
-        100, Framing.OCTET_COUNTING, 8192, OversizePolicy.DROP)
+        100,
+        Framing.OCTET_COUNTING,
+        8192,
+        OversizePolicy.DROP,
+    )
     assert cfg.outputs[0].queue_max_bytes == 1 << 30
     assert cfg.stop_timeout == 12.0
     assert str(cfg.state_dir) == "/tmp/relay-state"
@@ -133,13 +145,14 @@ def test_no_inputs_or_outputs() -> None:
 
 def test_setting_of_another_scheme_is_unknown() -> None:
     with pytest.raises(ConfigErrors, match="unknown setting for udp:// inputs"):
-        config.loads('[input.u]\nurl = "udp://0.0.0.0:514"\nmax_connections = 5\n'
-                     '[output.o]\nurl = "file:-"\n')
+        config.loads(
+            '[input.u]\nurl = "udp://0.0.0.0:514"\nmax_connections = 5\n'
+            '[output.o]\nurl = "file:-"\n'
+        )
 
 
 def test_command_line_endpoints_replace_defaults_without_a_file() -> None:
-    cfg = config.with_endpoints(config.default_config(), [], ["tcp://127.0.0.1:6000"],
-                                replace=True)
+    cfg = config.with_endpoints(config.default_config(), [], ["tcp://127.0.0.1:6000"], replace=True)
     assert [o.endpoint.url for o in cfg.outputs] == ["tcp://127.0.0.1:6000"]
     assert [i.endpoint.url for i in cfg.inputs] == ["udp://127.0.0.1:5514", "tcp://127.0.0.1:5514"]
 

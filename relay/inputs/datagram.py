@@ -10,6 +10,7 @@ counted, instead of stalling the loop while the kernel drops silently.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -82,8 +83,14 @@ class DatagramInput:
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         level = logging.INFO if granted >= want else logging.WARNING
         hint = "" if granted >= want else " (raise net.core.rmem_max to get more)"
-        log.log(level, "input %s: receive buffer %d bytes, asked for %d%s",
-                self.config.name, granted, want, hint)
+        log.log(
+            level,
+            "input %s: receive buffer %d bytes, asked for %d%s",
+            self.config.name,
+            granted,
+            want,
+            hint,
+        )
 
     async def serve(self) -> None:
         """Receive until cancelled."""
@@ -148,9 +155,19 @@ def _peer_name(peer: object) -> str:
     return str(peer or "")
 
 
+# On systemd hosts /dev/log is journald's socket (or a link to it); the local
+# syslog daemon reads what journald forwards instead (ForwardToSyslog=yes).
+_JOURNALD_HINT = (
+    " (on a systemd host /dev/log belongs to journald: listen on"
+    " unix:///run/systemd/journal/syslog instead)"
+)
+
+
 def _bind_unix(path: str) -> socket.socket:
     if _in_use(path):
-        raise OSError(98, f"{path} is in use by another process")
+        raise OSError(errno.EADDRINUSE, f"{path} is in use by another process{_JOURNALD_HINT}")
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket{_JOURNALD_HINT}")
     _unlink_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:

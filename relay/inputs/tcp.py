@@ -35,7 +35,13 @@ log = logging.getLogger("relay.input")
 RECV_SIZE = 256 * 1024
 
 COUNTERS = (
-    "received", "bytes", "connections", "truncated", "dropped_oversize", "framing_errors",
+    "received",
+    "bytes",
+    "connections",
+    "truncated",
+    "dropped_oversize",
+    "framing_errors",
+    "lost_at_stop",
 )
 
 
@@ -84,7 +90,9 @@ class TcpInput:
             if slots.value == 0:
                 log.warning(
                     "input %s: %d connections open (max_connections); not accepting more "
-                    "until one closes", self.config.name, self.config.max_connections,
+                    "until one closes",
+                    self.config.name,
+                    self.config.max_connections,
                 )
             await slots.acquire()
             try:
@@ -92,8 +100,9 @@ class TcpInput:
             except OSError as exc:
                 slots.release()
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("input %s: cannot accept: %s; pausing 1 s",
-                              self.config.name, exc.strerror)
+                    log.error(
+                        "input %s: cannot accept: %s; pausing 1 s", self.config.name, exc.strerror
+                    )
                     await trio.sleep(1)  # back-off, not synchronisation
                 continue
             nursery.start_soon(self._connection, stream, slots)
@@ -114,16 +123,24 @@ class TcpInput:
                 try:
                     data = await stream.receive_some(RECV_SIZE)
                 except trio.BrokenResourceError as exc:
-                    log.info("input %s: connection from %s broken: %s", name, peer,
-                             exc.__cause__ or exc)
+                    log.info(
+                        "input %s: connection from %s broken: %s", name, peer, exc.__cause__ or exc
+                    )
                     data = b""
                 frames = decoder.receive_data(data)
                 if frames:
-                    batch = Batch(frames, received=time.time(), peer=peer, input=name,
-                                  wire=decoder.wire)
+                    batch = Batch(
+                        frames, received=time.time(), peer=peer, input=name, wire=decoder.wire
+                    )
                     counters.add("received", len(frames))
                     counters.add("bytes", batch.nbytes)
-                    await put(batch)
+                    try:
+                        await put(batch)
+                    except trio.Cancelled:  # stopping while the queues are full
+                        counters.add("lost_at_stop", len(frames))
+                        log.error("input %s: %d messages from %s were read but not queued "
+                                  "before the stop (queues full)", name, len(frames), peer)
+                        raise
                 if not data:
                     break
         finally:
@@ -137,7 +154,12 @@ class TcpInput:
                 log.warning(
                     "input %s: connection from %s: %d messages truncated and %d dropped "
                     "(over %d bytes), %d framing errors",
-                    name, peer, truncated, dropped, config.max_message_size, errors,
+                    name,
+                    peer,
+                    truncated,
+                    dropped,
+                    config.max_message_size,
+                    errors,
                 )
             with trio.CancelScope(shield=True):
                 await stream.aclose()

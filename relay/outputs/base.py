@@ -26,11 +26,17 @@ log = logging.getLogger("relay.output")
 # await over thousands of messages, small enough to keep latency low.
 SEND_BYTES = 1024 * 1024
 
-COUNTERS = ("queued", "delivered", "bytes", "dropped_queue_full", "failures", "truncated")
+COUNTERS = (
+    "queued", "delivered", "bytes", "dropped_queue_full", "dropped_unreachable", "failures",
+    "truncated",
+)
 
 # Errors that mean "this attempt failed, try again later".
 RETRYABLE: tuple[type[BaseException], ...] = (
-    OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
 )
 
 
@@ -75,8 +81,11 @@ class Output:
                     await trio.sleep(delay)
                     continue
                 if backoff.failures:
-                    log.warning("output %s: delivering again after %d failed attempts",
-                                self.name, backoff.failures)
+                    log.warning(
+                        "output %s: delivering again after %d failed attempts",
+                        self.name,
+                        backoff.failures,
+                    )
                     backoff = backoff.reset()
                     self.last_error = ""
                 spool.ack(len(batches))
@@ -91,8 +100,13 @@ class Output:
         reason = describe(exc)
         queued = len(self.spool)
         if reason != self.last_error:
-            log.warning("output %s: %s; %d messages queued, retrying in %.1f s",
-                        self.name, reason, queued, delay)
+            log.warning(
+                "output %s: %s; %d messages queued, retrying in %.1f s",
+                self.name,
+                reason,
+                queued,
+                delay,
+            )
             self.last_error = reason
         else:
             log.debug("output %s: %s; retrying in %.1f s", self.name, reason, delay)

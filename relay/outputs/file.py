@@ -27,6 +27,10 @@ STDOUT = "-"
 
 class FileOutput(Output):
     fd: int | None = None
+    # After a write that failed part way (disk full): how many head batches it
+    # covered and their bytes not yet written, so the retry does not write
+    # the first part twice.
+    _unwritten: tuple[int, bytes] | None = None
 
     async def open(self) -> None:
         try:
@@ -51,8 +55,12 @@ class FileOutput(Output):
         try:
             self._open()
         except OSError as exc:
-            log.error("output %s: cannot reopen %s: %s; still writing to the old file",
-                      self.name, self.config.endpoint.path, exc.strerror)
+            log.error(
+                "output %s: cannot reopen %s: %s; still writing to the old file",
+                self.name,
+                self.config.endpoint.path,
+                exc.strerror,
+            )
             return
         if old is not None:
             os.close(old)
@@ -63,11 +71,20 @@ class FileOutput(Output):
             self._open()
         fd = self.fd
         assert fd is not None
-        if self.config.format == "octet-counted":
-            data = b"".join([encode_octet_counted(b.messages) for b in batches])
-        else:
-            data = b"".join([encode_lines(b.messages) for b in batches])
-        await trio.to_thread.run_sync(_write_all, fd, data)
+        encode = encode_octet_counted if self.config.format == "octet-counted" else encode_lines
+        # Resume a write that failed part way: its unwritten bytes cover the
+        # first ``done`` head batches (they are still queued: never acked).
+        done, head = self._unwritten or (0, b"")
+        data = head + b"".join([encode(b.messages) for b in batches[done:]])
+        written = [0]
+        try:
+            # abandon_on_cancel: a write blocked on a stuck pipe or disk must not
+            # hold up the stop; the thread finishes (or fails) on its own.
+            await trio.to_thread.run_sync(_write_all, fd, data, written, abandon_on_cancel=True)
+        except OSError:
+            self._unwritten = (len(batches), data[written[0] :])
+            raise
+        self._unwritten = None
 
     async def aclose(self) -> None:
         if self.fd is not None and self.fd != 1:
@@ -75,8 +92,10 @@ class FileOutput(Output):
         self.fd = None
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, written: list[int]) -> None:
+    """Write all of ``data``; ``written[0]`` tracks progress if it fails."""
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
-        view = view[written:]
+        count = os.write(fd, view)
+        written[0] += count
+        view = view[count:]

@@ -51,8 +51,9 @@ class TcpOutput(Output):
         stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.stream = stream
         # A second handle on the same socket, for the non-blocking peek below.
-        self._probe = socket.fromfd(stream.socket.fileno(), stream.socket.family,
-                                    socket.SOCK_STREAM)
+        self._probe = socket.fromfd(
+            stream.socket.fileno(), stream.socket.family, socket.SOCK_STREAM
+        )
         log.info("output %s: connected to %s", self.name, endpoint.url)
 
     def _peer_closed(self) -> bool:

@@ -32,6 +32,7 @@ class UdpOutput(Output):
                 if len(message) > MAX_DATAGRAM:
                     message = utf8_cut(message, MAX_DATAGRAM)
                     self.counters.add("truncated")
+                refused = 0
                 while True:
                     try:
                         send(message)
@@ -39,13 +40,18 @@ class UdpOutput(Output):
                     except BlockingIOError:
                         await trio.lowlevel.wait_writable(sock)
                     except ConnectionRefusedError:
-                        break  # ICMP port unreachable from an earlier datagram: UDP is lossy
+                        # An ICMP "port unreachable" for an earlier datagram fails
+                        # this send, and this datagram was not sent: try it once
+                        # more, then count it lost (UDP has no delivery to wait for).
+                        refused += 1
+                        if refused > 1:
+                            self.counters.add("dropped_unreachable")
+                            break
         await trio.lowlevel.checkpoint()
 
     async def _connect(self) -> None:
         endpoint = self.config.endpoint
-        infos = await trio.socket.getaddrinfo(endpoint.host, endpoint.port,
-                                              type=socket.SOCK_DGRAM)
+        infos = await trio.socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM)
         family, type_, proto, _, address = infos[0]
         sock = socket.socket(family, type_, proto)
         sock.setblocking(False)

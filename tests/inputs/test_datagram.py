@@ -41,11 +41,18 @@ async def wait_for(spool: MemorySpool, count: int) -> None:
 
 async def test_udp_one_message_per_datagram() -> None:
     spool = MemorySpool()
-    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0), max_message_size=100,
-                       oversize=OversizePolicy.TRUNCATE)
+    dgram = make_input(
+        spool,
+        Endpoint("udp", "127.0.0.1", 0),
+        max_message_size=100,
+        oversize=OversizePolicy.TRUNCATE,
+    )
     port = int(dgram.address.rsplit(":", 1)[1])
-    sent = [b"<13>seq=%d" % i for i in range(500)] + [b"<13>lf\n", b"<13>" + b"x" * 200,
-                                                        b"\xff\x00 raw"]
+    sent = [b"<13>seq=%d" % i for i in range(500)] + [
+        b"<13>lf\n",
+        b"<13>" + b"x" * 200,
+        b"\xff\x00 raw",
+    ]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(dgram.serve)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:

@@ -47,7 +47,7 @@ class Pipeline:
         config = tmp_path / "relay.toml"
         config.write_text(f"""\
 [relay]
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 
 [input.tcp]
 url = "tcp://127.0.0.1:{self.port}"
@@ -100,9 +100,23 @@ def pipeline(tmp_path: Path, rsyslog_collector: RsyslogCollector) -> Iterator[Pi
 
 def test_relay_send_over_tcp(pipeline: Pipeline) -> None:
     result = subprocess.run(
-        ["python", "-m", "relay", "send", f"tcp://127.0.0.1:{pipeline.port}",
-         "--count", str(COUNT), "--size", "300", "--connections", "4"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            "python",
+            "-m",
+            "relay",
+            "send",
+            f"tcp://127.0.0.1:{pipeline.port}",
+            "--count",
+            str(COUNT),
+            "--size",
+            "300",
+            "--connections",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     pipeline.check(COUNT)
@@ -112,9 +126,23 @@ def _logger(pipeline: Pipeline, *flags: str) -> None:
     logger = require_program("logger", "bsdutils")
     lines = "".join(f"seq={n}\n" for n in range(COUNT))
     result = subprocess.run(
-        [logger, "-n", "127.0.0.1", "-P", str(pipeline.port), "--rfc5424", "-t", "interop",
-         "--socket-errors=on", *flags],
-        input=lines, capture_output=True, text=True, timeout=120, check=False,
+        [
+            logger,
+            "-n",
+            "127.0.0.1",
+            "-P",
+            str(pipeline.port),
+            "--rfc5424",
+            "-t",
+            "interop",
+            "--socket-errors=on",
+            *flags,
+        ],
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -142,7 +170,7 @@ def test_odd_bytes_arrive_unchanged(pipeline: Pipeline) -> None:
     sent = [
         b"<13>1 2026-11-22T00:00:00Z host app - - - seq=0 \xff\xfe invalid utf-8",
         b"<13>1 2026-11-22T00:00:00Z host app - - - \xef\xbb\xbfseq=1 with BOM",
-        b"<13>1 2026-11-22T00:00:00Z host app - - [ex@32473 a=\"b\\]c\"] seq=2\ttab",
+        b'<13>1 2026-11-22T00:00:00Z host app - - [ex@32473 a="b\\]c"] seq=2\ttab',
         b"<13>Nov 22 00:00:00 sshd[42]: seq=3 rfc3164 without hostname",
         b"seq=4 no PRI at all, forwarded raw",
     ]

@@ -18,9 +18,21 @@ pytestmark = pytest.mark.interop
 
 def send(port: int, count: int, start: int = 0) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "relay", "send", f"tcp://127.0.0.1:{port}", "--count", str(count),
-         "--start", str(start)],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "send",
+            f"tcp://127.0.0.1:{port}",
+            "--count",
+            str(count),
+            "--start",
+            str(start),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -34,8 +46,16 @@ def relay_with_dead_upstream(tmp_path: Path, stop_timeout: float) -> tuple[Relay
     port, dead = free_port(), free_port()
     copy = tmp_path / "copy.log"
     relay = RelayProcess(
-        ["--input", f"tcp://127.0.0.1:{port}", "--output", f"tcp://127.0.0.1:{dead}",
-         "--output", f"file://{copy}", "--stop-timeout", str(stop_timeout)],
+        [
+            "--input",
+            f"tcp://127.0.0.1:{port}",
+            "--output",
+            f"tcp://127.0.0.1:{dead}",
+            "--output",
+            f"file://{copy}",
+            "--stop-timeout",
+            str(stop_timeout),
+        ],
         tmp_path / "relay",
     )
     return relay, port, copy
@@ -75,8 +95,12 @@ def test_second_signal_stops_at_once(tmp_path: Path) -> None:
 def test_stop_delivers_what_is_queued(tmp_path: Path, rsyslog_collector: RsyslogCollector) -> None:
     port = free_port()
     relay = RelayProcess(
-        ["--input", f"tcp://127.0.0.1:{port}",
-         "--output", f"tcp://127.0.0.1:{rsyslog_collector.tcp_port}"],
+        [
+            "--input",
+            f"tcp://127.0.0.1:{port}",
+            "--output",
+            f"tcp://127.0.0.1:{rsyslog_collector.tcp_port}",
+        ],
         tmp_path / "relay",
     )
     with relay.start():
@@ -90,8 +114,9 @@ def test_stop_delivers_what_is_queued(tmp_path: Path, rsyslog_collector: Rsyslog
 def test_sighup_reopens_file_outputs(tmp_path: Path) -> None:
     port = free_port()
     out = tmp_path / "all.log"
-    relay = RelayProcess(["--input", f"tcp://127.0.0.1:{port}", "--output", f"file://{out}"],
-                         tmp_path / "relay")
+    relay = RelayProcess(
+        ["--input", f"tcp://127.0.0.1:{port}", "--output", f"file://{out}"], tmp_path / "relay"
+    )
     with relay.start():
         relay.wait_for_tcp(port)
         send(port, 5)
@@ -103,5 +128,10 @@ def test_sighup_reopens_file_outputs(tmp_path: Path) -> None:
         wait_until(lambda: len(lines(out)) == 5, 10)
         assert relay.terminate() == 0
     assert [line.split(b"seq=")[1] for line in lines(tmp_path / "all.log.1")] == [
-        b"0", b"1", b"2", b"3", b"4"]
+        b"0",
+        b"1",
+        b"2",
+        b"3",
+        b"4",
+    ]
     assert [line.split(b"seq=")[1] for line in lines(out)] == [b"5", b"6", b"7", b"8", b"9"]

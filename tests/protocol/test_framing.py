@@ -40,6 +40,8 @@ def decode(
         pytest.param(b"<13>a\n<14>b\n", [b"<13>a", b"<14>b"], id="rfc6587-3.4.2-lf"),
         pytest.param(b"<13>no trailer", [b"<13>no trailer"], id="lf-final-frame-at-eof"),
         pytest.param(b"<13>a\n\n\n<14>b\n", [b"<13>a", b"<14>b"], id="lf-empty-lines"),
+        pytest.param(b"<13>a\r\n\r\n<14>b\r\n", [b"<13>a", b"<14>b"], id="lf-crlf-trailer"),
+        pytest.param(b"<13>a\rb\n", [b"<13>a\rb"], id="lf-inner-cr-kept"),
         pytest.param(b"5 a\nb\nc", [b"a\nb\nc"], id="octet-embedded-lf"),
         pytest.param(b"3 \x00\xff\n", [b"\x00\xff\n"], id="octet-binary"),
         pytest.param(b"3 abc\n3 def\n", [b"abc", b"def"], id="octet-with-lf-trailers"),
@@ -221,7 +223,11 @@ def test_octet_counting_round_trip(msgs: list[bytes], chunk: int) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.binary(min_size=1, max_size=200).filter(lambda b: b"\n" not in b), max_size=30),
+    # LF framing cannot carry LF, and a CR before the LF is read as trailer.
+    st.lists(
+        st.binary(min_size=1, max_size=200).filter(lambda b: b"\n" not in b and b[-1:] != b"\r"),
+        max_size=30,
+    ),
     st.integers(min_value=1, max_value=64),
 )
 def test_lf_round_trip(msgs: list[bytes], chunk: int) -> None:
@@ -230,8 +236,11 @@ def test_lf_round_trip(msgs: list[bytes], chunk: int) -> None:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.binary(max_size=400), st.integers(min_value=1, max_value=64),
-       st.sampled_from(list(OversizePolicy)))
+@given(
+    st.binary(max_size=400),
+    st.integers(min_value=1, max_value=64),
+    st.sampled_from(list(OversizePolicy)),
+)
 def test_arbitrary_bytes_never_crash_and_stay_bounded(
     data: bytes, chunk: int, policy: OversizePolicy
 ) -> None:

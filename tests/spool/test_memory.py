@@ -24,7 +24,11 @@ def test_fifo_peek_and_ack() -> None:
     assert len(spool) == 6  # peek leaves it queued
     spool.ack(1)
     assert [m for b in spool.peek(10_000) for m in b.messages] == [
-        b"seq=2", b"seq=3", b"seq=4", b"seq=5"]
+        b"seq=2",
+        b"seq=3",
+        b"seq=4",
+        b"seq=5",
+    ]
     assert spool.statistics().queued_messages == 4
 
 

@@ -1,0 +1,27 @@
+"""Fixtures shared by the test suite.
+
+The interop tests (tests/interop/) meet real peers: rsyslogd with its imrelp,
+omrelp and ossl modules, and util-linux ``logger``. ``scripts/test`` installs
+the Debian packages they come in (rsyslog, rsyslog-relp, rsyslog-openssl,
+bsdutils); a test that finds one missing fails loudly rather than skipping,
+so a green run always means the peers were really met. There is deliberately
+no session-wide check: each test asks for what it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.interop.peers import RsyslogCollector, require_program
+
+__all__ = ["require_program", "rsyslog_collector"]
+
+
+@pytest.fixture
+def rsyslog_collector(tmp_path: Path) -> Iterator[RsyslogCollector]:
+    """A started rsyslogd collecting imtcp, imudp and imrelp into its sink.log."""
+    with RsyslogCollector(tmp_path) as collector:
+        yield collector

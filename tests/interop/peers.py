@@ -1,0 +1,675 @@
+"""Real peers for the interop tests: rsyslogd, and the relay itself, as subprocesses.
+
+Every test starts its own peers on loopback with its own files under
+``tmp_path`` and never touches the system's rsyslog (its config, /dev/log or
+pid file). A peer that is missing from the machine fails the test loudly,
+naming the Debian package to install; it is never skipped. The configs
+follow /work/shared/PEERS.md, except that the collector records %rawmsg%
+(the exact bytes received) rather than %msg%, and imudp gets a 16 MiB
+receive buffer (see RsyslogCollector).
+
+Waiting is always "poll a condition with a short interval until a deadline",
+never a bare sleep: ``wait_until`` / ``await_until`` for anything,
+``wait_for_tcp`` for a listening port.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self, TypeVar, overload
+
+import pytest
+import trio
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = "127.0.0.1"
+
+# rsyslogd lives in /usr/sbin, which is not on every user's PATH.
+_EXTRA_PATH = ("/usr/sbin", "/sbin")
+
+# rsyslog modules that come in their own Debian package, for a clear failure.
+_MODULE_PACKAGES = {
+    "imrelp": "rsyslog-relp",
+    "omrelp": "rsyslog-relp",
+    "ossl": "rsyslog-openssl",
+    "lmnsd_ossl": "rsyslog-openssl",
+}
+
+_SEQ = re.compile(rb"seq=(\d+)")
+
+
+# -- programs ---------------------------------------------------------------
+
+
+def require_program(name: str, package: str) -> str:
+    """Return the path of ``name``, or fail the test naming the Debian package.
+
+    A missing peer is a broken test machine, not a reason to skip: a skipped
+    interop test would let the suite pass without ever meeting a real peer.
+    """
+    path = shutil.which(name)
+    if path is None:
+        extra = os.pathsep.join(_EXTRA_PATH)
+        path = shutil.which(name, path=f"{os.environ.get('PATH', '')}{os.pathsep}{extra}")
+    if path is None:
+        pytest.fail(
+            f"{name!r} is not installed: this test needs a real peer "
+            f"(apt-get install {package}; scripts/test installs it)",
+            pytrace=False,
+        )
+    return path
+
+
+# -- ports and waiting ------------------------------------------------------
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def free_port(kind: str = "tcp", host: str = LOOPBACK) -> int:
+    """Ask the kernel for a free ``tcp`` or ``udp`` port on ``host``.
+
+    The port is closed again before this returns, so another process may take
+    it in between; on loopback in a test run that is rare enough.
+    """
+    if kind not in ("tcp", "udp"):
+        raise ValueError(f"kind must be 'tcp' or 'udp', not {kind!r}")
+    sock_type = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(_family(host), sock_type) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    """The last ``lines`` lines of a log file, or a note that there is none."""
+    if path is None:
+        return "(no log)"
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(tail) if tail else f"({path} is empty)"
+
+
+def _exited(process: subprocess.Popen[bytes] | None) -> int | None:
+    return None if process is None else process.poll()
+
+
+def wait_for_tcp(
+    host: str,
+    port: int,
+    timeout: float = 10.0,
+    *,
+    process: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Poll-connect to ``host:port`` until it accepts a connection.
+
+    If ``process`` (the peer that should be listening) exits first, fail at
+    once with its exit code; either way the failure shows ``log_path``'s tail.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: OSError | None = None
+    while True:
+        returncode = _exited(process)
+        if returncode is not None:
+            raise AssertionError(
+                f"peer exited with status {returncode} before {host}:{port} accepted;"
+                f" log tail:\n{log_tail(log_path)}"
+            )
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"{host}:{port} did not accept a TCP connection within {timeout}s"
+                f" (last error: {last_error}); log tail:\n{log_tail(log_path)}"
+            )
+        time.sleep(0.02)
+
+
+def udp_port_bound(port: int) -> bool:
+    """Whether some socket is bound to UDP ``port`` (IPv4 or IPv6).
+
+    Read from /proc/net/udp{,6} rather than probed with bind(): a probe that
+    binds the port could make the peer's own bind fail.
+    """
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        if any(row.split()[1].endswith(suffix) for row in rows if row.strip()):
+            return True
+    return False
+
+
+Message = str | Callable[[], str]
+
+
+def _timeout_message(message: Message, timeout: float, last: object) -> str:
+    text = message() if callable(message) else message
+    prefix = f"{text}: " if text else ""
+    return f"{prefix}timed out after {timeout}s; last value: {last!r}"
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    interval: float = 0.02,
+    message: Message = "",
+) -> T:
+    """Call ``predicate`` every ``interval`` s until it returns something truthy.
+
+    Returns that value; raises AssertionError with ``message`` and the last
+    value seen when ``timeout`` s pass first. ``message`` may be a callable,
+    called only then (to show state at the time of failure).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_timeout_message(message, timeout, value))
+        time.sleep(interval)
+
+
+@overload
+async def await_until(
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float,
+    interval: float = ...,
+    message: Message = ...,
+) -> T: ...
+
+
+@overload
+async def await_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    interval: float = ...,
+    message: Message = ...,
+) -> T: ...
+
+
+async def await_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    interval: float = 0.02,
+    message: Message = "",
+) -> Any:
+    """The trio twin of ``wait_until``; ``predicate`` may be sync or async.
+
+    Uses trio's clock, so under ``autojump_clock`` the deadline is virtual.
+    """
+    deadline = trio.current_time() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if trio.current_time() >= deadline:
+            raise AssertionError(_timeout_message(message, timeout, value))
+        await trio.sleep(interval)
+
+
+# -- subprocess handling shared by rsyslogd and the relay -------------------
+
+
+def _stop_process(process: subprocess.Popen[bytes], sig: int, timeout: float) -> tuple[int, bool]:
+    """Send ``sig`` to ``process`` by its pid and reap it.
+
+    Returns (exit status, whether it exited within ``timeout``); a process
+    that did not is killed with SIGKILL so nothing outlives the test.
+    """
+    if process.poll() is not None:
+        return process.returncode, True
+    process.send_signal(sig)
+    try:
+        return process.wait(timeout), True
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(), False
+
+
+# -- rsyslogd ---------------------------------------------------------------
+
+
+class Rsyslog:
+    """One rsyslogd in the foreground, with its own config, pid file and log.
+
+    ``config`` is everything after the mandatory first line,
+    ``global(workDirectory="DIR" maxMessageSize="64k")``. The process runs as
+    ``rsyslogd -n -f DIR/rsyslog.conf -i DIR/rsyslog.pid`` with stdout and
+    stderr in DIR/rsyslog.out. Use as a context manager, or call ``start()``
+    and ``stop()``.
+    """
+
+    def __init__(self, directory: Path, config: str) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.conf_path = self.directory / "rsyslog.conf"
+        self.pid_path = self.directory / "rsyslog.pid"
+        self.out_path = self.directory / "rsyslog.out"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._out: IO[bytes] | None = None
+
+    def config_text(self) -> str:
+        head = f'global(workDirectory="{self.directory}" maxMessageSize="64k")\n'
+        return head + self.config
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("rsyslogd is not started")
+        return self.process.pid
+
+    def start(self) -> Self:
+        """Validate the config, start rsyslogd and wait until it is ready."""
+        if self.process is not None:
+            raise RuntimeError("rsyslogd is already started")
+        rsyslogd = require_program("rsyslogd", "rsyslog")
+        self.conf_path.write_text(self.config_text())
+        self._validate(rsyslogd)
+        self._out = self.out_path.open("wb")
+        self.process = subprocess.Popen(
+            [rsyslogd, "-n", "-f", str(self.conf_path), "-i", str(self.pid_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            cwd=self.directory,
+        )
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _validate(self, rsyslogd: str) -> None:
+        # rsyslogd keeps running with a broken config (it logs and drops the
+        # bad statement), so check it first: one clear failure, not a timeout.
+        result = subprocess.run(
+            [rsyslogd, "-N1", "-f", str(self.conf_path)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode == 0:
+            return
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        hints = [
+            f"apt-get install {package} (for {module})"
+            for module, package in _MODULE_PACKAGES.items()
+            if f"'{module}'" in output or f"{module}.so" in output
+        ]
+        hint = f"\nmissing module? {'; '.join(sorted(set(hints)))}" if hints else ""
+        raise AssertionError(
+            f"rsyslogd rejected {self.conf_path}:\n{output}{hint}\n"
+            f"--- config ---\n{self.config_text()}"
+        )
+
+    def wait_ready(self) -> None:
+        """Block until the inputs accept; subclasses know their ports."""
+
+    def wait_for_tcp(self, port: int, host: str = LOOPBACK, timeout: float = 10.0) -> None:
+        wait_for_tcp(host, port, timeout, process=self.process, log_path=self.out_path)
+
+    def wait_for_udp(self, port: int, timeout: float = 10.0) -> None:
+        wait_until(
+            lambda: udp_port_bound(port) or _exited(self.process) is not None,
+            timeout,
+            message=lambda: f"rsyslogd did not bind UDP port {port}; log:\n{self.log_tail()}",
+        )
+        if _exited(self.process) is not None:
+            raise AssertionError(f"rsyslogd exited; log tail:\n{self.log_tail()}")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tail(self.out_path, lines)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM by pid, wait up to ``timeout`` s, then SIGKILL; returns the status."""
+        if self.process is None:
+            return None
+        try:
+            returncode, _ = _stop_process(self.process, signal.SIGTERM, timeout)
+        finally:
+            if self._out is not None:
+                self._out.close()
+                self._out = None
+        return returncode
+
+    def __enter__(self) -> Self:
+        if self.process is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RsyslogCollector(Rsyslog):
+    """rsyslogd as the upstream: what relay forwards to.
+
+    Listens on ``host`` with imtcp (``tcp_port``: octet-counted and LF frames
+    both accepted), imudp (``udp_port``) and imrelp (``relp_port``), and writes
+    each message's exact received bytes (``%rawmsg%``, control characters not
+    escaped) plus LF to DIR/sink.log. Ports are chosen at construction, so a
+    test can configure the relay before starting the collector.
+    """
+
+    def __init__(self, tmp_path: Path, *, host: str = LOOPBACK, name: str = "collector") -> None:
+        directory = Path(tmp_path) / name
+        self.host = host
+        self.tcp_port = free_port("tcp", host)
+        self.udp_port = free_port("udp", host)
+        self.relp_port = free_port("tcp", host)
+        self.sink_path = directory / "sink.log"
+        super().__init__(directory, self._config())
+
+    def _config(self) -> str:
+        return f"""\
+# Keep the received bytes as they are: by default rsyslog rewrites control
+# characters as #ooo. (8.2302 honours this and the legacy
+# "$EscapeControlCharactersOnReceive off" alike.)
+global(parser.escapeControlCharactersOnReceive="off")
+module(load="imtcp")
+input(type="imtcp" address="{self.host}" port="{self.tcp_port}" ruleset="sink")
+module(load="imudp")
+# With the default 208 KiB receive buffer rsyslog dropped ~40% of 1,000
+# datagrams from logger here; as root it forces this size (SO_RCVBUFFORCE).
+input(type="imudp" address="{self.host}" port="{self.udp_port}" ruleset="sink"
+      rcvbufSize="16m")
+module(load="imrelp")
+input(type="imrelp" address="{self.host}" port="{self.relp_port}" ruleset="sink")
+template(name="raw" type="string" string="%rawmsg%\\n")
+ruleset(name="sink") {{
+  action(type="omfile" file="{self.sink_path}" template="raw")
+}}
+"""
+
+    def wait_ready(self) -> None:
+        self.wait_for_tcp(self.tcp_port, self.host)
+        self.wait_for_tcp(self.relp_port, self.host)
+        self.wait_for_udp(self.udp_port)
+
+    def data(self) -> bytes:
+        """The sink up to its last complete line (omfile may be mid-write)."""
+        try:
+            raw = self.sink_path.read_bytes()
+        except FileNotFoundError:
+            return b""
+        return raw[: raw.rfind(b"\n") + 1]
+
+    def lines(self) -> list[bytes]:
+        """Every message received so far, as the bytes received, without the LF."""
+        return self.data().split(b"\n")[:-1]
+
+    def seqs(self) -> collections.Counter[int]:
+        """How often each ``seq=<n>`` has arrived so far."""
+        return collections.Counter(int(n) for n in _SEQ.findall(self.data()))
+
+    def wait_for_count(self, n: int, timeout: float = 10.0) -> list[bytes]:
+        """Wait until at least ``n`` messages have arrived; return them all."""
+
+        def enough() -> list[bytes]:
+            lines = self.lines()
+            return lines if len(lines) >= n else []
+
+        return wait_until(
+            enough,
+            timeout,
+            message=lambda: f"collector has {len(self.lines())} of {n} messages",
+        )
+
+
+def omfwd_action(
+    port: int,
+    *,
+    host: str = LOOPBACK,
+    framing: str = "octet-counted",
+    template: str = "raw",
+    extra: str = "",
+) -> str:
+    """An omfwd-over-TCP action for ``RsyslogSender``.
+
+    ``template="raw"`` (defined by RsyslogSender) forwards each message's
+    bytes unchanged; "RSYSLOG_SyslogProtocol23Format" re-formats as RFC 5424.
+    ``framing`` is "octet-counted" or "traditional" (LF). The action retries
+    for ever, so nothing is lost while the target starts.
+    """
+    return (
+        f'action(type="omfwd" target="{host}" port="{port}" protocol="tcp"'
+        f' TCP_Framing="{framing}" template="{template}"'
+        f' queue.type="LinkedList" action.resumeRetryCount="-1" {extra})'
+    )
+
+
+def omrelp_action(
+    port: int,
+    *,
+    host: str = LOOPBACK,
+    window: int = 4096,
+    template: str = "raw",
+    extra: str = "",
+) -> str:
+    """An omrelp action for ``RsyslogSender``.
+
+    omrelp's default window moved ~2,900 msg/s on loopback; 4096 about 85,000
+    (PEERS.md).
+    """
+    return (
+        f'action(type="omrelp" target="{host}" port="{port}" windowSize="{window}"'
+        f' template="{template}" queue.type="LinkedList" action.resumeRetryCount="-1"'
+        f" {extra})"
+    )
+
+
+class RsyslogSender(Rsyslog):
+    """rsyslogd as a client: what sends to relay.
+
+    The test writes LF-terminated lines to imtcp on ``feed_port`` (see
+    ``send_lines``); rsyslog passes each to ``action``, a config statement
+    such as ``omfwd_action(port)`` or ``omrelp_action(port)``. ``preamble``
+    goes before the input (TLS globals, module parameters); omrelp is loaded
+    for you if the action uses it and the preamble does not. A template
+    "raw" (``%rawmsg%``: the line as written, without its LF) is defined.
+    """
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        action: str,
+        *,
+        preamble: str = "",
+        host: str = LOOPBACK,
+        name: str = "sender",
+    ) -> None:
+        self.host = host
+        self.feed_port = free_port("tcp", host)
+        self.action = action
+        self.preamble = preamble
+        super().__init__(Path(tmp_path) / name, self._config())
+
+    def _config(self) -> str:
+        load_omrelp = '"omrelp"' in self.action and 'load="omrelp"' not in self.preamble
+        return f"""\
+global(parser.escapeControlCharactersOnReceive="off")
+{self.preamble}
+{'module(load="omrelp")' if load_omrelp else ""}
+module(load="imtcp")
+input(type="imtcp" address="{self.host}" port="{self.feed_port}" ruleset="feed")
+template(name="raw" type="string" string="%rawmsg%")
+ruleset(name="feed") {{
+  {self.action}
+}}
+"""
+
+    def wait_ready(self) -> None:
+        self.wait_for_tcp(self.feed_port, self.host)
+
+    def send_lines(self, lines: Iterable[bytes]) -> None:
+        """Write ``lines`` (without LF) to the feed port on one connection."""
+        payload = b"".join(line + b"\n" for line in lines)
+        with socket.create_connection((self.host, self.feed_port), timeout=10) as sock:
+            sock.sendall(payload)
+
+
+# -- the relay under test ---------------------------------------------------
+
+
+class RelayProcess:
+    """The relay under test: ``python -m relay run *args`` as a subprocess.
+
+    Runs in ``directory`` (its working directory, so relative paths in the
+    arguments land there) with stdout and stderr in relay.stdout and
+    relay.stderr, ``PYTHONUNBUFFERED=1`` and this checkout first on
+    PYTHONPATH. Use as a context manager; leaving it kills what still runs.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        directory: Path,
+        *,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.args = list(args)
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.stdout_path = self.directory / "relay.stdout"
+        self.stderr_path = self.directory / "relay.stderr"
+        self.extra_env = dict(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        self._files: list[IO[bytes]] = []
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "relay", "run", *self.args]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        path = [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
+        env.update(PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(path))
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> Self:
+        if self.process is not None:
+            raise RuntimeError("relay is already started")
+        stdout = self.stdout_path.open("wb")
+        stderr = self.stderr_path.open("wb")
+        self._files = [stdout, stderr]
+        self.process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=self.directory,
+            env=self._env(),
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self._started().pid
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self.process is None:
+            raise RuntimeError("relay is not started")
+        return self.process
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_for_tcp(self, *ports: int, host: str = LOOPBACK, timeout: float = 10.0) -> None:
+        """Wait until the relay accepts on every one of ``ports``."""
+        for port in ports:
+            wait_for_tcp(host, port, timeout, process=self._started(), log_path=self.stderr_path)
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM by pid; assert it exits within ``timeout`` s; return its status."""
+        returncode, in_time = _stop_process(self._started(), signal.SIGTERM, timeout)
+        self._close_files()
+        assert in_time, (
+            f"relay did not exit within {timeout}s of SIGTERM (killed);"
+            f" stderr tail:\n{self.log_tail()}"
+        )
+        return returncode
+
+    def kill(self) -> int:
+        """SIGKILL by pid (a crash, as far as the relay can tell); return its status."""
+        returncode, _ = _stop_process(self._started(), signal.SIGKILL, 10.0)
+        self._close_files()
+        return returncode
+
+    def wait_for_exit(self, timeout: float = 10.0) -> int:
+        """Wait for the relay to exit on its own; return its status."""
+        try:
+            return self._started().wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"relay still running after {timeout}s; stderr tail:\n{self.log_tail()}"
+            ) from None
+
+    def log(self) -> str:
+        """Everything the relay wrote to stderr so far."""
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tail(self.stderr_path, lines)
+
+    def _close_files(self) -> None:
+        for file in self._files:
+            file.close()
+        self._files = []
+
+    def __enter__(self) -> Self:
+        if self.process is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.process is not None:
+            _stop_process(self.process, signal.SIGKILL, 10.0)
+        self._close_files()
