@@ -94,3 +94,44 @@ async def test_max_connections_pauses_accepting() -> None:
         assert queued(spool) == [b"<13>third"]
         await streams[1].aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_malformed_input_does_not_cost_the_next_good_message() -> None:
+    """Bad PRI, bad octet counts, NUL bytes, invalid UTF-8, an oversize frame and
+    a frame cut short, all on one connection: each good message still arrives."""
+    spool = MemorySpool()
+    tcp_input = await start_input(spool, max_message_size=1000)
+    good = [b"<13>1 - - - - - good %d" % i for i in range(6)]
+    wire = b"".join(
+        [
+            encode_octet_counted([good[0]]),
+            b"12x <999>bad count and bad PRI\n",
+            encode_octet_counted([good[1]]),
+            encode_octet_counted([b"\x00\x00 NUL bytes"]),
+            encode_octet_counted([good[2]]),
+            encode_octet_counted([b"<13>\xff\xfe invalid utf-8"]),
+            encode_octet_counted([good[3]]),
+            encode_octet_counted([b"<13>" + b"x" * 5000]),
+            encode_octet_counted([good[4]]),
+            b"99999999999999999999 absurd\n",
+            encode_octet_counted([good[5]]),
+            b"100 <13>cut short",
+        ]
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tcp_input.serve)
+        stream = await trio.open_tcp_stream("127.0.0.1", port_of(tcp_input))
+        for i in range(0, len(wire), 7):  # arbitrary read boundaries
+            await stream.send_all(wire[i : i + 7])
+        await stream.aclose()
+        with trio.fail_after(10):
+            while tcp_input.counters["connections"] < 1 or tcp_input.active:
+                await trio.sleep(0.01)  # polling a condition with a deadline
+        nursery.cancel_scope.cancel()
+    got = queued(spool)
+    assert [m for m in got if b"good" in m] == good
+    assert b"\x00\x00 NUL bytes" in got and b"<13>\xff\xfe invalid utf-8" in got
+    assert b"<13>" + b"x" * 996 in got  # truncated to max_message_size, not split
+    assert got[-1] == b"<13>cut short"  # kept at EOF, counted as truncated
+    assert tcp_input.counters["framing_errors"] == 2
+    assert tcp_input.counters["truncated"] == 2
