@@ -1,28 +1,36 @@
 """The relay's lifecycle: start, serve, stop.
 
-Start: open every output and bind every input before serving anything, so a
-busy port or a missing directory ends the start with one clear line and
-nothing half-running.
+Start: lock the state directory, open every output's spool (checking and
+adopting what an earlier run left there, to be delivered first), open every
+output and bind every input before serving anything, so a busy port or an
+unwritable directory ends the start with one clear line and nothing
+half-running.
 
-Stop (SIGTERM or SIGINT): stop accepting, close the inputs, then give the
-outputs up to ``stop_timeout`` seconds to deliver what is queued. A second
-signal cuts that wait short. Whatever could not be delivered in time is
-counted and logged by output (saving it to disk for the next start comes with
-the disk spool).
+Stop (SIGTERM or SIGINT): stop accepting and close the inputs; give the
+outputs that are delivering up to ``stop_timeout`` (less a reserve for
+saving) to empty their spools, and stop at once those whose upstream is down;
+then each spool writes what only memory holds to disk, to be replayed first
+at the next start. A second signal cuts the wait short. Exit status 0 when
+nothing was lost, 1 when a spool without disk could not keep what it held.
 
 SIGHUP reopens file outputs (logrotate).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import re
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import trio
 
 from relay import stats
 from relay.config import Config, InputConfig, OutputConfig
+from relay.errors import StartupError
 from relay.inputs import datagram, tcp
 from relay.outputs import base
 from relay.outputs.base import Output
@@ -30,15 +38,22 @@ from relay.outputs.file import FileOutput
 from relay.outputs.tcp import TcpOutput
 from relay.outputs.udp import UdpOutput
 from relay.routing import Route, Router
-from relay.spool.memory import MemorySpool
+from relay.spool import spool as spools
+from relay.spool.spool import Spool, SpoolSettings
 
 log = logging.getLogger("relay")
 
 _OUTPUTS: dict[str, type[Output]] = {"tcp": TcpOutput, "udp": UdpOutput, "file": FileOutput}
 
+# Of the stop budget, what is kept for writing memory to disk once delivery
+# stops: writing a full 64 MiB memory part takes well under a second.
+SAVE_RESERVE = 5.0
+# At stop, how long inputs may go on reading what senders already wrote.
+INPUT_GRACE = 2.0
+
 
 class Relay:
-    """Inputs, router and outputs built from one config."""
+    """Inputs, router, spools and outputs built from one config."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -46,24 +61,75 @@ class Relay:
         self.outputs = [self._output(o) for o in config.outputs]
         self.router = Router([Route(o.spool, o.counters) for o in self.outputs])
         self.inputs: list[datagram.DatagramInput | tcp.TcpInput] = []
+        self._lock: int | None = None
+        self.lost = 0  # messages neither delivered nor saved at stop
 
     def _output(self, config: OutputConfig) -> Output:
-        spool = MemorySpool(
-            max_messages=config.queue_max_messages, max_bytes=config.queue_max_bytes
+        settings = SpoolSettings(
+            max_messages=config.queue_max_messages,
+            max_bytes=config.queue_max_bytes,
+            disk_max_bytes=config.disk_max_bytes,
+            on_full=config.on_full,
+            durability=config.durability,
+            fsync_interval=config.fsync_interval,
+        )
+        directory = spool_directory(self.config.state_dir, config.name)
+        spool = Spool(
+            config.name,
+            settings,
+            self.stats.counters("spool", config.name, spools.COUNTERS),
+            directory if config.disk_max_bytes else None,
         )
         counters = self.stats.counters("output", config.name, base.COUNTERS)
         return _OUTPUTS[config.endpoint.scheme](config, spool, counters)
 
     async def open(self) -> None:
-        """Open outputs and bind inputs; StartupError on the first that fails."""
+        """Lock state, open spools and outputs, bind inputs; StartupError on failure."""
         try:
+            self._lock_state_dir()
             for output in self.outputs:
+                try:
+                    await output.spool.open()
+                except OSError as exc:
+                    raise StartupError(
+                        f"output {output.name}: cannot use its spool in "
+                        f"{output.spool.directory}: {exc.strerror or exc}"
+                    ) from None
                 await output.open()
+            self._warn_orphan_spools()
             for config in self.config.inputs:
                 self.inputs.append(await self._open_input(config))
         except BaseException:
             await self.aclose_inputs()
             raise
+
+    def _lock_state_dir(self) -> None:
+        state = self.config.state_dir
+        try:
+            state.mkdir(mode=0o750, parents=True, exist_ok=True)
+            fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise StartupError(f"cannot use state_dir {state}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(
+                f"state_dir {state} is in use by another relay (its spools must have one "
+                "owner); give each relay its own state_dir"
+            ) from None
+        self._lock = fd
+
+    def _warn_orphan_spools(self) -> None:
+        root = self.config.state_dir / "spool"
+        known = {spool_directory(self.config.state_dir, o.name) for o in self.config.outputs}
+        for directory in sorted(root.glob("*")) if root.is_dir() else []:
+            if directory not in known and any(directory.glob("*.seg")):
+                log.warning(
+                    "relay: %s holds queued messages of an output that is not configured; "
+                    "they stay there until an output of that name is configured again",
+                    directory,
+                )
 
     async def _open_input(self, config: InputConfig) -> datagram.DatagramInput | tcp.TcpInput:
         if config.endpoint.scheme == "tcp":
@@ -100,6 +166,7 @@ class Relay:
             async with trio.open_nursery() as nursery:
                 for output in self.outputs:
                     nursery.start_soon(output.run)
+                    nursery.start_soon(output.spool.run)
                 async with trio.open_nursery() as inputs:
                     for item in self.inputs:
                         inputs.start_soon(item.serve)
@@ -116,9 +183,17 @@ class Relay:
                             continue
                         log.info("relay: %s received; stopping", signal.Signals(signum).name)
                         break
-                    inputs.cancel_scope.cancel()
+                    # Stop accepting; let connections hand over what is already
+                    # in our kernel's buffers, within a short grace.
+                    for item in self.inputs:
+                        await item.stop()
+                    grace = min(INPUT_GRACE, self.config.stop_timeout / 4)
+                    inputs.cancel_scope.deadline = trio.current_time() + grace
                 await self._drain(signals)
                 nursery.cancel_scope.cancel()
+            # Still inside the signal receiver: another SIGTERM now must not
+            # kill the process halfway through saving.
+            self._save()
         self._report()
 
     def reopen(self) -> None:
@@ -128,42 +203,68 @@ class Relay:
                 output.reopen()
 
     async def _drain(self, signals: AsyncIterator[int]) -> None:
+        """Let outputs that are delivering empty their spools, within the budget."""
         queued = self.queued()
         if not queued:
             return
         timeout = self.config.stop_timeout
+        budget = max(timeout - min(SAVE_RESERVE, timeout / 4), timeout / 2)
         log.info(
-            "relay: delivering %d queued messages (up to %g s; "
-            "send the signal again to stop now)",
+            "relay: delivering %d queued messages (up to %g s; send the signal again to stop now)",
             queued,
-            timeout,
+            budget,
         )
-        with trio.move_on_after(timeout) as scope:
+        with trio.move_on_after(budget) as scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._wait_all_empty, nursery.cancel_scope)
+                nursery.start_soon(self._wait_drained, nursery.cancel_scope)
                 nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
         if scope.cancelled_caught:
-            log.warning("relay: stop budget of %g s used up", timeout)
+            log.warning("relay: stop budget of %g s for delivering used up", budget)
 
-    async def _wait_all_empty(self, scope: trio.CancelScope) -> None:
-        for output in self.outputs:
-            await output.spool.wait_empty()
+    async def _wait_drained(self, scope: trio.CancelScope) -> None:
+        """Until every output has emptied its spool or is failing to deliver."""
+        while any(len(o.spool) and not o.last_error for o in self.outputs):
+            with trio.move_on_after(0.05):  # also notice an output starting to fail
+                await self.outputs[0].spool.wait_changed()
         scope.cancel()
+
+    def _save(self) -> None:
+        for output in self.outputs:
+            left = len(output.spool)
+            if not left:
+                continue
+            lost = output.spool.save()
+            self.lost += lost
+            if lost:
+                log.error(
+                    "output %s: %d messages were lost at the stop: not delivered (last error: "
+                    "%s) and not saved (%s)",
+                    output.name,
+                    lost,
+                    output.last_error or "none",
+                    "no disk: disk_max_bytes = 0"
+                    if output.spool.directory is None
+                    else "the disk failed",
+                )
+            else:
+                log.info(
+                    "output %s: %d messages not delivered yet are kept in %s and will be "
+                    "delivered first at the next start",
+                    output.name,
+                    left,
+                    output.spool.directory,
+                )
 
     def _report(self) -> None:
         snapshot = self.stats.snapshot()
         for line in stats.summary(snapshot).splitlines():
             log.info("relay: %s", line)
-        for output in self.outputs:
-            left = len(output.spool)
-            if left:
-                log.error(
-                    "output %s: %d messages could not be delivered before the stop "
-                    "(last error: %s)",
-                    output.name,
-                    left,
-                    output.last_error or "none",
-                )
+
+
+def spool_directory(state_dir: Path, output_name: str) -> Path:
+    """Where an output's spool lives: a file name made from the output's name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", output_name)
+    return state_dir / "spool" / safe
 
 
 async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
@@ -175,10 +276,8 @@ async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope
 
 
 async def run(config: Config) -> int:
-    """Open and run a relay; returns the exit status (0 after a clean stop)."""
+    """Open and run a relay; returns the exit status (0 unless messages were lost)."""
     relay = Relay(config)
     await relay.open()
     await relay.run()
-    # Messages still queued now are lost (the disk spool will keep them):
-    # say so in the exit status, so that systemd shows the unit as failed.
-    return 1 if relay.queued() else 0
+    return 1 if relay.lost else 0

@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -114,6 +115,13 @@ def main() -> None:
 @_input_option
 @_output_option
 @click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Where spools and the lock live [default: /var/lib/relay as root, else "
+    "$XDG_STATE_HOME/relay].",
+)
+@click.option(
     "--stop-timeout",
     type=click.FloatRange(min=0, min_open=True, max=config.MAX_SECONDS),
     metavar="SECONDS",
@@ -128,6 +136,7 @@ def run(
     config_file: str | None,
     inputs: tuple[str, ...],
     outputs: tuple[str, ...],
+    state_dir: str | None,
     stop_timeout: float | None,
     log_level: str | None,
 ) -> None:
@@ -147,6 +156,8 @@ def run(
     """
     cfg = _load(config_file, inputs, outputs)
     overrides: dict[str, Any] = {}
+    if state_dir is not None:
+        overrides["state_dir"] = Path(state_dir).absolute()
     if stop_timeout is not None:
         overrides["stop_timeout"] = stop_timeout
     if log_level is not None:

@@ -20,6 +20,7 @@ must not silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import os
 import re
@@ -31,7 +32,13 @@ from typing import Any
 
 from relay.errors import ConfigError, ConfigErrors
 from relay.protocol.framing import DEFAULT_MAX_FRAME, Framing, OversizePolicy
-from relay.spool.memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES
+from relay.spool.spool import (
+    DEFAULT_DISK_MAX_BYTES,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MESSAGES,
+    Durability,
+    OnFull,
+)
 
 INPUT_SCHEMES = ("udp", "tcp", "unix")
 OUTPUT_SCHEMES = ("tcp", "udp", "file")
@@ -63,12 +70,23 @@ INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "unix": (*_COMMON_INPUT, "rcvbuf"),
     "tcp": (*_COMMON_INPUT, "framing", "max_connections"),
 }
-_COMMON_OUTPUT = ("url", "queue_max_messages", "queue_max_bytes", "retry_max")
+_COMMON_OUTPUT = (
+    "url",
+    "queue_max_messages",
+    "queue_max_bytes",
+    "retry_max",
+    "disk_max_bytes",
+    "on_full",
+    "durability",
+    "fsync_interval",
+)
 OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
-    "tcp": _COMMON_OUTPUT,
+    "tcp": (*_COMMON_OUTPUT, "targets", "mode"),
     "udp": _COMMON_OUTPUT,
     "file": (*_COMMON_OUTPUT, "format"),
 }
+# Schemes whose outputs may list several targets (failover / load balancing).
+MULTI_TARGET_SCHEMES = ("tcp",)
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -104,14 +122,29 @@ class InputConfig:
     rcvbuf: int = DEFAULT_RCVBUF
 
 
+class TargetMode(enum.StrEnum):
+    FAILOVER = "failover"  # the first healthy target; back to the first when it returns
+    LOADBALANCE = "loadbalance"  # round-robin over the healthy targets
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class OutputConfig:
     name: str
-    endpoint: Endpoint
+    endpoint: Endpoint  # the first (or only) target
     queue_max_messages: int = DEFAULT_MAX_MESSAGES
     queue_max_bytes: int = DEFAULT_MAX_BYTES
     retry_max: float = DEFAULT_RETRY_MAX
     format: str = "lines"  # file outputs: "lines" or "octet-counted"
+    targets: tuple[Endpoint, ...] = ()  # every target, in order; () means (endpoint,)
+    mode: TargetMode = TargetMode.FAILOVER
+    disk_max_bytes: int = DEFAULT_DISK_MAX_BYTES
+    on_full: OnFull = OnFull.BLOCK
+    durability: Durability = Durability.MEMORY
+    fsync_interval: float = 0.0  # with durability "fsync": 0 = every batch
+
+    @property
+    def all_targets(self) -> tuple[Endpoint, ...]:
+        return self.targets or (self.endpoint,)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -302,6 +335,11 @@ class _Validator:
             if not isinstance(table, dict):
                 self.error(key, f"must be a table ([{key}]) with a url, not {_kind(table)}")
                 continue
+            if role == "output" and "targets" in table:
+                item = self.multi_target(key, table)
+                if item is not None:
+                    out.append(item)
+                continue
             if "url" not in table:
                 self.error(key, 'has no url (e.g. url = "udp://0.0.0.0:514")')
                 continue
@@ -336,12 +374,57 @@ class _Validator:
             rcvbuf=self.get(table, f"{key}.rcvbuf", _size(4096, MAX_RCVBUF), DEFAULT_RCVBUF),
         )
 
+    def multi_target(self, key: str, table: dict[str, Any]) -> OutputConfig | None:
+        if "url" in table:
+            self.error(f"{key}.targets", "give url or targets, not both")
+            return None
+        urls = table["targets"]
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            self.error(
+                f"{key}.targets", 'must be a list of URLs, e.g. ["tcp://a:514", "tcp://b:514"]'
+            )
+            self.unknown(table, key, OUTPUT_KEYS)
+            return None
+        targets = []
+        for url in urls:
+            try:
+                targets.append(parse_endpoint(url, "output"))
+            except ValueError as exc:
+                self.error(f"{key}.targets", str(exc))
+        if len(targets) != len(urls):
+            return None
+        schemes = {t.scheme for t in targets}
+        if len(schemes) > 1 or not schemes <= set(MULTI_TARGET_SCHEMES):
+            self.error(
+                f"{key}.targets",
+                "all targets must share one scheme, one of: "
+                + ", ".join(f"{s}://" for s in MULTI_TARGET_SCHEMES),
+            )
+            return None
+        return self.output(key, {**table, "_endpoint": targets[0], "_targets": tuple(targets)})
+
     def output(self, key: str, table: dict[str, Any]) -> OutputConfig | None:
         endpoint: Endpoint = table["_endpoint"]
         self.unknown(table, key, OUTPUT_KEYS[endpoint.scheme], endpoint.scheme)
+        if "mode" in table and "targets" not in table:
+            self.error(f"{key}.mode", "only means something with targets = [...]")
+        durability = self.get(table, f"{key}.durability", _enum(Durability), Durability.MEMORY)
+        if "fsync_interval" in table and durability is not Durability.FSYNC:
+            self.error(f"{key}.fsync_interval", 'only applies with durability = "fsync"')
+        disk_max_bytes = self.get(
+            table, f"{key}.disk_max_bytes", _size(0, 1 << 50), DEFAULT_DISK_MAX_BYTES
+        )
+        if disk_max_bytes == 0 and durability is not Durability.MEMORY:
+            self.error(f"{key}.durability", f'"{durability}" needs disk: disk_max_bytes is 0')
         return OutputConfig(
             name=table["_name"],
             endpoint=endpoint,
+            targets=table.get("_targets", ()),
+            mode=self.get(table, f"{key}.mode", _enum(TargetMode), TargetMode.FAILOVER),
+            disk_max_bytes=disk_max_bytes,
+            on_full=self.get(table, f"{key}.on_full", _enum(OnFull), OnFull.BLOCK),
+            durability=durability,
+            fsync_interval=self.get(table, f"{key}.fsync_interval", _interval, 0.0),
             queue_max_messages=self.get(
                 table, f"{key}.queue_max_messages", _count(1, 1 << 40), DEFAULT_MAX_MESSAGES
             ),
@@ -446,6 +529,14 @@ def _count(low: int, high: int) -> Callable[[Any], int]:
         return value
 
     return convert
+
+
+def _interval(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"must be a number of seconds, not {_kind(value)}")
+    if not 0 <= value <= 60:
+        raise ValueError(f"must be from 0 (every batch) to 60 seconds, not {value}")
+    return float(value)
 
 
 def _absolute_path(value: Any) -> str:

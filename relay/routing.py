@@ -1,12 +1,13 @@
 """From inputs to the outputs' spools.
 
 For now every input feeds every output (fan-out). Each output has its own
-spool, so one slow upstream never stalls another output.
+spool, so one slow upstream never stalls another output until that spool's
+memory and disk budgets are both spent; then its ``on_full`` policy decides.
 
-Reliable inputs (TCP) call :meth:`Router.put`, which waits for room in every
-spool: back-pressure travels to the sender's socket, and the sender's own
-queue takes over. Lossy inputs (UDP, unix datagrams) call
-:meth:`Router.put_nowait`, which never waits; a spool without room drops the
+Reliable inputs (TCP) call :meth:`Router.put`: with ``on_full = block`` it
+waits for room, so back-pressure reaches the sender's socket and the
+sender's own queue takes over. Lossy inputs (UDP, unix datagrams) call
+:meth:`Router.put_nowait`, which never waits; a spool that is full drops the
 batch for that output only, and the drop is counted there.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from relay.message import Batch
-from relay.spool.memory import MemorySpool
+from relay.spool.spool import Admission, Spool
 from relay.stats import Counters
 
 
@@ -24,7 +25,7 @@ class Route:
 
     __slots__ = ("counters", "spool")
 
-    def __init__(self, spool: MemorySpool, counters: Counters) -> None:
+    def __init__(self, spool: Spool, counters: Counters) -> None:
         self.spool = spool
         self.counters = counters
 
@@ -34,19 +35,24 @@ class Router:
         self.routes = tuple(routes)
 
     async def put(self, batch: Batch) -> None:
-        """Queue ``batch`` for every output, waiting for room (back-pressure)."""
+        """Queue ``batch`` for every output, waiting where on_full is block."""
         for route in self.routes:
-            if not route.spool.put_nowait(batch):
-                await route.spool.put(batch)
-            route.counters.add("queued", len(batch.messages))
+            admission = route.spool.put_nowait(batch)
+            if admission is Admission.FULL:
+                admission = await route.spool.put(batch)
+            if admission is Admission.QUEUED:
+                route.counters.add("queued", len(batch.messages))
 
     def put_nowait(self, batch: Batch) -> int:
-        """Queue ``batch`` where there is room; return how many outputs dropped it."""
+        """Queue ``batch`` where the spools take it; return how many outputs dropped it."""
         dropped = 0
         for route in self.routes:
-            if route.spool.put_nowait(batch):
+            admission = route.spool.put_nowait(batch)
+            if admission is Admission.QUEUED:
                 route.counters.add("queued", len(batch.messages))
-            else:
+            elif admission is Admission.FULL:
                 route.counters.add("dropped_queue_full", len(batch.messages))
                 dropped += 1
+            else:
+                dropped += 1  # counted by the spool, by its on_full policy
         return dropped

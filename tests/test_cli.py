@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def relay(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    if args[:1] == ("run",) and "-c" not in args:  # as root: not /var/lib/relay
+        args = ("run", "--state-dir", tempfile.mkdtemp(prefix="relay-test-"), *args[1:])
     return subprocess.run(
         [*RELAY, *args], capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -101,7 +104,11 @@ def test_default_run_forwards_to_stdout_and_stops_cleanly(tmp_path: Path) -> Non
     """`relay run` with no arguments: the README's first command."""
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [*RELAY, "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        # As root the default state_dir is /var/lib/relay: keep tests out of it.
+        [*RELAY, "run", "--state-dir", str(tmp_path / "state")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     try:
         from tests.interop.peers import wait_for_tcp

@@ -49,6 +49,7 @@ class DatagramInput:
         self.counters = counters
         self.sock: socket.socket | None = None
         self.address: str = config.endpoint.url
+        self._scope = trio.CancelScope()
 
     def open(self) -> None:
         """Create and bind the socket; StartupError with one clear line on failure."""
@@ -92,8 +93,16 @@ class DatagramInput:
             hint,
         )
 
+    async def stop(self) -> None:
+        """Stop receiving (what the kernel still holds is lost: datagrams are lossy)."""
+        self._scope.cancel()
+
     async def serve(self) -> None:
-        """Receive until cancelled."""
+        """Receive until stopped or cancelled."""
+        with self._scope:
+            await self._serve()
+
+    async def _serve(self) -> None:
         sock = self.sock
         assert sock is not None
         name = self.config.name

@@ -9,6 +9,11 @@ own queue engages rather than ours overflowing.
 At most ``max_connections`` connections are served at once; past that the
 listener stops accepting (the kernel's backlog holds the next few) until one
 closes. Nothing is buffered without a bound.
+
+At stop (:meth:`TcpInput.stop`) the listeners close, and each connection is
+read until it has been quiet for STOP_IDLE or ends: what a sender already
+wrote into our kernel was, as far as it knows, accepted, so it is taken in
+and queued (then saved with the spool) rather than dropped with the socket.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ log = logging.getLogger("relay.input")
 # per-connection memory.
 RECV_SIZE = 256 * 1024
 
+# At stop: a connection quiet this long has nothing more in our kernel's buffer.
+STOP_IDLE = 0.1
+
 COUNTERS = (
     "received",
     "bytes",
@@ -53,6 +61,8 @@ class TcpInput:
         self.listeners: list[trio.SocketListener] = []
         self.address = config.endpoint.url
         self.active = 0
+        self.stopping = trio.Event()
+        self._reads: set[trio.CancelScope] = set()  # connections waiting for data
 
     async def open(self) -> None:
         """Bind and listen; StartupError with one clear line on failure."""
@@ -72,8 +82,16 @@ class TcpInput:
         host, port = sockname[0], sockname[1]
         self.address = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
+    async def stop(self) -> None:
+        """Stop accepting; connections end once they are quiet (see the module doc)."""
+        self.stopping.set()
+        for scope in self._reads:
+            scope.cancel()
+        for listener in self.listeners:
+            await listener.aclose()
+
     async def serve(self) -> None:
-        """Accept and serve connections until cancelled."""
+        """Accept and serve connections until stopped (and they end) or cancelled."""
         slots = trio.Semaphore(self.config.max_connections)
         try:
             async with trio.open_nursery() as nursery:
@@ -97,6 +115,9 @@ class TcpInput:
             await slots.acquire()
             try:
                 stream = await listener.accept()
+            except trio.ClosedResourceError:
+                slots.release()
+                return  # stop() closed the listener
             except OSError as exc:
                 slots.release()
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
@@ -121,7 +142,12 @@ class TcpInput:
         try:
             while True:
                 try:
-                    data = await stream.receive_some(RECV_SIZE)
+                    if self.stopping.is_set():
+                        data = b""
+                        with trio.move_on_after(STOP_IDLE):
+                            data = await stream.receive_some(RECV_SIZE)
+                    else:
+                        data = await self._receive_until_stop(stream)
                 except trio.BrokenResourceError as exc:
                     log.info(
                         "input %s: connection from %s broken: %s", name, peer, exc.__cause__ or exc
@@ -138,8 +164,13 @@ class TcpInput:
                         await put(batch)
                     except trio.Cancelled:  # stopping while the queues are full
                         counters.add("lost_at_stop", len(frames))
-                        log.error("input %s: %d messages from %s were read but not queued "
-                                  "before the stop (queues full)", name, len(frames), peer)
+                        log.error(
+                            "input %s: %d messages from %s were read but not queued "
+                            "before the stop (queues full)",
+                            name,
+                            len(frames),
+                            peer,
+                        )
                         raise
                 if not data:
                     break
@@ -163,6 +194,21 @@ class TcpInput:
                 )
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+    async def _receive_until_stop(self, stream: trio.SocketStream) -> bytes:
+        """The next read; when the stop begins while waiting, the rest of the
+        buffered data instead (``b""`` once the connection is quiet)."""
+        # Only the wait for data is cancelled, never a put: trio's receive_some
+        # either returns data or is cancelled having taken none.
+        with trio.CancelScope() as scope:
+            self._reads.add(scope)
+            try:
+                return await stream.receive_some(RECV_SIZE)
+            finally:
+                self._reads.discard(scope)
+        with trio.move_on_after(STOP_IDLE):
+            return await stream.receive_some(RECV_SIZE)
+        return b""
 
 
 def _peer_name(sock: trio.socket.SocketType) -> str:

@@ -4,6 +4,13 @@ An output waits for batches in its spool, delivers them, and only then acks
 them (the single commit point: what was not delivered stays queued). A
 failure is logged when its reason changes, not per attempt, and retried
 forever with exponential back-off and jitter; the spool holds what waits.
+
+An output may keep a window of batches it has written but does not yet count
+as safe (plain TCP until the peer has surely read them, RELP until ``rsp``):
+they stay at the head of the spool, the next batches are taken after them,
+and :meth:`Output.confirm` says when the oldest may be acked. When a
+connection is lost, :meth:`Output.unconfirmed` drops back to 0 and the window
+is written again from the head: at-least-once, duplicates bounded by it.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import trio
 from relay.config import OutputConfig
 from relay.message import Batch
 from relay.policy.backoff import Backoff
-from relay.spool.memory import MemorySpool
+from relay.spool.spool import Spool
 from relay.stats import Counters
 
 log = logging.getLogger("relay.output")
@@ -25,10 +32,21 @@ log = logging.getLogger("relay.output")
 # How much one write may carry: large enough to amortise a syscall and an
 # await over thousands of messages, small enough to keep latency low.
 SEND_BYTES = 1024 * 1024
+# With a window of unconfirmed batches and nothing new to send, how often to
+# look whether the oldest became safe.
+CONFIRM_POLL = 0.2
 
 COUNTERS = (
-    "queued", "delivered", "bytes", "dropped_queue_full", "dropped_unreachable", "failures",
+    "queued",
+    "delivered",
+    "bytes",
+    "dropped_queue_full",
+    "dropped_unreachable",
+    "failures",
     "truncated",
+    "target_failures",
+    "dns_failures",
+    "resent",
 )
 
 # Errors that mean "this attempt failed, try again later".
@@ -43,7 +61,7 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 class Output:
     """Base of every output: subclasses implement :meth:`deliver`."""
 
-    def __init__(self, config: OutputConfig, spool: MemorySpool, counters: Counters) -> None:
+    def __init__(self, config: OutputConfig, spool: Spool, counters: Counters) -> None:
         self.config = config
         self.spool = spool
         self.counters = counters
@@ -60,16 +78,35 @@ class Output:
     async def reset(self) -> None:
         """Drop whatever connection state a failed delivery left behind."""
 
+    # The window of written but unconfirmed batches; none by default: a batch
+    # is safe once deliver() returned.
+
+    def unconfirmed(self) -> int:
+        """How many head batches are written but not confirmed (0 after a loss)."""
+        return 0
+
+    def written(self, batches: list[Batch], now: float) -> int:
+        """``batches`` were just delivered: how many head batches to ack now."""
+        return self.unconfirmed() + len(batches)
+
+    def confirm(self, now: float) -> int:
+        """How many head batches became safe since the last call."""
+        return 0
+
     async def aclose(self) -> None:
         await self.reset()
 
     async def run(self) -> None:
         backoff = Backoff(maximum=self.config.retry_max)
         spool = self.spool
-        counters = self.counters
         try:
             while True:
-                batches = await spool.wait_batches(SEND_BYTES)
+                self._ack(self.confirm(trio.current_time()))
+                batches = []
+                with trio.move_on_after(CONFIRM_POLL if self.unconfirmed() else float("inf")):
+                    batches = await spool.wait_batches(SEND_BYTES, skip=self.unconfirmed())
+                if not batches:
+                    continue  # look again whether the window became safe
                 try:
                     await self.deliver(batches)
                 except RETRYABLE as exc:
@@ -88,12 +125,19 @@ class Output:
                     )
                     backoff = backoff.reset()
                     self.last_error = ""
-                spool.ack(len(batches))
-                counters.add("delivered", sum([len(b.messages) for b in batches]))
-                counters.add("bytes", sum([b.nbytes for b in batches]))
+                self._ack(self.written(batches, trio.current_time()))
         finally:
             with trio.CancelScope(shield=True):
                 await self.aclose()
+
+    def _ack(self, count: int) -> None:
+        """The ``count`` head batches are delivered and safe."""
+        if not count:
+            return
+        batches = self.spool.peek_head(count)
+        self.spool.ack(count)
+        self.counters.add("delivered", sum([len(b.messages) for b in batches]))
+        self.counters.add("bytes", sum([b.nbytes for b in batches]))
 
     def _failed(self, exc: BaseException, delay: float) -> None:
         self.counters.add("failures")

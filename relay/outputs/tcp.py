@@ -1,80 +1,451 @@
-"""TCP output: octet-counted RFC 5424 frames (RFC 6587 §3.4.1) to one upstream.
+"""TCP output: octet-counted RFC 5424 frames (RFC 6587 §3.4.1) to one or more upstreams.
 
-A batch is acked once ``send_all`` returned: it is in our kernel's socket
-buffer. Plain TCP cannot promise more (RELP can); what it can do is not write
-into a connection the peer already closed. An idle collector or a load
-balancer that closed the connection leaves it in CLOSE_WAIT, and the first
-write after that "succeeds" into the void (rsyslog#3929). So before each
-write we look, without blocking, whether the peer has closed or reset the
-connection, and reconnect first if it has.
+Plain TCP has no acknowledgement a sender can see: ``send_all`` returning
+means the bytes are in our kernel, and a collector that dies takes what sat in
+either kernel's buffers and in its own memory with it (rsyslog#3929). So a
+written batch is not acked at once. It stays in the spool, unconfirmed, until
+the peer's kernel has acknowledged its bytes (our send queue no longer holds
+them, TIOCOUTQ) and CONFIRM_AGE has passed for the collector to take it in;
+when more than RESEND_BYTES are unconfirmed the oldest are confirmed anyway,
+to bound memory. When a connection is lost, everything unconfirmed is written
+again (counted as ``resent``): at-least-once, duplicates bounded by that
+window. RELP removes the guesswork.
+
+Before each write we also look, without blocking, whether the peer has closed
+or reset an idle connection (CLOSE_WAIT after a load balancer's idle timeout),
+and reconnect first if it has.
+
+With several targets (``targets = [...]``), :mod:`relay.outputs.targets`
+decides which one takes the next batch (failover or round-robin); this module
+only moves bytes and reports back. A batch whose write fails is written again,
+whole, to the next target: that is the only duplicate a switch can cause.
+Connections to targets that come back are opened in the background, so a dead
+or slow target never holds up delivery to a live one.
+
+A host name is looked up at every connect, so a DNS change takes effect at the
+next connection. When the lookup fails, the addresses of the last lookup that
+worked are used: a DNS outage must not stop delivery to a collector that is
+still there.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import fcntl
 import logging
+import random
 import socket
+import struct
+import termios
+from typing import Any
 
 import trio
 
+from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
-from relay.outputs.base import Output
+from relay.outputs.base import RETRYABLE, Output, describe
+from relay.outputs.targets import (
+    Event,
+    FailedBack,
+    FailedOver,
+    State,
+    TargetDown,
+    TargetSelector,
+    TargetUp,
+)
+from relay.policy.backoff import Backoff
 
 log = logging.getLogger("relay.output")
 
 # A connect that takes longer than this is a failure to retry (with back-off).
 CONNECT_TIMEOUT = 10.0
+# With several addresses, the next is tried when the one before has not
+# connected within this long (RFC 8305 §5 recommends 250 ms; so does trio).
+HAPPY_EYEBALLS_DELAY = 0.25
+# A lookup not answered by then counts as failed, and the last known addresses
+# are used: glibc's resolver waits 5 s for a name server before it tries the
+# next one (resolv.conf(5), "timeout"), so a longer wait is a dead server.
+RESOLVE_TIMEOUT = 5.0
+# A written batch is confirmed once the peer's kernel acknowledged it and this
+# long has passed: time for a live collector to read it and write it out.
+CONFIRM_AGE = 1.0
+# At most this much is kept for writing again after a lost connection (about
+# 120,000 messages of 300 bytes: well over a second at full speed).
+RESEND_BYTES = 32 * 1024 * 1024
 
 
-class PeerClosed(ConnectionError):
-    """The upstream closed the connection while we were not writing."""
+class AllTargetsDown(ConnectionError):
+    """No target of a multi-target output took the batch."""
+
+
+class _Connection:
+    """An open connection to one target, and a second handle on its socket
+    for the non-blocking peek that finds a peer close."""
+
+    __slots__ = ("address", "closed", "probe", "stream", "used", "written")
+
+    def __init__(self, stream: trio.SocketStream, address: str) -> None:
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.stream = stream
+        self.address = address
+        self.probe = socket.fromfd(stream.socket.fileno(), stream.socket.family, socket.SOCK_STREAM)
+        self.used = False  # whether a batch was written on it
+        self.written = 0  # bytes written on it
+        self.closed = False  # closed by us, in order (the kernel still sends what it holds)
+
+    def acked_through(self, end: int) -> bool:
+        """Whether the peer's kernel acknowledged our bytes up to ``end``."""
+        if self.closed:
+            return True
+        try:
+            raw = fcntl.ioctl(self.probe.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            unsent: int = struct.unpack("i", raw)[0]
+        except OSError:
+            return False
+        return self.written - unsent >= end
+
+    def peer_closed(self) -> str:
+        """Why the upstream closed or reset the connection; "" if it did not (never blocks)."""
+        try:
+            data = self.probe.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return ""
+        except OSError as exc:
+            return f"connection lost while idle: {exc.strerror}"
+        if data:  # a syslog collector sends nothing; ignore what it did send
+            return ""
+        return "upstream closed the connection"
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.probe.close()
+        await self.stream.aclose()
+
+
+@dataclasses.dataclass(slots=True)
+class _Written:
+    """Batches written in one go and not yet confirmed."""
+
+    batches: int
+    messages: int
+    nbytes: int
+    connection: _Connection
+    end: int  # the connection's byte count after this write
+    at: float
 
 
 class TcpOutput(Output):
-    stream: trio.SocketStream | None = None
-    _probe: socket.socket | None = None
+    def __init__(self, config: OutputConfig, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.targets = TargetSelector(
+            config.all_targets, config.mode, Backoff(maximum=config.retry_max)
+        )
+        self._connections: dict[int, _Connection] = {}
+        self._addresses: dict[str, list[str]] = {}  # host -> its last lookup that worked
+        self._unresolvable: set[str] = set()  # hosts whose lookups fail (one line per episode)
+        self._nursery: trio.Nursery | None = None  # where background connects run
+        self._window: collections.deque[_Written] = collections.deque()
+        self._window_batches = 0
+        self._window_bytes = 0
+        self._last: _Connection | None = None  # the connection the last batch went on
+        self.confirm_age = CONFIRM_AGE
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await super().run()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self.reset()  # a background connect may have finished last
 
     async def deliver(self, batches: list[Batch]) -> None:
-        if self.stream is None or self._peer_closed():
-            await self.reset()
-            await self._connect()
-        assert self.stream is not None
         if len(batches) == 1:
             data = batches[0].octet_counted()
         else:
             data = b"".join([batch.octet_counted() for batch in batches])
-        await self.stream.send_all(data)
+        failed: set[int] = set()  # the targets that failed this batch
+        last: BaseException | None = None
+        while True:
+            plan = self.targets.plan(trio.current_time(), failed)
+            for other in plan.probe:
+                await self._probe(other)
+            index = plan.write if plan.write is not None else plan.connect
+            if index is None:
+                raise self._all_down(last)
+            try:
+                if plan.write is None:
+                    await self._connect(index)
+                elif not await self._idle_closed(index):
+                    connection = self._connections[index]
+                    await connection.stream.send_all(data)
+                    connection.used = True
+                    connection.written += len(data)
+                    self._last = connection
+                    await self._delivered(index)
+                    return
+            except RETRYABLE as exc:
+                await self._close(index, lost=True)
+                self._target_failed(index, describe(exc))
+                failed.add(index)
+                last = exc
 
-    async def _connect(self) -> None:
-        endpoint = self.config.endpoint
-        with trio.fail_after(CONNECT_TIMEOUT):
-            stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-        stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self.stream = stream
-        # A second handle on the same socket, for the non-blocking peek below.
-        self._probe = socket.fromfd(
-            stream.socket.fileno(), stream.socket.family, socket.SOCK_STREAM
-        )
-        log.info("output %s: connected to %s", self.name, endpoint.url)
+    async def _idle_closed(self, index: int) -> bool:
+        """Whether the peer closed the connection to ``index`` after it carried batches
+        (then it is dropped, to be reconnected: idle timeouts are normal).
 
-    def _peer_closed(self) -> bool:
-        """Whether the upstream closed or reset the connection (never blocks)."""
-        assert self._probe is not None
-        try:
-            data = self._probe.recv(65536, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        A connection closed before its first batch is a failure of the target
+        (ConnectionResetError), so that a collector that accepts and hangs up at
+        once costs a back-off, not a busy loop.
+        """
+        connection = self._connections[index]
+        closed = connection.peer_closed()
+        if not closed:
             return False
-        except OSError as exc:
-            log.info("output %s: connection lost while idle: %s", self.name, exc.strerror)
-            return True
-        if data:  # a syslog collector sends nothing; ignore what it did send
-            return False
-        log.info("output %s: upstream closed the connection; reconnecting", self.name)
+        if not connection.used:
+            raise ConnectionResetError(closed)
+        log.info("output %s: %s: %s; reconnecting", self.name, self._url(index), closed)
+        await self._close(index, lost=True)
+        self.targets.closed(index)
         return True
 
-    async def reset(self) -> None:
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None
-        if self.stream is not None:
-            stream, self.stream = self.stream, None
+    async def _delivered(self, index: int) -> None:
+        self._report(self.targets.delivered(index))
+        for other in list(self._connections):  # failover: the other connections are done
+            if self.targets.state(other) is not State.UP:
+                await self._close(other)
+
+    def _all_down(self, last: BaseException | None) -> BaseException:
+        if len(self.targets.targets) == 1 and last is not None:
+            return last  # the output's own line says it all ("cannot connect to ...")
+        # Each target's reason has its own "down" line; this one stays the same
+        # while the outage lasts, so the output logs it once.
+        urls = ", ".join(t.endpoint.url for t in self.targets.targets)
+        return AllTargetsDown(f"all targets down ({urls})")
+
+    # -- connecting ------------------------------------------------------------
+
+    async def _connect(self, index: int) -> None:
+        """Connect to target ``index`` (raises what the attempt raised)."""
+        self.targets.connecting(index)
+        try:
+            connection = await self._open(self.targets.endpoint(index))
+        except BaseException:
+            self.targets.closed(index)  # no longer connecting; the caller says why
+            raise
+        self._connections[index] = connection
+        log.info("output %s: connected to %s (%s)", self.name, self._url(index), connection.address)
+        self._report(self.targets.connected(index))
+
+    async def _probe(self, index: int) -> None:
+        """Connect to ``index`` in the background (inline if the output is not running)."""
+        if self._nursery is None:
+            await self._try_connect(index)
+            return
+        self.targets.connecting(index)  # at once, so the next plan does not probe it again
+        self._nursery.start_soon(self._try_connect, index)
+
+    async def _try_connect(self, index: int) -> None:
+        """Connect to ``index``; a failure marks it down, and is not raised."""
+        try:
+            await self._connect(index)
+        except RETRYABLE as exc:
+            self._target_failed(index, describe(exc))
+
+    async def _open(self, endpoint: Endpoint) -> _Connection:
+        addresses = await self._resolve(endpoint.host, endpoint.port)
+        with trio.fail_after(CONNECT_TIMEOUT):
+            stream, address = await _connect_first(addresses, endpoint.port)
+        try:
+            return _Connection(stream, address)
+        except OSError:  # out of file descriptors for the second handle
             await stream.aclose()
+            raise
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        """The addresses of ``host``: looked up now, or the last ones that were.
+
+        Raises OSError only if the lookup fails and ``host`` never resolved.
+        """
+        reason = ""
+        infos = []
+        with trio.move_on_after(RESOLVE_TIMEOUT):
+            try:
+                infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as exc:  # gaierror; a name IDNA cannot encode
+                reason = (isinstance(exc, OSError) and exc.strerror) or str(exc)
+                reason = reason or type(exc).__name__
+        addresses = list(dict.fromkeys(_numeric_host(info[4]) for info in infos))
+        if addresses:
+            if host in self._unresolvable:
+                self._unresolvable.discard(host)
+                log.warning(
+                    "output %s: %s resolves again (%s)", self.name, host, ", ".join(addresses)
+                )
+            self._addresses[host] = addresses
+            return addresses
+        reason = reason or "timed out"
+        self.counters.add("dns_failures")
+        known = self._addresses.get(host)
+        if host not in self._unresolvable:
+            self._unresolvable.add(host)
+            log.warning(
+                "output %s: cannot resolve %s (%s); %s",
+                self.name,
+                host,
+                reason,
+                f"using its last known addresses {', '.join(known)}"
+                if known
+                else "no earlier address known",
+            )
+        if known is None:
+            raise OSError(f"cannot resolve {host}: {reason}")
+        return known
+
+    # -- target state --------------------------------------------------------
+
+    def _target_failed(self, index: int, reason: str) -> None:
+        self.counters.add("target_failures")
+        self._report(self.targets.failed(index, trio.current_time(), reason, random.random()))
+
+    def _report(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, TargetDown):
+                if len(self.targets.targets) > 1:  # else the output's own line says it
+                    log.warning(
+                        "output %s: target %s down (%s)",
+                        self.name,
+                        event.endpoint.url,
+                        event.reason,
+                    )
+            elif isinstance(event, TargetUp):
+                if len(self.targets.targets) > 1:
+                    log.warning("output %s: target %s up", self.name, event.endpoint.url)
+            elif isinstance(event, FailedOver):
+                log.warning(
+                    "output %s: failing over from %s to %s",
+                    self.name,
+                    event.old.url,
+                    event.new.url,
+                )
+            elif isinstance(event, FailedBack):
+                log.warning("output %s: back on %s", self.name, event.new.url)
+
+    def _url(self, index: int) -> str:
+        return self.targets.endpoint(index).url
+
+    async def _close(self, index: int, *, lost: bool = False) -> None:
+        """Close the connection to ``index``; ``lost``: it failed, so what it may
+        not have carried is written again."""
+        connection = self._connections.pop(index, None)
+        if connection is not None:
+            await connection.aclose()
+        if lost:
+            self._forget_window()
+
+    async def reset(self) -> None:
+        for index in list(self._connections):
+            await self._close(index, lost=True)
+            self.targets.closed(index)
+        self._forget_window()
+
+    # -- the window of written, unconfirmed batches ------------------------------
+
+    def unconfirmed(self) -> int:
+        return self._window_batches
+
+    def written(self, batches: list[Batch], now: float) -> int:
+        assert self._last is not None
+        messages = sum([len(b.messages) for b in batches])
+        nbytes = sum([b.nbytes for b in batches])
+        self._window.append(
+            _Written(len(batches), messages, nbytes, self._last, self._last.written, now)
+        )
+        self._window_batches += len(batches)
+        self._window_bytes += nbytes
+        count = 0
+        while self._window_bytes > RESEND_BYTES:  # bound what we hold: confirm the oldest
+            count += self._pop_window()
+        return count
+
+    def confirm(self, now: float) -> int:
+        count = 0
+        while self._window:
+            oldest = self._window[0]
+            connection = oldest.connection
+            if not connection.closed and connection.peer_closed():
+                # The collector went away with our bytes possibly unread: write
+                # them again. (The connection itself is dropped at the next write.)
+                self._forget_window()
+                break
+            if now - oldest.at < self.confirm_age or not oldest.connection.acked_through(
+                oldest.end
+            ):
+                break
+            count += self._pop_window()
+        return count
+
+    def _pop_window(self) -> int:
+        oldest = self._window.popleft()
+        self._window_batches -= oldest.batches
+        self._window_bytes -= oldest.nbytes
+        return oldest.batches
+
+    def _forget_window(self) -> None:
+        """A connection was lost: everything unconfirmed is written again."""
+        if not self._window:
+            return
+        messages = sum(w.messages for w in self._window)
+        self.counters.add("resent", messages)
+        log.warning(
+            "output %s: connection lost; writing the last %d messages again (they may not "
+            "have reached the collector; it may see them twice)",
+            self.name,
+            messages,
+        )
+        self._window.clear()
+        self._window_batches = self._window_bytes = 0
+
+
+async def _connect_first(addresses: list[str], port: int) -> tuple[trio.SocketStream, str]:
+    """Connect to the first of ``addresses`` that answers, starting the next attempt
+    whenever one fails or has not connected within HAPPY_EYEBALLS_DELAY (RFC 8305),
+    as ``trio.open_tcp_stream`` does for a host name; raises the last failure."""
+    winner: list[tuple[trio.SocketStream, str]] = []
+    errors: list[OSError] = []
+
+    async def attempt(address: str, done: trio.Event) -> None:
+        try:
+            stream = await trio.open_tcp_stream(address, port)
+        except OSError as exc:
+            errors.append(exc)
+            done.set()
+            return
+        if winner:  # another attempt won meanwhile
+            await stream.aclose()
+            return
+        winner.append((stream, address))
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for address in addresses:
+            done = trio.Event()
+            nursery.start_soon(attempt, address, done)
+            with trio.move_on_after(HAPPY_EYEBALLS_DELAY):
+                await done.wait()
+    if winner:
+        return winner[0]
+    raise errors[-1]
+
+
+def _numeric_host(address: tuple[Any, ...]) -> str:
+    """The host part of a socket address as a string ``open_tcp_stream`` takes back."""
+    host = str(address[0])
+    if len(address) == 4 and address[3]:  # IPv6 with a scope (a link-local address)
+        return f"{host}%{address[3]}"
+    return host

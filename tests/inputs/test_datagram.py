@@ -15,13 +15,11 @@ from relay.inputs import datagram
 from relay.outputs import base
 from relay.protocol.framing import OversizePolicy
 from relay.routing import Route, Router
-from relay.spool.memory import MemorySpool
+from relay.spool.spool import Spool, memory_spool
 from relay.stats import Counters
 
 
-def make_input(
-    spool: MemorySpool, endpoint: Endpoint, **settings: object
-) -> datagram.DatagramInput:
+def make_input(spool: Spool, endpoint: Endpoint, **settings: object) -> datagram.DatagramInput:
     config = InputConfig("d", endpoint, **settings)  # type: ignore[arg-type]
     router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
     dgram = datagram.DatagramInput(config, router, Counters("input", "d", datagram.COUNTERS))
@@ -29,18 +27,18 @@ def make_input(
     return dgram
 
 
-def queued(spool: MemorySpool) -> list[bytes]:
+def queued(spool: Spool) -> list[bytes]:
     return [m for b in spool.peek(1 << 40) for m in b.messages]
 
 
-async def wait_for(spool: MemorySpool, count: int) -> None:
+async def wait_for(spool: Spool, count: int) -> None:
     with trio.fail_after(10):
         while len(spool) < count:
-            await spool._wait_changed()
+            await spool.wait_changed()
 
 
 async def test_udp_one_message_per_datagram() -> None:
-    spool = MemorySpool()
+    spool = memory_spool()
     dgram = make_input(
         spool,
         Endpoint("udp", "127.0.0.1", 0),
@@ -68,7 +66,7 @@ async def test_udp_one_message_per_datagram() -> None:
 
 
 async def test_udp_full_spool_drops_and_counts() -> None:
-    spool = MemorySpool(max_messages=10, max_bytes=1 << 20)
+    spool = memory_spool(max_messages=10, max_bytes=1 << 20)
     dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0))
     port = int(dgram.address.rsplit(":", 1)[1])
     route = dgram.router.routes[0]
@@ -92,10 +90,10 @@ async def test_unix_socket_replaces_stale_and_refuses_live(tmp_path: Path) -> No
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     stale.bind(str(path))
     stale.close()  # leaves the socket file behind, like a crashed daemon
-    spool = MemorySpool()
+    spool = memory_spool()
     dgram = make_input(spool, Endpoint("unix", path=str(path)))
     with pytest.raises(StartupError, match="in use"):
-        make_input(MemorySpool(), Endpoint("unix", path=str(path)))
+        make_input(memory_spool(), Endpoint("unix", path=str(path)))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(dgram.serve)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
@@ -111,4 +109,4 @@ def test_udp_port_in_use_is_a_startup_error() -> None:
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
         with pytest.raises(StartupError, match=f"udp://127.0.0.1:{port}: Address already in use"):
-            make_input(MemorySpool(), Endpoint("udp", "127.0.0.1", port))
+            make_input(memory_spool(), Endpoint("udp", "127.0.0.1", port))

@@ -10,11 +10,11 @@ from relay.inputs import tcp
 from relay.outputs import base
 from relay.protocol.framing import encode_lines, encode_octet_counted
 from relay.routing import Route, Router
-from relay.spool.memory import MemorySpool
+from relay.spool.spool import Spool, memory_spool
 from relay.stats import Counters
 
 
-async def start_input(spool: MemorySpool, **settings: object) -> tcp.TcpInput:
+async def start_input(spool: Spool, **settings: object) -> tcp.TcpInput:
     config = InputConfig("t", Endpoint("tcp", "127.0.0.1", 0), **settings)  # type: ignore[arg-type]
     router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
     tcp_input = tcp.TcpInput(config, router, Counters("input", "t", tcp.COUNTERS))
@@ -26,12 +26,12 @@ def port_of(tcp_input: tcp.TcpInput) -> int:
     return int(tcp_input.address.rsplit(":", 1)[1])
 
 
-def queued(spool: MemorySpool) -> list[bytes]:
+def queued(spool: Spool) -> list[bytes]:
     return [m for b in spool.peek(1 << 40) for m in b.messages]
 
 
 async def test_both_framings_and_the_peer_is_recorded() -> None:
-    spool = MemorySpool()
+    spool = memory_spool()
     tcp_input = await start_input(spool)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tcp_input.serve)
@@ -41,7 +41,7 @@ async def test_both_framings_and_the_peer_is_recorded() -> None:
             await stream.send_all(wire)
             await stream.aclose()
         while len(spool) < 3:
-            await spool._wait_changed()
+            await spool.wait_changed()
         nursery.cancel_scope.cancel()
     assert sorted(queued(spool)) == [b"<13>a", b"<13>b\nc", b"<13>d"]
     assert spool.peek(1 << 40)[0].peer.startswith("127.0.0.1:")
@@ -51,7 +51,7 @@ async def test_both_framings_and_the_peer_is_recorded() -> None:
 
 async def test_full_spool_stops_reading_then_delivers_everything() -> None:
     """Back-pressure: the input never queues past the bound, and loses nothing."""
-    spool = MemorySpool(max_messages=50, max_bytes=1 << 20)
+    spool = memory_spool(max_messages=50, max_bytes=1 << 20)
     tcp_input = await start_input(spool)
     count = 20_000
     wire = encode_octet_counted([b"<13>seq=%d" % i for i in range(count)])
@@ -78,7 +78,7 @@ async def test_full_spool_stops_reading_then_delivers_everything() -> None:
 
 
 async def test_max_connections_pauses_accepting() -> None:
-    spool = MemorySpool()
+    spool = memory_spool()
     tcp_input = await start_input(spool, max_connections=2)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tcp_input.serve)
@@ -90,7 +90,7 @@ async def test_max_connections_pauses_accepting() -> None:
         await streams[0].aclose()
         await streams[2].aclose()
         while len(spool) < 1:
-            await spool._wait_changed()
+            await spool.wait_changed()
         assert queued(spool) == [b"<13>third"]
         await streams[1].aclose()
         nursery.cancel_scope.cancel()
@@ -99,7 +99,7 @@ async def test_max_connections_pauses_accepting() -> None:
 async def test_malformed_input_does_not_cost_the_next_good_message() -> None:
     """Bad PRI, bad octet counts, NUL bytes, invalid UTF-8, an oversize frame and
     a frame cut short, all on one connection: each good message still arrives."""
-    spool = MemorySpool()
+    spool = memory_spool()
     tcp_input = await start_input(spool, max_message_size=1000)
     good = [b"<13>1 - - - - - good %d" % i for i in range(6)]
     wire = b"".join(
@@ -135,3 +135,21 @@ async def test_malformed_input_does_not_cost_the_next_good_message() -> None:
     assert got[-1] == b"<13>cut short"  # kept at EOF, counted as truncated
     assert tcp_input.counters["framing_errors"] == 2
     assert tcp_input.counters["truncated"] == 2
+
+
+async def test_stop_takes_in_what_senders_already_wrote() -> None:
+    """At stop, what is already in our kernel's buffers is read and queued."""
+    spool = memory_spool()
+    tcp_input = await start_input(spool)
+    count = 20_000
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tcp_input.serve)
+        stream = await trio.open_tcp_stream("127.0.0.1", port_of(tcp_input))
+        await stream.send_all(encode_octet_counted([b"<13>seq=%d" % i for i in range(count)]))
+        await tcp_input.stop()  # the sender's data may not have been read yet
+        with trio.fail_after(5):
+            while tcp_input.active:  # connections end once quiet
+                await tcp_input.stopping.wait()
+                await trio.sleep(0.01)  # polling a condition with a deadline
+        await stream.aclose()
+    assert queued(spool) == [b"<13>seq=%d" % i for i in range(count)]

@@ -355,12 +355,23 @@ class Rsyslog:
         return log_tail(self.out_path, lines)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM by pid, wait up to ``timeout`` s, then SIGKILL; returns the status."""
+        """SIGTERM by pid, wait up to ``timeout`` s, then SIGKILL; returns the status.
+
+        Afterwards :meth:`start` may start it again (same config, same ports).
+        """
+        return self._end(signal.SIGTERM, timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL by pid: it dies with whatever it held in memory; returns the status."""
+        return self._end(signal.SIGKILL, 10.0)
+
+    def _end(self, sig: int, timeout: float) -> int | None:
         if self.process is None:
             return None
         try:
-            returncode, _ = _stop_process(self.process, signal.SIGTERM, timeout)
+            returncode, _ = _stop_process(self.process, sig, timeout)
         finally:
+            self.process = None
             if self._out is not None:
                 self._out.close()
                 self._out = None
@@ -577,7 +588,14 @@ class RelayProcess:
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "relay", "run", *self.args]
+        # Never the system's state (tests run as root: /var/lib/relay): a config
+        # file names its own state_dir; otherwise each relay gets one here.
+        state = (
+            []
+            if "-c" in self.args or "--state-dir" in self.args
+            else ["--state-dir", str(self.directory / "state")]
+        )
+        return [sys.executable, "-m", "relay", "run", *state, *self.args]
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -14,13 +14,13 @@ from relay.message import Batch
 from relay.outputs import base
 from relay.outputs import file as file_output
 from relay.outputs.file import FileOutput
-from relay.spool.memory import MemorySpool
+from relay.spool.spool import memory_spool
 from relay.stats import Counters
 
 
 def make_output(path: Path, fmt: str = "lines") -> FileOutput:
     config = OutputConfig("f", Endpoint("file", path=str(path)), format=fmt, retry_max=0.05)
-    return FileOutput(config, MemorySpool(), Counters("output", "f", base.COUNTERS))
+    return FileOutput(config, memory_spool(), Counters("output", "f", base.COUNTERS))
 
 
 async def deliver_all(output: FileOutput, batches: list[Batch]) -> None:

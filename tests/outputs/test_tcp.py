@@ -10,13 +10,13 @@ from relay.message import Batch
 from relay.outputs import base
 from relay.outputs.tcp import TcpOutput
 from relay.protocol.framing import FrameDecoder
-from relay.spool.memory import MemorySpool
+from relay.spool.spool import memory_spool
 from relay.stats import Counters
 
 
 def make_output(port: int) -> TcpOutput:
     config = OutputConfig("up", Endpoint("tcp", "127.0.0.1", port), retry_max=0.2)
-    return TcpOutput(config, MemorySpool(), Counters("output", "up", base.COUNTERS))
+    return TcpOutput(config, memory_spool(), Counters("output", "up", base.COUNTERS))
 
 
 def batch(*seqs: int) -> Batch:
@@ -77,3 +77,27 @@ async def test_retries_until_the_collector_comes_up(autojump_clock: trio.testing
     await stream.aclose()
     await listeners[0].aclose()
     assert output.counters["delivered"] == 1
+
+
+async def test_a_collector_dying_with_unread_data_gets_it_again() -> None:
+    """The collector's kernel took the batch, then the collector died before
+    reading it: the batch is written again on the next connection."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    output = make_output(port)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.run)
+        output.spool.put_nowait(batch(0, 1, 2))
+        first = await listeners[0].accept()
+        await trio.testing.wait_all_tasks_blocked()  # written, in the peer's buffer, unread
+        assert output.unconfirmed() == 1
+        await first.aclose()  # dies without reading: the peer's kernel resets
+        second = await listeners[0].accept()
+        assert await read_frames(second, 3) == [b"<13>1 - - - - - seq=%d" % i for i in range(3)]
+        with trio.fail_after(10):
+            await output.spool.wait_empty()  # confirmed on the live connection
+        nursery.cancel_scope.cancel()
+    await second.aclose()
+    await listeners[0].aclose()
+    assert output.counters["resent"] == 3
+    assert output.counters["delivered"] == 3

@@ -1,0 +1,659 @@
+"""An output's spool: memory first, disk behind it, FIFO across both.
+
+The queue is two parts, and everything in the first is older than everything
+in the second:
+
+* ``memory``: a deque of entries, each a batch plus, when the batch is also
+  on disk, the segment and offset where its record ends;
+* ``disk``: append-only segment files (relay/spool/segment.py) holding the
+  batches that are only on disk, oldest first.
+
+A batch goes to memory only while nothing waits on disk and memory has room;
+otherwise it is appended to the disk part. The output takes batches from the
+head of memory; when memory runs low, records are read from the head of the
+disk part into it. So order holds across both, an upstream that keeps up
+never causes disk I/O (durability "memory"), and an outage fills RAM to its
+budget and then the disk.
+
+With durability "disk" or "fsync" every batch is written to disk as it is
+queued (and kept in memory too while there is room), so a crash of the relay
+loses nothing queued; "fsync" also survives a power loss, per batch or every
+``fsync_interval`` seconds.
+
+What is delivered is acked from the head. A segment file is deleted once
+every record in it is acked. A small metadata file, replaced atomically,
+records the order of the segments and where the first unacked record of each
+starts; it is rewritten at stop and at most once a second while acking, so a
+crash can at worst deliver again what was acked in that last second.
+
+At stop, whatever memory holds is written to a new segment placed first, so
+the next start replays it before anything else. At start every segment is
+checked record by record (CRC); damaged records go to a quarantine file and
+are counted, intact ones are kept, and the relay always starts.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import json
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from relay.errors import ParseError
+from relay.message import Batch
+from relay.spool import segment
+from relay.spool.record import encode_record
+from relay.stats import Counters
+
+log = logging.getLogger("relay.spool")
+
+# rsyslog's action queues default to 1,000 messages in memory, its main queue
+# to 100,000. A relay node buffers more: 100,000 messages or 64 MiB, whichever
+# comes first (a limit in messages alone multiplies by the message size and is
+# how rsyslog users run out of RAM, rsyslog#3314).
+DEFAULT_MAX_MESSAGES = 100_000
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# Disk a spool may use past its memory budget: an hour of a busy relay at
+# 1,000 msg/s of 300 bytes. Zero keeps the queue in memory only.
+DEFAULT_DISK_MAX_BYTES = 1024**3
+
+META = "spool.meta"
+HEADER = 8  # offset of the first record in a segment (after its file header)
+# A segment is closed and a new one begun past this size: small enough that
+# drop_oldest frees space in useful steps and a drained segment is deleted
+# soon, large enough that an outage does not make thousands of files.
+SEGMENT_MAX = 16 * 1024 * 1024
+# How much one refill reads from disk into memory.
+REFILL_BYTES = 4 * 1024 * 1024
+# How often the ack position is saved while acking (what a crash can repeat).
+CHECKPOINT_INTERVAL = 1.0
+
+COUNTERS = (
+    "written_to_disk",
+    "read_from_disk",
+    "dropped_oldest",
+    "dropped_newest",
+    "corrupt_records",
+    "missing_messages",
+    "saved_at_stop",
+    "disk_errors",
+)
+
+
+class OnFull(enum.StrEnum):
+    """What a spool does when its disk budget (or, without disk, its memory
+    budget) is spent."""
+
+    BLOCK = "block"  # take no more: reliable inputs stop reading, lossy ones drop
+    DROP_OLDEST = "drop_oldest"  # make room by dropping the oldest queued messages
+    DROP_NEWEST = "drop_newest"  # drop what arrives
+
+
+class Durability(enum.StrEnum):
+    """When queued messages reach the disk, and so what a crash costs."""
+
+    MEMORY = "memory"  # RAM first; disk past the memory budget and at stop
+    DISK = "disk"  # every batch written to disk as it is queued
+    FSYNC = "fsync"  # as "disk", and fsync'ed (per batch, or every fsync_interval)
+
+
+class Admission(enum.StrEnum):
+    """What :meth:`Spool.put_nowait` did with a batch."""
+
+    QUEUED = "queued"
+    DROPPED = "dropped"  # by the on_full policy, counted by the spool
+    FULL = "full"  # on_full = block: not taken; the caller waits or counts a drop
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SpoolSettings:
+    max_messages: int = DEFAULT_MAX_MESSAGES
+    max_bytes: int = DEFAULT_MAX_BYTES
+    disk_max_bytes: int = 0  # no disk unless a directory and a budget are given
+    on_full: OnFull = OnFull.BLOCK
+    durability: Durability = Durability.MEMORY
+    fsync_interval: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SpoolStatistics:
+    memory_messages: int
+    memory_bytes: int
+    disk_messages: int  # only on disk, waiting to be read back
+    disk_bytes: int  # size of the segment files
+    segments: int
+    oldest_received: float | None
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    batch: Batch
+    seg: int | None = None  # the segment holding a copy, if any
+    end: int = 0  # where its record ends in that segment
+
+
+@dataclasses.dataclass(slots=True)
+class _Segment:
+    id: int
+    path: Path
+    size: int  # bytes in the file
+    start: int = HEADER  # first record not yet acked (saved in the metadata)
+    read: int = HEADER  # next record to read into memory
+    messages: int = 0  # messages in records at or after ``start`` when opened/written
+    read_messages: int = 0  # of those, read into memory (or kept there when written)
+    acked_messages: int = 0  # of those, acked
+    first_received: float | None = None
+
+
+class Spool:
+    """The queue in front of one output. See the module docstring."""
+
+    def __init__(
+        self, name: str, settings: SpoolSettings, counters: Counters, directory: Path | None = None
+    ) -> None:
+        if directory is None and settings.durability is not Durability.MEMORY:
+            raise ValueError("durability on disk needs a directory")
+        self.name = name
+        self.settings = settings
+        self.counters = counters
+        self.directory = directory if settings.disk_max_bytes or directory else None
+        self._memory: collections.deque[_Entry] = collections.deque()
+        self._memory_messages = 0
+        self._memory_bytes = 0
+        self._segments: collections.deque[_Segment] = collections.deque()
+        self._disk_messages = 0
+        self._disk_bytes = 0
+        self._writer: segment.SegmentWriter | None = None
+        self._next_id = 0
+        self._peeked = 0  # head entries handed to the output and not yet acked
+        self._dirty = False  # written since the last fsync
+        self._checkpoint_due = False
+        self._changed = trio.Event()
+        self._refilling = False
+
+    # -- start: open what an earlier run left -------------------------------
+
+    async def open(self) -> None:
+        """Recover and adopt the segments in ``directory``; log what will replay."""
+        if self.directory is None:
+            return
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        order = self._read_meta()
+        ids = await trio.to_thread.run_sync(segment.list_segments, self.directory)
+        listed = [i for i, _, _ in order if i in ids]
+        ordered = listed + [i for i in ids if i not in listed]
+        starts = {i: start for i, start, _ in order}
+        recorded = {i: messages for i, _, messages in order}
+        missing = sum(recorded[i] for i in recorded if i not in ids)
+        for seg_id in ordered:
+            seg, report = await trio.to_thread.run_sync(
+                self._adopt, seg_id, starts.get(seg_id, HEADER)
+            )
+            found = seg.messages if seg is not None else 0
+            missing += max(0, recorded.get(seg_id, 0) - found)
+            if report.damaged_regions:
+                self.counters.add("corrupt_records", report.damaged_records)
+                log.error(
+                    "spool %s: segment %s was damaged: %d records (%d bytes) could not be read "
+                    "and were moved to %s; %d intact records (%d messages) are kept",
+                    self.name,
+                    self._path(seg_id).name,
+                    report.damaged_records,
+                    report.damaged_bytes,
+                    report.quarantine,
+                    report.intact_records,
+                    report.intact_messages,
+                )
+            if seg is not None:
+                self._segments.append(seg)
+                self._disk_messages += seg.messages
+                self._disk_bytes += seg.size
+        self._next_id = max(ids, default=-1) + 1
+        if missing:
+            # What the metadata says was there and is not: cut off by a
+            # truncation, in damaged records, or in a segment file that is gone.
+            self.counters.add("missing_messages", missing)
+            log.error(
+                "spool %s: %d messages that were queued on disk are missing (damaged, "
+                "truncated or deleted segment files); they cannot be delivered",
+                self.name,
+                missing,
+            )
+        if self._segments:
+            log.info(
+                "spool %s: replaying %d messages (%.1f MiB) from %d segments first",
+                self.name,
+                self._disk_messages,
+                self._disk_bytes / 2**20,
+                len(self._segments),
+            )
+            self._write_meta()
+
+    def _adopt(self, seg_id: int, start: int) -> tuple[_Segment | None, segment.RecoveryReport]:
+        """Check one segment left by an earlier run (runs in a worker thread)."""
+        path = self._path(seg_id)
+        report = segment.recover(path)
+        start = report.translate(start)  # offsets move when damage is cut out
+        size = path.stat().st_size
+        seg = _Segment(seg_id, path, size, start=start, read=start)
+        # Count the messages still to deliver (from ``start`` on).
+        offset = start
+        while offset < size:
+            records, offset_next = segment.read_records(path, offset, REFILL_BYTES)
+            if not records:
+                break
+            seg.messages += sum(len(b.messages) for b, _ in records)
+            offset = offset_next
+        if seg.messages == 0:
+            path.unlink()
+            return None, report
+        return seg, report
+
+    # -- queueing ------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Messages queued, in memory and on disk."""
+        return self._memory_messages + self._disk_messages
+
+    def put_nowait(self, batch: Batch) -> str:
+        """Queue ``batch`` if the policy allows; returns an :class:`Admission`."""
+        settings = self.settings
+        memory_room = (
+            self._memory_messages < settings.max_messages
+            and self._memory_bytes < settings.max_bytes
+        )
+        to_memory = memory_room and self._disk_messages == 0
+        write_through = settings.durability is not Durability.MEMORY
+        if to_memory and not write_through:
+            self._append_memory(_Entry(batch))
+            return Admission.QUEUED
+        if self.directory is None or not settings.disk_max_bytes:
+            return self._full(batch, memory_only=True)
+        payload = encode_record(batch)
+        if self._disk_bytes + len(payload) > settings.disk_max_bytes and not self._make_room(
+            len(payload)
+        ):
+            return self._full(batch, memory_only=False)
+        try:
+            end = self._write(payload, batch)
+        except OSError as exc:
+            self.counters.add("disk_errors")
+            log.error("spool %s: cannot write to %s: %s", self.name, self.directory, exc.strerror)
+            if to_memory:  # keep it in memory: never lose what fits there
+                self._append_memory(_Entry(batch))
+                return Admission.QUEUED
+            return self._full(batch, memory_only=False)
+        seg = self._segments[-1]
+        if to_memory:  # also in memory: the copy on disk is for a crash
+            seg.read = end
+            seg.read_messages += len(batch.messages)
+            self._append_memory(_Entry(batch, seg.id, end))
+        else:
+            self._disk_messages += len(batch.messages)
+            self.counters.add("written_to_disk", len(batch.messages))
+        self._notify()
+        return Admission.QUEUED
+
+    async def put(self, batch: Batch) -> str:
+        """Queue ``batch``, waiting while the spool is full and the policy is block."""
+        while True:
+            admission = self.put_nowait(batch)
+            if admission != Admission.FULL:
+                return admission
+            await self._changed.wait()
+
+    def _append_memory(self, entry: _Entry) -> None:
+        self._memory.append(entry)
+        self._memory_messages += len(entry.batch.messages)
+        self._memory_bytes += entry.batch.nbytes
+        self._notify()
+
+    def _write(self, payload: bytes, batch: Batch) -> int:
+        """Append one record to the current segment; returns its end offset."""
+        assert self.directory is not None
+        writer = self._writer
+        if writer is None or writer.size >= self._segment_max():
+            if writer is not None:
+                writer.close()
+            writer = self._writer = segment.SegmentWriter.create(self.directory, self._next_id)
+            self._segments.append(
+                _Segment(
+                    self._next_id,
+                    self._path(self._next_id),
+                    writer.size,
+                    first_received=batch.received,
+                )
+            )
+            self._disk_bytes += writer.size
+            self._next_id += 1
+        before = writer.size
+        (end,) = writer.append([payload])
+        seg = self._segments[-1]
+        seg.size = writer.size
+        seg.messages += len(batch.messages)
+        self._disk_bytes += writer.size - before
+        if self.settings.durability is Durability.FSYNC and self.settings.fsync_interval == 0:
+            writer.fsync()
+        else:
+            self._dirty = True
+        return end
+
+    def _segment_max(self) -> int:
+        return max(64 * 1024, min(SEGMENT_MAX, self.settings.disk_max_bytes // 8))
+
+    def _full(self, batch: Batch, *, memory_only: bool) -> str:
+        """The budget is spent: apply on_full."""
+        policy = self.settings.on_full
+        if policy is OnFull.DROP_NEWEST:
+            self.counters.add("dropped_newest", len(batch.messages))
+            return Admission.DROPPED
+        if policy is OnFull.DROP_OLDEST and memory_only and self._drop_oldest_memory(batch):
+            self._append_memory(_Entry(batch))
+            return Admission.QUEUED
+        return Admission.FULL
+
+    def _drop_oldest_memory(self, batch: Batch) -> bool:
+        """Drop the oldest batches not handed to the output yet, to fit ``batch``."""
+        kept = [self._memory.popleft() for _ in range(min(self._peeked, len(self._memory)))]
+        dropped = 0
+        while self._memory and (
+            self._memory_messages + len(batch.messages) > self.settings.max_messages
+            or self._memory_bytes + batch.nbytes > self.settings.max_bytes
+        ):
+            entry = self._memory.popleft()
+            self._memory_messages -= len(entry.batch.messages)
+            self._memory_bytes -= entry.batch.nbytes
+            dropped += len(entry.batch.messages)
+        self._memory.extendleft(reversed(kept))
+        self.counters.add("dropped_oldest", dropped)
+        return dropped > 0 or not self._memory
+
+    def _make_room(self, need: int) -> bool:
+        """drop_oldest on disk: drop whole segments from the head of the disk part."""
+        if self.settings.on_full is not OnFull.DROP_OLDEST:
+            return False
+        while self._disk_bytes + need > self.settings.disk_max_bytes:
+            victim = next((s for s in self._segments if s.read < s.size), None)
+            if victim is None:
+                return False
+            if self._writer is not None and victim is self._segments[-1]:
+                self._writer.close()
+                self._writer = None
+            lost = victim.messages - victim.read_messages
+            self._disk_messages -= lost
+            self.counters.add("dropped_oldest", lost)
+            log.warning(
+                "spool %s: disk budget of %d bytes spent; dropped the oldest %d "
+                "messages (on_full = drop_oldest)",
+                self.name,
+                self.settings.disk_max_bytes,
+                lost,
+            )
+            self._delete(victim)
+        return True
+
+    # -- the output's side ---------------------------------------------------
+
+    async def wait_batches(self, max_bytes: int, skip: int = 0) -> list[Batch]:
+        """Head batches after the first ``skip``, up to ``max_bytes`` (at least one).
+
+        Waits until there is one. They stay queued until :meth:`ack`.
+        """
+        while True:
+            if (
+                self._disk_messages
+                and not self._refilling
+                and (len(self._memory) <= skip or self._memory_bytes < REFILL_BYTES)
+            ):
+                await self._refill()
+            if len(self._memory) > skip:
+                break
+            await self._changed.wait()
+        out: list[Batch] = []
+        total = 0
+        for i in range(skip, len(self._memory)):
+            batch = self._memory[i].batch
+            if out and total + batch.nbytes > max_bytes:
+                break
+            out.append(batch)
+            total += batch.nbytes
+        self._peeked = skip + len(out)
+        return out
+
+    def ack(self, count: int) -> None:
+        """The ``count`` head batches are delivered: remove them for good."""
+        last: _Entry | None = None
+        acked: dict[int, int] = {}
+        for _ in range(count):
+            entry = self._memory.popleft()
+            self._memory_messages -= len(entry.batch.messages)
+            self._memory_bytes -= entry.batch.nbytes
+            if entry.seg is not None:
+                last = entry
+                acked[entry.seg] = acked.get(entry.seg, 0) + len(entry.batch.messages)
+        for seg in self._segments:
+            seg.acked_messages += acked.get(seg.id, 0)
+        self._peeked = max(0, self._peeked - count)
+        if last is not None:
+            self._acked_through(last)
+        self._notify()
+
+    def _acked_through(self, entry: _Entry) -> None:
+        """Everything up to ``entry`` is acked: advance the start, delete used segments."""
+        # By position, not id: the segment saved at stop has the highest id but
+        # comes first. One that is gone (dropped by on_full) needs nothing.
+        index = next((i for i, s in enumerate(self._segments) if s.id == entry.seg), None)
+        if index is None:
+            return
+        for _ in range(index):
+            self._delete(self._segments[0])  # fully read, and acked before this one
+        seg = self._segments[0]
+        seg.start = entry.end
+        finished = seg.read == seg.size and entry.end == seg.size
+        if finished and (seg is not self._segments[-1] or self._writer is None):
+            self._delete(seg)
+        elif finished and (seg.size >= self._segment_max() // 4 or not len(self)):
+            assert self._writer is not None
+            self._writer.close()  # the write segment is used up: start a new one
+            self._writer = None
+            self._delete(seg)
+        self._checkpoint_due = True
+
+    async def _refill(self) -> None:
+        """Read the next records from the head of the disk part into memory."""
+        seg = next((s for s in self._segments if s.read < s.size), None)
+        room = min(REFILL_BYTES, self.settings.max_bytes - self._memory_bytes)
+        if seg is None or (
+            self._memory and (room <= 0 or self._memory_messages >= self.settings.max_messages)
+        ):
+            return
+        self._refilling = True
+        try:
+            records, _ = await trio.to_thread.run_sync(
+                segment.read_records, seg.path, seg.read, max(room, 1)
+            )
+        except (OSError, ParseError) as exc:
+            # A segment that cannot be read now (it was checked at start): keep
+            # the rest of the queue moving; the next start quarantines it.
+            self.counters.add("disk_errors")
+            log.error("spool %s: cannot read %s: %s; skipping it", self.name, seg.path.name, exc)
+            lost = seg.messages - seg.read_messages
+            self._disk_messages -= lost
+            seg.read = seg.size
+            return
+        finally:
+            self._refilling = False
+        for batch, end in records:
+            if self._memory and self._memory_messages >= self.settings.max_messages:
+                break  # the rest stays on disk, to be read again later
+            seg.read = end
+            seg.read_messages += len(batch.messages)
+            self._disk_messages -= len(batch.messages)
+            self.counters.add("read_from_disk", len(batch.messages))
+            self._append_memory(_Entry(batch, seg.id, end))
+
+    # -- housekeeping --------------------------------------------------------
+
+    async def run(self) -> None:
+        """Background work: group fsync and ack checkpoints, until cancelled."""
+        interval = self.settings.fsync_interval or CHECKPOINT_INTERVAL
+        while True:
+            await trio.sleep(min(interval, CHECKPOINT_INTERVAL))
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync what was written (durability fsync) and save the ack position."""
+        if (
+            self._dirty
+            and self._writer is not None
+            and (self.settings.durability is Durability.FSYNC)
+        ):
+            self._writer.fsync()
+        self._dirty = False
+        if self._checkpoint_due:
+            self._checkpoint_due = False
+            self._write_meta()
+
+    def save(self) -> int:
+        """At stop: write what only memory holds to a segment replayed first.
+
+        Returns how many messages could not be saved (0 unless the disk failed
+        or the spool has no disk at all).
+        """
+        unsaved = [e for e in self._memory]
+        messages = sum(len(e.batch.messages) for e in unsaved)
+        if self.directory is None:
+            return messages
+        in_memory_only = any(e.seg is None for e in unsaved)
+        try:
+            if self._writer is not None:
+                self._writer.fsync()
+                self._writer.close()
+                self._writer = None
+            if in_memory_only:
+                first = self._save_memory(unsaved)
+                # What memory held from disk is in the new segment now: the old
+                # copies start where reading stopped.
+                for seg in self._segments:
+                    seg.start = seg.read
+                    seg.acked_messages = seg.read_messages
+                self._segments.appendleft(first)
+            self._write_meta()
+        except OSError as exc:
+            self.counters.add("disk_errors")
+            log.error(
+                "spool %s: cannot save %d messages at stop: %s", self.name, messages, exc.strerror
+            )
+            return messages
+        if in_memory_only:
+            self.counters.add("saved_at_stop", messages)
+        return 0
+
+    def _save_memory(self, entries: list[_Entry]) -> _Segment:
+        assert self.directory is not None
+        writer = segment.SegmentWriter.create(self.directory, self._next_id)
+        seg_id, self._next_id = self._next_id, self._next_id + 1
+        writer.append([encode_record(e.batch) for e in entries])
+        writer.fsync()
+        writer.close()
+        messages = sum(len(e.batch.messages) for e in entries)
+        return _Segment(seg_id, self._path(seg_id), writer.size, messages=messages)
+
+    def _delete(self, seg: _Segment) -> None:
+        self._segments.remove(seg)
+        self._disk_bytes -= seg.size
+        seg.path.unlink(missing_ok=True)
+
+    def _path(self, seg_id: int) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{seg_id:016d}.seg"
+
+    def _read_meta(self) -> list[tuple[int, int, int]]:
+        """(segment id, first unacked offset, messages from there) in queue order."""
+        assert self.directory is not None
+        try:
+            data = json.loads((self.directory / META).read_text())
+            return [(int(i), int(start), int(n)) for i, start, n in data["segments"]]
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error(
+                "spool %s: %s is unreadable (%s); replaying every segment in file order",
+                self.name,
+                META,
+                exc,
+            )
+            return []
+
+    def _write_meta(self) -> None:
+        """Replace the metadata atomically: write, fsync, rename, fsync the directory."""
+        if self.directory is None:
+            return
+        data = {
+            "version": 1,
+            "segments": [[s.id, s.start, s.messages - s.acked_messages] for s in self._segments],
+        }
+        tmp = self.directory / (META + ".tmp")
+        with open(tmp, "w") as file:
+            json.dump(data, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, self.directory / META)
+        segment.fsync_directory(self.directory)
+
+    def statistics(self) -> SpoolStatistics:
+        oldest = self._memory[0].batch.received if self._memory else None
+        if oldest is None and self._segments:
+            oldest = self._segments[0].first_received
+        return SpoolStatistics(
+            memory_messages=self._memory_messages,
+            memory_bytes=self._memory_bytes,
+            disk_messages=self._disk_messages,
+            disk_bytes=self._disk_bytes,
+            segments=len(self._segments),
+            oldest_received=oldest,
+        )
+
+    def peek_head(self, count: int) -> list[Batch]:
+        """The ``count`` head batches (those an :meth:`ack` of ``count`` removes)."""
+        return [self._memory[i].batch for i in range(min(count, len(self._memory)))]
+
+    def peek(self, max_bytes: int) -> list[Batch]:
+        """What memory holds, head first, up to ``max_bytes`` (at least one batch)."""
+        out: list[Batch] = []
+        total = 0
+        for entry in self._memory:
+            if out and total + entry.batch.nbytes > max_bytes:
+                break
+            out.append(entry.batch)
+            total += entry.batch.nbytes
+        return out
+
+    async def wait_changed(self) -> None:
+        """Wait until something is queued or acked."""
+        await self._changed.wait()
+
+    async def wait_empty(self) -> None:
+        while len(self):
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+def memory_spool(
+    max_messages: int = DEFAULT_MAX_MESSAGES,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    *,
+    on_full: OnFull = OnFull.BLOCK,
+    name: str = "memory",
+) -> Spool:
+    """A spool with no disk part (tests, and outputs with disk_max_bytes = 0)."""
+    settings = SpoolSettings(max_messages, max_bytes, 0, on_full)
+    return Spool(name, settings, Counters("spool", name, COUNTERS))

@@ -1,0 +1,225 @@
+"""relay/spool/spool.py: memory first, disk behind it, FIFO across both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from relay.message import Batch
+from relay.spool import spool as spools
+from relay.spool.spool import Admission, Durability, OnFull, Spool, SpoolSettings, memory_spool
+from relay.stats import Counters
+
+PER_BATCH = 10
+
+
+def batch(n: int) -> Batch:
+    """Batch number ``n``: messages seq=n*10 .. n*10+9."""
+    return Batch(
+        [b"<13>seq=%d" % (n * PER_BATCH + i) for i in range(PER_BATCH)],
+        received=float(n),
+        peer="10.0.0.1:514",
+        input="test",
+    )
+
+
+def make(directory: Path | None, **settings: object) -> Spool:
+    values: dict[str, object] = {
+        "max_messages": 50,
+        "max_bytes": 1 << 20,
+        "disk_max_bytes": 1 << 26,
+    }
+    values.update(settings)
+    return Spool(
+        "t",
+        SpoolSettings(**values),
+        Counters("spool", "t", spools.COUNTERS),  # type: ignore[arg-type]
+        directory,
+    )
+
+
+async def drain(spool: Spool, limit: int | None = None) -> list[int]:
+    """Take and ack batches until the spool is empty (or ``limit`` messages)."""
+    seqs: list[int] = []
+    while len(spool) and (limit is None or len(seqs) < limit):
+        with trio.fail_after(10):
+            batches = await spool.wait_batches(1 << 16)
+        for b in batches:
+            seqs += [int(m.split(b"seq=")[1]) for m in b.messages]
+        spool.ack(len(batches))
+    return seqs
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
+
+
+# -- memory only ------------------------------------------------------------
+
+
+async def test_memory_fifo_peek_ack_and_bound() -> None:
+    spool = memory_spool(max_messages=30)
+    for n in range(3):
+        assert spool.put_nowait(batch(n)) is Admission.QUEUED
+    assert spool.put_nowait(batch(3)) is Admission.FULL  # 30 messages: full
+    assert len(spool) == 30
+    assert await drain(spool) == list(range(30))
+
+
+async def test_put_waits_for_room_when_blocking() -> None:
+    spool = memory_spool(max_messages=10)
+    spool.put_nowait(batch(0))
+    done = trio.Event()
+
+    async def producer() -> None:
+        await spool.put(batch(1))
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(producer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done.is_set()  # back-pressure
+        batches = await spool.wait_batches(1 << 20)
+        spool.ack(len(batches))
+        await done.wait()
+    assert await drain(spool) == list(range(10, 20))
+
+
+@pytest.mark.parametrize("policy", [OnFull.DROP_NEWEST, OnFull.DROP_OLDEST])
+async def test_memory_only_drop_policies(policy: OnFull) -> None:
+    spool = memory_spool(max_messages=30, on_full=policy)
+    for n in range(6):
+        assert spool.put_nowait(batch(n)) is not Admission.FULL
+    got = await drain(spool)
+    if policy is OnFull.DROP_NEWEST:
+        assert got == list(range(30))
+        assert spool.counters["dropped_newest"] == 30
+    else:
+        assert got == list(range(30, 60))
+        assert spool.counters["dropped_oldest"] == 30
+
+
+async def test_drop_oldest_never_drops_what_the_output_holds() -> None:
+    spool = memory_spool(max_messages=20, on_full=OnFull.DROP_OLDEST)
+    spool.put_nowait(batch(0))
+    spool.put_nowait(batch(1))
+    held = await spool.wait_batches(1)  # the output is writing batch 0
+    assert held[0].messages[0] == b"<13>seq=0"
+    spool.put_nowait(batch(2))  # full: drops batch 1, not batch 0
+    spool.ack(1)
+    assert await drain(spool) == list(range(20, 30))
+    assert spool.counters["dropped_oldest"] == 10
+
+
+# -- spilling to disk ---------------------------------------------------------
+
+
+async def test_spill_keeps_order_and_deletes_drained_segments(tmp_path: Path) -> None:
+    spool = make(tmp_path, max_messages=50)
+    await spool.open()
+    for n in range(500):
+        assert spool.put_nowait(batch(n)) is Admission.QUEUED
+    stats = spool.statistics()
+    assert stats.memory_messages == 50 and stats.disk_messages == 4950
+    assert segments(tmp_path)
+    # New batches keep going to disk while older ones wait there (FIFO).
+    got = await drain(spool, limit=1000)
+    spool.put_nowait(batch(500))
+    got += await drain(spool)
+    assert got == list(range(5010))
+    assert segments(tmp_path) == []
+    assert spool.counters["written_to_disk"] == 4960
+
+
+async def test_save_at_stop_and_replay_first(tmp_path: Path) -> None:
+    spool = make(tmp_path, max_messages=50)
+    await spool.open()
+    for n in range(100):
+        spool.put_nowait(batch(n))
+    first = await drain(spool, limit=120)  # some from memory, some read back from disk
+    assert spool.save() == 0
+    again = make(tmp_path, max_messages=50)
+    await again.open()
+    assert len(again) == 1000 - len(first)
+    for n in range(100, 110):  # new traffic queues behind the replay
+        again.put_nowait(batch(n))
+    rest = await drain(again)
+    assert first + rest == list(range(1100))
+    assert segments(tmp_path) == []
+
+
+@pytest.mark.parametrize("durability", [Durability.DISK, Durability.FSYNC])
+async def test_write_through_survives_a_crash(tmp_path: Path, durability: Durability) -> None:
+    """No save(): as after kill -9. Everything not acked comes back, in order;
+    at most what was acked since the last checkpoint comes back twice."""
+    spool = make(tmp_path, durability=durability)
+    await spool.open()
+    for n in range(200):
+        assert spool.put_nowait(batch(n)) is Admission.QUEUED
+    first = await drain(spool, limit=500)
+    spool.sync()  # the checkpoint the background task makes every second
+    more = await drain(spool, limit=100)  # acked after the checkpoint: may repeat
+    again = make(tmp_path, durability=durability)
+    await again.open()
+    rest = await drain(again)
+    assert first == list(range(len(first)))
+    assert rest[-1] == 1999
+    assert sorted(set(first + more + rest)) == list(range(2000))
+    assert len(first) + len(more) + len(rest) - 2000 <= len(more)
+
+
+async def test_memory_durability_crash_loses_only_memory(tmp_path: Path) -> None:
+    spool = make(tmp_path, max_messages=50)
+    await spool.open()
+    for n in range(100):
+        spool.put_nowait(batch(n))
+    again = make(tmp_path)
+    await again.open()  # no save: memory (seq 0-49) is gone, disk survived
+    assert await drain(again) == list(range(50, 1000))
+
+
+# -- the disk budget ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", list(OnFull))
+async def test_disk_budget_policies(tmp_path: Path, policy: OnFull) -> None:
+    spool = make(tmp_path, max_messages=10, disk_max_bytes=200_000, on_full=policy)
+    await spool.open()
+    results = [spool.put_nowait(batch(n)) for n in range(3000)]
+    stats = spool.statistics()
+    assert stats.disk_bytes <= 200_000
+    assert stats.memory_messages <= 10
+    queued = len(spool)
+    dropped = spool.counters["dropped_newest"] + spool.counters["dropped_oldest"]
+    refused = results.count(Admission.FULL) * PER_BATCH
+    assert queued + dropped + refused == 30_000  # every message accounted for
+    got = await drain(spool)
+    assert len(got) == queued
+    if policy is OnFull.BLOCK:
+        assert got == list(range(queued)) and dropped == 0
+    elif policy is OnFull.DROP_NEWEST:
+        assert got == list(range(queued)) and refused == 0
+    else:
+        assert got[-1] == 29_999 and refused == 0  # the newest survive
+        assert got == sorted(got)
+
+
+async def test_damaged_segment_is_quarantined_and_counted(tmp_path: Path) -> None:
+    spool = make(tmp_path, durability=Durability.DISK)
+    await spool.open()
+    for n in range(50):
+        spool.put_nowait(batch(n))
+    (seg,) = segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle
+    seg.write_bytes(bytes(data))
+    again = make(tmp_path)
+    await again.open()
+    got = await drain(again)
+    assert 0 < len(got) < 500
+    assert len(got) % PER_BATCH == 0  # whole batches: the damaged one is missing
+    assert again.counters["corrupt_records"] >= 1
+    assert list(tmp_path.glob("*.bad"))

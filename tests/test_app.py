@@ -1,0 +1,76 @@
+"""relay/app.py in process: the counters add up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from relay import app, config
+from relay.protocol.framing import encode_octet_counted
+
+
+async def test_received_equals_delivered_plus_dropped_plus_queued(tmp_path: Path) -> None:
+    """When traffic stops: for each output, what the inputs received equals what it
+    delivered, plus what it dropped (by reason), plus what is still queued."""
+    sink = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    sink_port = sink.socket.getsockname()[1]
+    cfg = config.loads(
+        f"""
+        [relay]
+        state_dir = "{tmp_path}"
+        [input.t]
+        url = "tcp://127.0.0.1:0"
+        [output.live]
+        url = "tcp://127.0.0.1:{sink_port}"
+        [output.dropping]
+        url = "file://{tmp_path}/never-written"
+        queue_max_messages = 100
+        disk_max_bytes = 0
+        on_full = "drop_newest"
+    """.replace("\n        ", "\n")
+    )
+    relay = app.Relay(cfg)
+    await relay.open()
+    dropping = relay.outputs[1]
+    await dropping.aclose()
+    dropping.deliver = _never  # type: ignore[method-assign]  # a stuck file output
+
+    async def read_sink() -> None:
+        conn = await sink.accept()
+        async with conn:
+            while await conn.receive_some(1 << 16):
+                pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_sink)
+        (address,) = await nursery.start(relay.run)
+        stream = await trio.open_tcp_stream("127.0.0.1", int(address.rsplit(":", 1)[1]))
+        await stream.send_all(
+            encode_octet_counted([b"<13>seq=%d " % i + b"x" * 200 for i in range(5000)])
+        )
+        await stream.aclose()
+        received = relay.stats._components[("input", "t")]
+        with trio.fail_after(10):
+            while received["received"] < 5000 or len(relay.outputs[0].spool):
+                await trio.sleep(0.01)  # polling counters with a deadline
+        snapshot = relay.stats.snapshot()
+        nursery.cancel_scope.cancel()
+    total = snapshot["input"]["t"]["received"]
+    assert total == 5000
+    for output in relay.outputs:
+        out = snapshot["output"][output.name]
+        spool = snapshot["spool"][output.name]
+        dropped = (
+            out["dropped_queue_full"]
+            + out["dropped_unreachable"]
+            + spool["dropped_newest"]
+            + spool["dropped_oldest"]
+        )
+        assert out["delivered"] + dropped + len(output.spool) == total, (output.name, out, spool)
+    assert snapshot["spool"]["dropping"]["dropped_newest"] > 0
+    await sink.aclose()
+
+
+async def _never(batches: object) -> None:
+    await trio.sleep_forever()
