@@ -4,20 +4,31 @@ For now every input feeds every output (fan-out). Each output has its own
 spool, so one slow upstream never stalls another output until that spool's
 memory and disk budgets are both spent; then its ``on_full`` policy decides.
 
-Reliable inputs (TCP) call :meth:`Router.put`: with ``on_full = block`` it
-waits for room, so back-pressure reaches the sender's socket and the
-sender's own queue takes over. Lossy inputs (UDP, unix datagrams) call
-:meth:`Router.put_nowait`, which never waits; a spool that is full drops the
-batch for that output only, and the drop is counted there.
+Reliable inputs (TCP) call :meth:`Router.put`. When every output's memory is
+full and every output is still delivering, spilling to disk would only cost
+the CPU the outputs need: the input waits instead (back-pressure reaches the
+senders, whose own queues take over). An output whose memory is full while
+another has room, or that has stopped delivering (its upstream is down), has
+the batch written to its disk part, so it holds up nobody. With on_full =
+block and the disk budget spent too, the input waits for room.
+
+Lossy inputs (UDP, unix datagrams) call :meth:`Router.put_nowait`, which
+never waits; a spool that is full drops the batch for that output only, and
+the drop is counted there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import trio
+
 from relay.message import Batch
-from relay.spool.spool import Admission, Spool
+from relay.spool.spool import STALL_AFTER, Admission, Spool
 from relay.stats import Counters
+
+# While waiting for room in memory, how often to look whether an output stalled.
+_RECHECK = 0.05
 
 
 class Route:
@@ -35,13 +46,26 @@ class Router:
         self.routes = tuple(routes)
 
     async def put(self, batch: Batch) -> None:
-        """Queue ``batch`` for every output, waiting where on_full is block."""
-        for route in self.routes:
-            admission = route.spool.put_nowait(batch)
-            if admission is Admission.FULL:
-                admission = await route.spool.put(batch)
+        """Queue ``batch`` for every output; waits as the module docstring says."""
+        waiting = [r for r in self.routes if not self._admit(r, batch, spill=False)]
+        deadline = trio.current_time() + STALL_AFTER
+        while waiting and len(waiting) == len(self.routes):
+            if trio.current_time() >= deadline or any(r.spool.stalled() for r in waiting):
+                break
+            with trio.move_on_after(_RECHECK):
+                await waiting[0].spool.wait_changed()
+            waiting = [r for r in waiting if not self._admit(r, batch, spill=False)]
+        for route in waiting:
+            admission = await route.spool.put(batch)
             if admission is Admission.QUEUED:
                 route.counters.add("queued", len(batch.messages))
+
+    def _admit(self, route: Route, batch: Batch, *, spill: bool) -> bool:
+        """Try to queue ``batch`` on ``route``; False if it must wait or spill."""
+        admission = route.spool.put_nowait(batch, spill=spill)
+        if admission is Admission.QUEUED:
+            route.counters.add("queued", len(batch.messages))
+        return admission is not Admission.WOULD_SPILL and admission is not Admission.FULL
 
     def put_nowait(self, batch: Batch) -> int:
         """Queue ``batch`` where the spools take it; return how many outputs dropped it."""

@@ -70,9 +70,11 @@ RESOLVE_TIMEOUT = 5.0
 # A written batch is confirmed once the peer's kernel acknowledged it and this
 # long has passed: time for a live collector to read it and write it out.
 CONFIRM_AGE = 1.0
-# At most this much is kept for writing again after a lost connection (about
-# 120,000 messages of 300 bytes: well over a second at full speed).
-RESEND_BYTES = 32 * 1024 * 1024
+# At most this much is kept for writing again after a lost connection: more
+# than both kernels' socket buffers hold on a fast link (what rsyslog#3929
+# loses), and never more than a quarter of the spool's memory (in bytes) or
+# half of it (in messages), so that the window never pushes new traffic to disk.
+RESEND_BYTES = 16 * 1024 * 1024
 
 
 class AllTargetsDown(ConnectionError):
@@ -148,6 +150,10 @@ class TcpOutput(Output):
         self._window: collections.deque[_Written] = collections.deque()
         self._window_batches = 0
         self._window_bytes = 0
+        self._window_messages = 0
+        settings = self.spool.settings
+        self._window_max_bytes = min(RESEND_BYTES, settings.max_bytes // 4)
+        self._window_max_messages = settings.max_messages // 2
         self._last: _Connection | None = None  # the connection the last batch went on
         self.confirm_age = CONFIRM_AGE
 
@@ -368,8 +374,12 @@ class TcpOutput(Output):
         )
         self._window_batches += len(batches)
         self._window_bytes += nbytes
+        self._window_messages += messages
         count = 0
-        while self._window_bytes > RESEND_BYTES:  # bound what we hold: confirm the oldest
+        while (  # bound what we hold: confirm the oldest
+            self._window_bytes > self._window_max_bytes
+            or self._window_messages > self._window_max_messages
+        ) and len(self._window) > 1:
             count += self._pop_window()
         return count
 
@@ -394,6 +404,7 @@ class TcpOutput(Output):
         oldest = self._window.popleft()
         self._window_batches -= oldest.batches
         self._window_bytes -= oldest.nbytes
+        self._window_messages -= oldest.messages
         return oldest.batches
 
     def _forget_window(self) -> None:
@@ -409,7 +420,7 @@ class TcpOutput(Output):
             messages,
         )
         self._window.clear()
-        self._window_batches = self._window_bytes = 0
+        self._window_batches = self._window_bytes = self._window_messages = 0
 
 
 async def _connect_first(addresses: list[str], port: int) -> tuple[trio.SocketStream, str]:

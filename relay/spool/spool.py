@@ -72,6 +72,10 @@ SEGMENT_MAX = 16 * 1024 * 1024
 REFILL_BYTES = 4 * 1024 * 1024
 # How often the ack position is saved while acking (what a crash can repeat).
 CHECKPOINT_INTERVAL = 1.0
+# An output that has acked nothing for this long while memory holds batches is
+# stalled (its upstream is down or stuck): new batches spill to disk rather
+# than wait for it.
+STALL_AFTER = 0.5
 
 COUNTERS = (
     "written_to_disk",
@@ -108,6 +112,7 @@ class Admission(enum.StrEnum):
     QUEUED = "queued"
     DROPPED = "dropped"  # by the on_full policy, counted by the spool
     FULL = "full"  # on_full = block: not taken; the caller waits or counts a drop
+    WOULD_SPILL = "would_spill"  # memory is full: only with spill=False, nothing taken
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -175,6 +180,7 @@ class Spool:
         self._checkpoint_due = False
         self._changed = trio.Event()
         self._refilling = False
+        self._last_ack: float | None = None  # set at the first ack or stall check
 
     # -- start: open what an earlier run left -------------------------------
 
@@ -260,14 +266,27 @@ class Spool:
         """Messages queued, in memory and on disk."""
         return self._memory_messages + self._disk_messages
 
-    def put_nowait(self, batch: Batch) -> str:
-        """Queue ``batch`` if the policy allows; returns an :class:`Admission`."""
+    def stalled(self) -> bool:
+        """Memory holds batches and the output has acked none for STALL_AFTER."""
+        now = trio.current_time()
+        if self._last_ack is None:
+            self._last_ack = now
+        return bool(self._memory) and now - self._last_ack >= STALL_AFTER
+
+    def put_nowait(self, batch: Batch, *, spill: bool = True) -> str:
+        """Queue ``batch`` if the policy allows; returns an :class:`Admission`.
+
+        With ``spill=False`` a batch that would have to go to disk (memory is
+        full, or older batches wait there) is not taken: WOULD_SPILL.
+        """
         settings = self.settings
         memory_room = (
             self._memory_messages < settings.max_messages
             and self._memory_bytes < settings.max_bytes
         )
         to_memory = memory_room and self._disk_messages == 0
+        if not to_memory and not spill and self.directory is not None:
+            return Admission.WOULD_SPILL
         write_through = settings.durability is not Durability.MEMORY
         if to_memory and not write_through:
             self._append_memory(_Entry(batch))
@@ -439,6 +458,7 @@ class Spool:
         for seg in self._segments:
             seg.acked_messages += acked.get(seg.id, 0)
         self._peeked = max(0, self._peeked - count)
+        self._last_ack = trio.current_time()
         if last is not None:
             self._acked_through(last)
         self._notify()
