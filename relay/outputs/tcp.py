@@ -393,10 +393,12 @@ class TcpOutput(Output):
                 # them again. (The connection itself is dropped at the next write.)
                 self._forget_window()
                 break
-            if now - oldest.at < self.confirm_age or not oldest.connection.acked_through(
-                oldest.end
-            ):
+            if now - oldest.at < self.confirm_age or not connection.acked_through(oldest.end):
                 break
+            count += self._pop_window()
+        # The window must never stop delivery: when it fills the spool's memory
+        # while more waits behind it, the oldest is confirmed now.
+        while self._window and self.spool.memory_full() and len(self.spool) > self._window_messages:
             count += self._pop_window()
         return count
 

@@ -266,6 +266,13 @@ class Spool:
         """Messages queued, in memory and on disk."""
         return self._memory_messages + self._disk_messages
 
+    def memory_full(self) -> bool:
+        """Whether memory is at its budget (in messages or bytes)."""
+        return (
+            self._memory_messages >= self.settings.max_messages
+            or self._memory_bytes >= self.settings.max_bytes
+        )
+
     def stalled(self) -> bool:
         """Memory holds batches and the output has acked none for STALL_AFTER."""
         now = trio.current_time()
@@ -276,8 +283,10 @@ class Spool:
     def put_nowait(self, batch: Batch, *, spill: bool = True) -> str:
         """Queue ``batch`` if the policy allows; returns an :class:`Admission`.
 
-        With ``spill=False`` a batch that would have to go to disk (memory is
-        full, or older batches wait there) is not taken: WOULD_SPILL.
+        With ``spill=False`` a batch that would go to disk only because memory
+        is full is not taken: WOULD_SPILL. (When older batches already wait on
+        disk, a new one goes there anyway: waiting for room in memory would not
+        let it in before them.)
         """
         settings = self.settings
         memory_room = (
@@ -285,7 +294,7 @@ class Spool:
             and self._memory_bytes < settings.max_bytes
         )
         to_memory = memory_room and self._disk_messages == 0
-        if not to_memory and not spill and self.directory is not None:
+        if not to_memory and not spill and not self._disk_messages and self.directory:
             return Admission.WOULD_SPILL
         write_through = settings.durability is not Durability.MEMORY
         if to_memory and not write_through:

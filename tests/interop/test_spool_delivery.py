@@ -5,6 +5,7 @@ Real relay processes, a real rsyslog collector, counting by sequence number.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -280,3 +281,105 @@ def test_damaged_spool_delivers_every_intact_record(tmp_path: Path, seed: int) -
     assert list(directory.glob("*.bad"))
     lost = per_batch * batches - len(expected)
     assert f"spool central: {lost} messages that were queued on disk are missing" in log
+
+
+def _counters(log: str, kind: str, name: str) -> dict[str, int]:
+    """The counters a relay logs for one component when it stops."""
+    line = next(x for x in log.splitlines() if f"relay: {kind} {name}: " in x)
+    fields = line.split(f"relay: {kind} {name}: ")[1]
+    if fields == "nothing":
+        return {}
+    return {k: int(v) for k, v in (f.split("=") for f in fields.split(", "))}
+
+
+def _peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1]) / 1024
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+def test_disk_budget_spent_drops_and_counts(tmp_path: Path, policy: str) -> None:
+    """Done when 4: collector down, memory and disk budgets spent: the relay stays
+    up inside its bounds, and every message is either kept or counted as dropped."""
+    count = 50_000
+    port, state = free_port(), tmp_path / "state"
+    config = write_config(
+        tmp_path / "relay.toml",
+        port,
+        state,
+        {"central": free_port()},
+        extra=f'queue_max_messages = 1000\nqueue_max_bytes = "256 KiB"\n'
+        f'disk_max_bytes = "1 MiB"\non_full = "{policy}"',
+    )
+    relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
+    with relay.start():
+        relay.wait_for_tcp(port)
+        send(port, count)
+        segments = list((state / "spool" / "central").glob("*.seg"))
+        assert sum(s.stat().st_size for s in segments) <= 1024 * 1024
+        assert relay.running()
+        assert _peak_rss_mib(relay.pid) < 150
+        assert relay.terminate(timeout=30) == 0, relay.log_tail()
+    log = relay.log()
+    received = _counters(log, "input", "tcp")["received"]
+    spool = _counters(log, "spool", "central")
+    found = re.search(r"output central: (\d+) messages not delivered yet are kept", log)
+    assert found, log
+    kept = int(found.group(1))
+    assert received == count
+    assert spool[f"dropped_{policy.split('_')[1]}"] > 0
+    assert received == kept + spool.get("dropped_oldest", 0) + spool.get("dropped_newest", 0)
+    assert "disk budget of 1048576 bytes spent" in log or policy == "drop_newest"
+
+
+def test_disk_budget_spent_blocks_senders_and_loses_nothing(tmp_path: Path) -> None:
+    """on_full = block: when memory and disk are full the TCP input stops reading,
+    so the sender waits; once the collector is back, every message arrives."""
+    count = 50_000
+    collector = RsyslogCollector(tmp_path)
+    port, state = free_port(), tmp_path / "state"
+    config = write_config(
+        tmp_path / "relay.toml",
+        port,
+        state,
+        {"central": collector.tcp_port},
+        extra='queue_max_messages = 1000\nqueue_max_bytes = "256 KiB"\n'
+        'disk_max_bytes = "1 MiB"\non_full = "block"',
+    )
+    relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
+    with relay.start():
+        relay.wait_for_tcp(port)
+        sender = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "relay",
+                "send",
+                f"tcp://127.0.0.1:{port}",
+                "--count",
+                str(count),
+                "--size",
+                "200",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            spool = state / "spool" / "central"
+            wait_until(
+                lambda: sum(s.stat().st_size for s in spool.glob("*.seg")) > 700_000,
+                30,
+                message="the disk part never filled",
+            )
+            assert sender.poll() is None  # held back: the relay stopped reading
+            assert relay.running() and _peak_rss_mib(relay.pid) < 150
+            with collector:
+                _, err = sender.communicate(timeout=120)
+                assert sender.returncode == 0, err
+                collector.wait_for_count(count, timeout=120)
+                assert relay.terminate(timeout=30) == 0, relay.log_tail()
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.communicate()
+    assert sorted(collector.seqs()) == list(range(count))
