@@ -691,3 +691,45 @@ class RelayProcess:
         if self.process is not None:
             _stop_process(self.process, signal.SIGKILL, 10.0)
         self._close_files()
+
+
+def relay_send_command(
+    port: int,
+    count: int,
+    *,
+    start: int = 0,
+    size: int = 0,
+    rate: float = 0,
+    connections: int = 1,
+    host: str = LOOPBACK,
+) -> list[str]:
+    """``relay send`` of ``count`` numbered messages over TCP to ``host:port``."""
+    return [
+        sys.executable,
+        "-m",
+        "relay",
+        "send",
+        f"tcp://{host}:{port}",
+        "--count",
+        str(count),
+        "--start",
+        str(start),
+        "--size",
+        str(size),
+        "--rate",
+        str(rate),
+        "--connections",
+        str(connections),
+    ]
+
+
+def relay_send(port: int, count: int, **options: Any) -> None:
+    """Run ``relay send`` to the end (see relay_send_command); fail on an error."""
+    result = subprocess.run(
+        relay_send_command(port, count, **options),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

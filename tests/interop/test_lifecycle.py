@@ -5,37 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.interop.peers import RelayProcess, RsyslogCollector, free_port, wait_until
+from tests.interop.peers import RelayProcess, RsyslogCollector, free_port, relay_send, wait_until
 
 pytestmark = pytest.mark.interop
 
 
 def send(port: int, count: int, start: int = 0) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "relay",
-            "send",
-            f"tcp://127.0.0.1:{port}",
-            "--count",
-            str(count),
-            "--start",
-            str(start),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    relay_send(port, count, start=start)
 
 
 def lines(path: Path) -> list[bytes]:

@@ -7,40 +7,25 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.interop.peers import RelayProcess, RsyslogCollector, free_port, wait_until
+from tests.interop.peers import (
+    RelayProcess,
+    RsyslogCollector,
+    free_port,
+    relay_send,
+    relay_send_command,
+    wait_until,
+)
 
 pytestmark = pytest.mark.interop
 
 
 def send(port: int, count: int, start: int = 0, rate: float = 0) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "relay",
-            "send",
-            f"tcp://127.0.0.1:{port}",
-            "--count",
-            str(count),
-            "--start",
-            str(start),
-            "--size",
-            "200",
-            "--rate",
-            str(rate),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    relay_send(port, count, start=start, size=200, rate=rate)
 
 
 def write_config(
@@ -163,19 +148,7 @@ def test_collector_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path)
     with collector, relay.start():
         relay.wait_for_tcp(port)
         sender = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "relay",
-                "send",
-                f"tcp://127.0.0.1:{port}",
-                "--count",
-                str(count),
-                "--size",
-                "200",
-                "--rate",
-                "50000",
-            ],
+            relay_send_command(port, count, size=200, rate=50_000),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -350,17 +323,7 @@ def test_disk_budget_spent_blocks_senders_and_loses_nothing(tmp_path: Path) -> N
     with relay.start():
         relay.wait_for_tcp(port)
         sender = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "relay",
-                "send",
-                f"tcp://127.0.0.1:{port}",
-                "--count",
-                str(count),
-                "--size",
-                "200",
-            ],
+            relay_send_command(port, count, size=200),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
