@@ -174,7 +174,9 @@ class Relay:
                     log.info(
                         "relay: listening on %s; forwarding to %s",
                         ", ".join(addresses),
-                        ", ".join(o.config.endpoint.url for o in self.outputs),
+                        ", ".join(
+                            " or ".join(t.url for t in o.config.all_targets) for o in self.outputs
+                        ),
                     )
                     task_status.started(addresses)
                     async for signum in signals:
@@ -208,7 +210,7 @@ class Relay:
         if not queued:
             return
         timeout = self.config.stop_timeout
-        budget = max(timeout - min(SAVE_RESERVE, timeout / 4), timeout / 2)
+        budget = timeout - min(SAVE_RESERVE, timeout / 4)
         log.info(
             "relay: delivering %d queued messages (up to %g s; send the signal again to stop now)",
             queued,
@@ -229,6 +231,9 @@ class Relay:
         scope.cancel()
 
     def _save(self) -> None:
+        for item in self.inputs:
+            lost = item.counters.snapshot().get("lost_at_stop", 0)
+            self.lost += lost  # read from a connection, never queued (logged by the input)
         for output in self.outputs:
             left = len(output.spool)
             if not left:

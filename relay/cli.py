@@ -188,7 +188,7 @@ def check(config_file: str | None, inputs: tuple[str, ...], outputs: tuple[str, 
         f"{cfg.source}: ok: {_plural(len(cfg.inputs), 'input')} "
         f"({', '.join(i.endpoint.url for i in cfg.inputs)}), "
         f"{_plural(len(cfg.outputs), 'output')} "
-        f"({', '.join(o.endpoint.url for o in cfg.outputs)})"
+        f"({', '.join(' or '.join(t.url for t in o.all_targets) for o in cfg.outputs)})"
     )
 
 

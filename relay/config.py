@@ -58,6 +58,8 @@ DEFAULT_RCVBUF = 8 * 1024 * 1024
 MAX_RCVBUF = 1 << 30
 # systemd's default TimeoutStopSec is 90 s; stopping must finish well inside it.
 DEFAULT_STOP_TIMEOUT = 30.0
+# The least disk a spool may have, when it has any.
+MIN_DISK_BYTES = 1024 * 1024
 # Upper bound of every setting in seconds: a day.
 MAX_SECONDS = 86400
 # Longest wait between reconnect attempts to an upstream.
@@ -336,7 +338,7 @@ class _Validator:
                 self.error(key, f"must be a table ([{key}]) with a url, not {_kind(table)}")
                 continue
             if role == "output" and "targets" in table:
-                item = self.multi_target(key, table)
+                item = self.multi_target(key, {**table, "_name": name})
                 if item is not None:
                     out.append(item)
                 continue
@@ -414,6 +416,13 @@ class _Validator:
         disk_max_bytes = self.get(
             table, f"{key}.disk_max_bytes", _size(0, 1 << 50), DEFAULT_DISK_MAX_BYTES
         )
+        if 0 < disk_max_bytes < MIN_DISK_BYTES:
+            # One record holds one read's batch (up to 256 KiB): below this no
+            # batch may fit, and a blocking spool would never move again.
+            self.error(
+                f"{key}.disk_max_bytes",
+                f"must be 0 (no disk) or at least 1 MiB, not {disk_max_bytes} bytes",
+            )
         if disk_max_bytes == 0 and durability is not Durability.MEMORY:
             self.error(f"{key}.durability", f'"{durability}" needs disk: disk_max_bytes is 0')
         return OutputConfig(

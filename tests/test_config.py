@@ -169,3 +169,63 @@ def test_default_config_needs_no_root(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "etc").glob("*.toml")), ids=lambda p: p.name)
 def test_example_configs_are_valid(path: Path) -> None:
     config.load(path)
+
+
+def test_spool_and_targets_settings() -> None:
+    cfg = config.loads(
+        textwrap.dedent("""
+        [input.t]
+        url = "tcp://0.0.0.0:514"
+        [output.central]
+        targets = ["tcp://a.example.net:514", "tcp://b.example.net:6514"]
+        mode = "loadbalance"
+        disk_max_bytes = "2 GiB"
+        on_full = "drop_oldest"
+        durability = "fsync"
+        fsync_interval = 0.5
+        """)
+    )
+    (out,) = cfg.outputs
+    assert [t.url for t in out.all_targets] == [
+        "tcp://a.example.net:514",
+        "tcp://b.example.net:6514",
+    ]
+    assert out.endpoint == out.all_targets[0]
+    assert out.mode is config.TargetMode.LOADBALANCE
+    assert (out.disk_max_bytes, out.on_full, out.durability, out.fsync_interval) == (
+        2 << 30,
+        config.OnFull.DROP_OLDEST,
+        config.Durability.FSYNC,
+        0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "says"),
+    [
+        ('url = "tcp://a:514"\ntargets = ["tcp://b:514"]', "targets", "not both"),
+        ('targets = "tcp://a:514"', "targets", "must be a list"),
+        ('targets = ["tcp://a:514", "udp://b:514"]', "targets", "one scheme"),
+        ('targets = ["file:///x"]', "targets", "one scheme"),
+        ('url = "tcp://a:514"\nmode = "failover"', "mode", "only means something"),
+        ('targets = ["tcp://a:514"]\nmode = "random"', "mode", "failover, loadbalance"),
+        ('url = "tcp://a:514"\nfsync_interval = 1', "fsync_interval", 'durability = "fsync"'),
+        (
+            'url = "tcp://a:514"\ndurability = "disk"\ndisk_max_bytes = 0',
+            "durability",
+            "needs disk",
+        ),
+        ('url = "tcp://a:514"\non_full = "panic"', "on_full", "block, drop_oldest"),
+        (
+            'url = "tcp://a:514"\ndurability = "fsync"\nfsync_interval = 61',
+            "fsync_interval",
+            "60 seconds",
+        ),
+    ],
+)
+def test_spool_and_targets_mistakes(table: str, key: str, says: str) -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(f'[input.t]\nurl = "tcp://0.0.0.0:514"\n[output.o]\n{table}\n', source="f")
+    (error,) = caught.value.errors
+    assert error.key == f"output.o.{key}"
+    assert says in error.message

@@ -18,7 +18,8 @@ and reconnect first if it has.
 With several targets (``targets = [...]``), :mod:`relay.outputs.targets`
 decides which one takes the next batch (failover or round-robin); this module
 only moves bytes and reports back. A batch whose write fails is written again,
-whole, to the next target: that is the only duplicate a switch can cause.
+whole, to the next target, after the window of unconfirmed batches (see
+above): those are the duplicates a switch can cause.
 Connections to targets that come back are opened in the background, so a dead
 or slow target never holds up delivery to a live one.
 
@@ -168,6 +169,10 @@ class TcpOutput(Output):
         finally:
             self._nursery = None
             with trio.CancelScope(shield=True):
+                # Stopping, not failing: what the window holds stays in the spool
+                # (and is saved); nothing was lost, so nothing is "resent".
+                self._window.clear()
+                self._window_batches = self._window_bytes = self._window_messages = 0
                 await self.reset()  # a background connect may have finished last
 
     async def deliver(self, batches: list[Batch]) -> None:

@@ -347,6 +347,8 @@ class Spool:
         writer = self._writer
         if writer is None or writer.size >= self._segment_max():
             if writer is not None:
+                if self._dirty and self.settings.durability is Durability.FSYNC:
+                    writer.fsync()  # the interval's last writes to this segment
                 writer.close()
             writer = self._writer = segment.SegmentWriter.create(self.directory, self._next_id)
             self._segments.append(
@@ -558,7 +560,10 @@ class Spool:
         messages = sum(len(e.batch.messages) for e in unsaved)
         if self.directory is None:
             return messages
-        in_memory_only = any(e.seg is None for e in unsaved)
+        # Batches with no copy on disk: put there directly, or their segment was
+        # dropped (drop_oldest) after they were read into memory.
+        live = {s.id for s in self._segments}
+        in_memory_only = any(e.seg is None or e.seg not in live for e in unsaved)
         try:
             if self._writer is not None:
                 self._writer.fsync()

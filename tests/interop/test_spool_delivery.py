@@ -346,3 +346,62 @@ def test_disk_budget_spent_blocks_senders_and_loses_nothing(tmp_path: Path) -> N
                 sender.kill()
                 sender.communicate()
     assert sorted(collector.seqs()) == list(range(count))
+
+
+def test_failover_to_b_and_back_to_a_through_the_relay(tmp_path: Path) -> None:
+    """Done when 6, end to end: collector A dies mid-stream, traffic moves to B with
+    nothing lost; A comes back and new traffic returns to it."""
+    a = RsyslogCollector(tmp_path, name="a")
+    b = RsyslogCollector(tmp_path, name="b")
+    port, state = free_port(), tmp_path / "state"
+    config = tmp_path / "relay.toml"
+    config.write_text(f"""\
+[relay]
+state_dir = "{state}"
+[input.tcp]
+url = "tcp://127.0.0.1:{port}"
+[output.central]
+targets = ["tcp://127.0.0.1:{a.tcp_port}", "tcp://127.0.0.1:{b.tcp_port}"]
+mode = "failover"
+retry_max = 1
+""")
+    relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
+    first, second = 100_000, 10_000
+    with a, b, relay.start():
+        relay.wait_for_tcp(port)
+        sender = subprocess.Popen(
+            relay_send_command(port, first, size=200, rate=50_000),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_until(lambda: len(a.seqs()) >= first // 3, 60, message="A got too little")
+            a.kill()
+            _, err = sender.communicate(timeout=120)
+            assert sender.returncode == 0, err
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.communicate()
+        wait_until(
+            lambda: set(range(first)) <= set(a.seqs()) | set(b.seqs()),
+            60,
+            message="messages lost in the failover",
+        )
+        assert len(b.seqs()) > 0
+        a.start()  # A is back: once its back-off runs out, the next batches go to it
+        relay_send(port, second, start=first, size=200, rate=2_000)
+        wait_until(
+            lambda: set(range(first, first + second)) <= set(a.seqs()) | set(b.seqs()),
+            30,
+            message="messages lost after A came back",
+        )
+        assert "back on tcp://127.0.0.1:" in relay.log()
+        assert first + second - 1 in a.seqs()  # the last ones went to A
+        assert relay.terminate(timeout=30) == 0, relay.log_tail()
+    log = relay.log()
+    assert "failing over from tcp://127.0.0.1" in log
+    both = a.seqs() + b.seqs()
+    duplicates = sum(n - 1 for n in both.values())
+    resent = sum(int(p.split()[0]) for p in log.split("writing the last ")[1:])
+    assert duplicates <= resent, (duplicates, resent)

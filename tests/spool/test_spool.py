@@ -223,3 +223,29 @@ async def test_damaged_segment_is_quarantined_and_counted(tmp_path: Path) -> Non
     assert len(got) % PER_BATCH == 0  # whole batches: the damaged one is missing
     assert again.counters["corrupt_records"] >= 1
     assert list(tmp_path.glob("*.bad"))
+
+
+async def test_drop_oldest_on_disk_never_loses_what_memory_read_from_it(tmp_path: Path) -> None:
+    """drop_oldest deletes a segment whose first records memory already holds:
+    those batches are saved at stop all the same (they were queued, not dropped)."""
+
+    def big(n: int) -> Batch:
+        return Batch([b"<13>" + b"x" * 1000 + b" seq=%d" % n], received=1.0)
+
+    settings = {"max_messages": 10, "disk_max_bytes": 256 * 1024, "on_full": OnFull.DROP_OLDEST}
+    spool = make(tmp_path, **settings)
+    await spool.open()
+    for n in range(150):
+        spool.put_nowait(big(n))
+    first = await drain(spool, limit=10)  # the batches that went straight to memory
+    await spool.wait_batches(1 << 30)  # memory now holds batches read from segment 0
+    for n in range(150, 550):  # the disk budget is spent: segment 0 is dropped
+        spool.put_nowait(big(n))
+    assert spool.counters["dropped_oldest"] > 0
+    queued = len(spool)
+    assert spool.save() == 0
+    again = make(tmp_path, **settings)
+    await again.open()
+    assert len(again) == queued  # what was queued at the stop is there after it
+    rest = await drain(again)
+    assert len(first) + len(rest) + spool.counters["dropped_oldest"] == 550

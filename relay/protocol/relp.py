@@ -1,0 +1,803 @@
+"""RELP, the Reliable Event Logging Protocol: a sans-IO codec, client and server.
+
+The spec is rsyslog/librelp ``doc/relp.md`` (version 0.0.1, 2008). Where it is
+silent or contradicts itself we do what librelp does on the wire
+(``src/relpframe.c``, ``relpsess.c``, ``copen.c``, ``scrsp.c``), because
+rsyslog's imrelp/omrelp are the peers that matter:
+
+* A frame is ``TXNR SP COMMAND SP DATALEN [SP DATA] LF`` ("RELP FRAME");
+  TXNR and DATALEN are 1-9 digits, COMMAND 1-32 letters. With DATALEN 0 the
+  trailer follows DATALEN directly.
+* TXNR 0 is reserved for hints (only ``serverclose`` exists); a connection
+  starts with TXNR 1 and "the next TXNR [after 999,999,999] is 1". The server
+  answers every command with an ``rsp`` carrying its TXNR, in the order the
+  commands arrived; the client may have up to a window of them unanswered.
+* ``rsp`` data is ``CODE SP TEXT [LF DATA]``; 200 is OK, the rest errors.
+* ``open`` carries offers (``relp_version=0``, ``commands=syslog``,
+  ``relp_software=...``); its 200 rsp carries the offers the server accepts.
+  librelp speaks ``relp_version=0`` (``RELP_CURR_PROTOCOL_VERSION``), not the
+  spec's 1, and its client refuses a server offering more than it speaks.
+
+Both sides are state machines driven by one table, :data:`TRANSITIONS`. A
+(role, state, input) missing from it is a protocol error that closes the
+session: the peer's mistakes come back as a :class:`ProtocolViolation` event,
+ours raise :class:`LocalProtocolError`. Nothing here reads the clock: timeouts
+are the caller's. The server never acknowledges a ``syslog`` frame by itself;
+the caller sends the ``rsp`` once the message is safely queued.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from relay import __version__
+from relay.errors import LocalProtocolError, RemoteProtocolError
+
+# librelp's RELP_DFLT_MAX_DATA_SIZE ("128K should be sufficient for
+# everything"), which imrelp uses unless maxDataSize is set; the spec says "In
+# relp version 1, it is always 128K". imrelp aborts the session on a bigger
+# frame, so the client refuses to send one rather than wedge the session.
+DEFAULT_MAX_DATA = 128 * 1024
+
+# rsyslog omrelp's default windowSize is 128 (librelp RELP_DFLT_WINDOW_SIZE).
+# PEERS.md measured two RELP hops on loopback at about 2,900 msg/s with it and
+# 85,000 msg/s with 4096: the window, not the CPU, is the limit. 1024 keeps
+# the in-flight (resend) set small while filling a LAN's bandwidth-delay product.
+DEFAULT_WINDOW = 1024
+
+# A conforming client has at most its window unanswered; operators raise
+# omrelp's 128 to a few thousand. More than this is a client ignoring its
+# window, which the spec warns "can be abused for denial of service attacks".
+DEFAULT_MAX_UNANSWERED = 65536
+
+MAX_TXNR = 999_999_999  # TXNR = 1*9DIGIT, "latched at 999,999,999"
+RELP_VERSION = 0  # what librelp sends and accepts; see the module docstring
+SOFTWARE = ("relay", __version__)  # relp_software: name, version[, URL]
+
+_DIGITS = 9  # NUMBER = 1*9DIGIT
+_MAX_COMMAND = 32  # COMMAND = 1*32ALPHA
+_MAX_RSP_TEXT = 80  # librelp's rsp reader (scrsp.c) keeps 80 octets of text
+_HINTS = frozenset({"serverclose"})  # the only hint the spec defines
+# txnrs in flight must stay unique across the wrap (open and close too)
+_MAX_WINDOW = MAX_TXNR - 2
+
+
+def next_txnr(txnr: int) -> int:
+    """The TXNR after ``txnr``: "After that TXNR [999,999,999], the next TXNR is 1"."""
+    return 1 if txnr >= MAX_TXNR else txnr + 1
+
+
+class RelpProtocolError(RemoteProtocolError):
+    """The peer broke RELP.
+
+    ``rsp_code`` is the code to answer with; ``txnr`` the command to answer,
+    or ``None`` when the frame cannot be trusted (then only close).
+    """
+
+    def __init__(self, message: str, *, rsp_code: int = 500, txnr: int | None = None) -> None:
+        super().__init__(message)
+        self.rsp_code = rsp_code
+        self.txnr = txnr
+
+
+# -- frames ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One RELP frame ("RELP FRAME")."""
+
+    txnr: int
+    command: str
+    data: bytes = b""
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Serialise ``frame``; raise :class:`LocalProtocolError` if it cannot be sent."""
+    command = frame.command
+    if not (0 < len(command) <= _MAX_COMMAND and command.isascii() and command.isalpha()):
+        raise LocalProtocolError(f"RELP command must be 1-32 ASCII letters: {command!r}")
+    return _encode(frame.txnr, command.encode("ascii"), frame.data)
+
+
+def _encode(txnr: int, command: bytes, data: bytes) -> bytes:
+    if not 0 <= txnr <= MAX_TXNR:
+        raise LocalProtocolError(f"RELP txnr out of range: {txnr}")
+    if len(data) > MAX_TXNR:
+        raise LocalProtocolError("RELP data longer than 999,999,999 octets")
+    if data:
+        return b"%d %s %d %s\n" % (txnr, command, len(data), data)
+    return b"%d %s 0\n" % (txnr, command)  # "if DATALEN is 0, no data is present"
+
+
+def _field_end(buf: bytes, start: int, limit: int, stops: bytes, what: str) -> int:
+    """Index of the byte ending the field at ``start``; -1 if more data is needed.
+
+    The field is 1..``limit`` digits (or letters for the command) and ends at
+    the first byte of ``stops``. Errors are found as soon as the offending
+    byte is in ``buf``, so any split of the stream fails at the same frame.
+    """
+    window = start + limit + 1
+    end = -1
+    for stop in stops:
+        found = buf.find(stop, start, window)
+        if found >= 0 and (end < 0 or found < end):
+            end = found
+    field = buf[start:end] if end >= 0 else buf[start:window]
+    valid = field.isalpha() if what == "command" else field.isdigit()  # ASCII only
+    if field and not valid:
+        raise RelpProtocolError(f"invalid {what} {field!r}")
+    if end < 0:
+        if len(field) > limit:
+            raise RelpProtocolError(f"{what} longer than {limit} characters")
+        return -1
+    if not field:
+        raise RelpProtocolError(f"empty {what}")
+    return end
+
+
+class RelpDecoder:
+    """Split a RELP byte stream into :class:`Frame` values.
+
+    Feed every read to :meth:`receive_data` (``b""`` at end of stream); it
+    returns the frames completed so far. A malformed frame raises
+    :class:`RelpProtocolError`; if good frames precede it in the same call,
+    they are returned first, the error is kept in :attr:`error` and raised by
+    the next call. So the stream fed whole, byte by byte or in any split
+    yields the same frames and then the same error.
+    """
+
+    def __init__(self, *, max_data: int = DEFAULT_MAX_DATA) -> None:
+        if not 0 <= max_data <= MAX_TXNR:
+            raise ValueError("max_data must be between 0 and 999,999,999")
+        self.max_data = max_data
+        #: the error found after the frames last returned, raised next call
+        self.error: RelpProtocolError | None = None
+        self._buf = b""
+        self._eof = False
+
+    def receive_data(self, data: bytes) -> list[Frame]:
+        """Take the next bytes of the stream (``b""`` at EOF); return complete frames."""
+        if self.error is not None:
+            raise self.error
+        if self._eof:
+            if data:
+                raise LocalProtocolError("receive_data after end of stream")
+            return []
+        if not data:
+            self._eof = True
+            if self._buf:
+                self.error = RelpProtocolError(
+                    f"connection closed inside a frame ({len(self._buf)} octets of it)"
+                )
+                raise self.error
+            return []
+        buf = self._buf + data if self._buf else data
+        frames: list[Frame] = []
+        pos = 0
+        try:
+            while (parsed := self._parse(buf, pos)) is not None:
+                frame, pos = parsed
+                frames.append(frame)
+        except RelpProtocolError as exc:
+            self.error = exc
+            self._buf = b""
+            if not frames:
+                raise
+            return frames
+        self._buf = buf[pos:]
+        return frames
+
+    def _parse(self, buf: bytes, pos: int) -> tuple[Frame, int] | None:
+        if pos >= len(buf):
+            return None
+        txnr_end = _field_end(buf, pos, _DIGITS, b" ", "txnr")
+        if txnr_end < 0:
+            return None
+        cmd_end = _field_end(buf, txnr_end + 1, _MAX_COMMAND, b" ", "command")
+        if cmd_end < 0:
+            return None
+        len_end = _field_end(buf, cmd_end + 1, _DIGITS, b" \n", "datalen")
+        if len_end < 0:
+            return None
+        txnr = int(buf[pos:txnr_end])
+        command = buf[txnr_end + 1 : cmd_end].decode("ascii")
+        datalen = int(buf[cmd_end + 1 : len_end])
+        if (txnr == 0) != (command in _HINTS):
+            # "TXNR 0 is reserved for hint commands", which are "always
+            # transmitted with a txnr of zero"
+            raise RelpProtocolError(f"txnr {txnr} not allowed for {command!r}")
+        if datalen > self.max_data:
+            raise RelpProtocolError(f"frame of {datalen} octets exceeds {self.max_data}")
+        if datalen == 0:
+            if buf[len_end] != 0x0A:
+                raise RelpProtocolError("missing trailer after DATALEN 0")
+            return Frame(txnr, command), len_end + 1
+        if buf[len_end] != 0x20:
+            raise RelpProtocolError(f"frame ends before its {datalen} octets of data")
+        start = len_end + 1
+        end = start + datalen
+        if end >= len(buf):
+            return None
+        if buf[end] != 0x0A:
+            raise RelpProtocolError(f"missing trailer after {datalen} octets of data")
+        return Frame(txnr, command, buf[start:end]), end + 1
+
+
+# -- offers ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Offers:
+    """Offers of an ``open`` or its ``rsp``: ``name=value,value`` lines ("OFFERS")."""
+
+    items: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def get(self, name: str) -> tuple[str, ...] | None:
+        """The values of offer ``name``, or ``None`` if it was not offered."""
+        for key, values in self.items:
+            if key == name:
+                return values
+        return None
+
+
+def parse_offers(data: bytes) -> Offers:
+    """Parse offers; empty lines and empty values are skipped, as librelp does."""
+    items = []
+    for line in data.split(b"\n"):
+        if line:
+            name, _, values = line.partition(b"=")
+            items.append(
+                (
+                    name.decode("latin-1"),
+                    tuple(v.decode("latin-1") for v in values.split(b",") if v),
+                )
+            )
+    return Offers(tuple(items))
+
+
+def encode_offers(offers: Offers) -> bytes:
+    """Serialise offers; names and values must not contain ``=``, ``,`` or LF."""
+    lines = []
+    for name, values in offers.items:
+        if not name or any(c in name for c in "=\n") or any(c in v for v in values for c in ",\n"):
+            raise LocalProtocolError(f"offer cannot be encoded: {name!r}={values!r}")
+        lines.append(f"{name}={','.join(values)}".encode("latin-1"))
+    return b"\n".join(lines)
+
+
+def our_offers(software: Sequence[str] = SOFTWARE) -> Offers:
+    """The offers relay sends in ``open`` and in its answer to one."""
+    return Offers(
+        (
+            ("relp_version", (str(RELP_VERSION),)),
+            ("commands", ("syslog",)),
+            ("relp_software", tuple(software)),
+        )
+    )
+
+
+def _relp_version(offers: Offers) -> int | None:
+    """The offered relp_version, or None if missing or not a number."""
+    values = offers.get("relp_version")
+    if values and values[0].isascii() and values[0].isdigit():
+        return int(values[0])
+    return None
+
+
+def _offers_syslog(offers: Offers) -> bool:
+    return "syslog" in (offers.get("commands") or ())
+
+
+# -- events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    """Server: the client sent ``open``; answer with :meth:`RelpServer.accept_open`."""
+
+    offers: Offers
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogMessage:
+    """Server: a message; answer ``send_rsp(txnr)`` once it is safely queued."""
+
+    txnr: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRequested:
+    """Server: the client sent ``close``; answer earlier txnrs, then this one."""
+
+    txnr: int
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """Client: the server accepted ``open`` with these offers; messages may flow."""
+
+    offers: Offers
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """Client: the server took the message sent as ``txnr`` (rsp 200)."""
+
+    txnr: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Client: the server refused the message sent as ``txnr`` (a non-200 rsp)."""
+
+    txnr: int
+    code: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """Client: the server answered our ``close``; the session is over."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerClosed:
+    """Client: the server sent the ``serverclose`` hint; resend :meth:`~RelpClient.unacked`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """Either side: the stream ended before the session was closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """Either side: the peer broke RELP; the session is CLOSED.
+
+    A server sends :func:`violation_reply` and closes the connection ("the
+    peer that detects the problem closes the underlying (TCP) connection").
+    """
+
+    rsp_code: int
+    text: str
+    txnr: int | None = None
+
+
+ServerEvent = SessionOpened | SyslogMessage | CloseRequested | ConnectionClosed | ProtocolViolation
+ClientEvent = (
+    Opened | Acked | Rejected | Closed | ServerClosed | ConnectionClosed | ProtocolViolation
+)
+
+
+# -- the state machines ------------------------------------------------------
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    IDLE = "idle"  # no open yet
+    OPENING = "opening"  # open sent (client) / received and not yet answered (server)
+    OPEN = "open"  # messages flow
+    CLOSING = "closing"  # close sent (client) / received and not yet answered (server)
+    CLOSED = "closed"  # nothing more may be sent; the connection is to be closed
+
+
+class Input(enum.Enum):
+    """What can happen to a session: a frame received, or something we send."""
+
+    RECV_OPEN = "an 'open' command"
+    RECV_SYSLOG = "a 'syslog' command"
+    RECV_CLOSE = "a 'close' command"
+    RECV_RSP = "an 'rsp'"  # at a server, which never sends commands
+    RECV_RSP_OPEN = "the 'rsp' to 'open'"
+    RECV_RSP_SYSLOG = "an 'rsp' to 'syslog'"
+    RECV_RSP_CLOSE = "the 'rsp' to 'close'"
+    RECV_RSP_UNKNOWN = "an 'rsp' for a txnr not in flight"
+    RECV_SERVERCLOSE = "a 'serverclose' hint"
+    RECV_UNKNOWN = "an unknown command"
+    RECV_EOF = "end of stream"
+    SEND_OPEN = "send 'open'"
+    SEND_ACCEPT_OPEN = "accept 'open'"
+    SEND_SYSLOG = "send 'syslog'"
+    SEND_RSP = "answer 'syslog'"
+    SEND_CLOSE = "send 'close'"
+    SEND_CLOSE_RSP = "answer 'close'"
+    SEND_SERVERCLOSE = "send 'serverclose'"
+
+    @property
+    def local(self) -> bool:
+        return self.name.startswith("SEND_")
+
+
+_C, _S = Role.CLIENT, Role.SERVER
+_IDLE, _OPENING, _OPEN, _CLOSING, _CLOSED = State
+
+#: (role, state, input) -> next state; the spec's "STATE DIAGRAMS" (Session
+#: Startup, Message Transmission, Session Termination) plus the hint and EOF.
+TRANSITIONS: dict[tuple[Role, State, Input], State] = {
+    (_S, _IDLE, Input.RECV_OPEN): _OPENING,
+    (_S, _OPENING, Input.SEND_ACCEPT_OPEN): _OPEN,
+    (_S, _OPEN, Input.RECV_SYSLOG): _OPEN,
+    (_S, _OPEN, Input.SEND_RSP): _OPEN,
+    (_S, _OPEN, Input.RECV_CLOSE): _CLOSING,
+    (_S, _CLOSING, Input.SEND_RSP): _CLOSING,  # rsps owed from before the close
+    (_S, _CLOSING, Input.SEND_CLOSE_RSP): _CLOSED,
+    (_C, _IDLE, Input.SEND_OPEN): _OPENING,
+    (_C, _OPENING, Input.RECV_RSP_OPEN): _OPEN,
+    (_C, _OPEN, Input.SEND_SYSLOG): _OPEN,
+    (_C, _OPEN, Input.RECV_RSP_SYSLOG): _OPEN,
+    (_C, _OPEN, Input.SEND_CLOSE): _CLOSING,
+    (_C, _CLOSING, Input.RECV_RSP_SYSLOG): _CLOSING,
+    (_C, _CLOSING, Input.RECV_RSP_CLOSE): _CLOSED,
+    # a server may hint at any time; librelp's also does after answering close
+    **{(_S, state, Input.SEND_SERVERCLOSE): _CLOSED for state in State},
+    **{(_C, state, Input.RECV_SERVERCLOSE): _CLOSED for state in State},
+    **{(role, state, Input.RECV_EOF): _CLOSED for role in Role for state in State},
+}
+
+
+class StateMachine:
+    """One side of a session, moved only through :data:`TRANSITIONS`."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self.state = State.IDLE
+
+    def process(self, what: Input, *, txnr: int | None = None) -> State:
+        """Move on ``what``; a missing entry closes the session and raises.
+
+        ``LocalProtocolError`` for our own inputs, :class:`RelpProtocolError`
+        (answering ``txnr``) for the peer's.
+        """
+        new = TRANSITIONS.get((self.role, self.state, what))
+        if new is None:
+            was, self.state = self.state, State.CLOSED
+            if what.local:
+                raise LocalProtocolError(f"cannot {what.value} in RELP state {was.value}")
+            raise RelpProtocolError(f"{what.value} in state {was.value}", txnr=txnr)
+        self.state = new
+        return new
+
+
+def _rsp_data(code: int, text: str) -> bytes:
+    raw = text.encode("utf-8")
+    if not 100 <= code <= 999 or b"\n" in raw or len(raw) > _MAX_RSP_TEXT:
+        raise LocalProtocolError("rsp needs a 3-digit code and at most 80 octets of text, no LF")
+    return b"%d %s" % (code, raw)  # RSPDATA = STATUS SP HUMAN-TEXT [LF DATA]
+
+
+def _parse_rsp(data: bytes) -> tuple[int, str, bytes]:
+    """``(code, text, data)`` of an rsp's data part (scrsp.c's readRspHdr)."""
+    head, lf, body = data.partition(b"\n")
+    code, sp, text = head[:3], head[3:4], head[4:]
+    if len(code) != 3 or not code.isdigit() or (sp not in (b" ", b"") or (not sp and text)):
+        raise RelpProtocolError(f"malformed rsp {bytes(data[:40])!r}")
+    return int(code), text.decode("utf-8", "replace"), body
+
+
+def violation_reply(violation: ProtocolViolation) -> bytes:
+    """A server's last words after ``violation``: the error rsp if one is owed, then serverclose."""
+    out = b""
+    if violation.txnr is not None:
+        text = violation.text.replace("\n", " ").encode("utf-8")[:_MAX_RSP_TEXT]
+        out = _encode(violation.txnr, b"rsp", b"%d %s" % (violation.rsp_code, text))
+    return out + b"0 serverclose 0\n"
+
+
+class _Session:
+    """What client and server share: decoder, machine, failure handling."""
+
+    def __init__(self, role: Role, max_data: int) -> None:
+        self.machine = StateMachine(role)
+        self.decoder = RelpDecoder(max_data=max_data)
+        self.failed = False
+
+    @property
+    def state(self) -> State:
+        return self.machine.state
+
+    def frames(self, data: bytes) -> tuple[list[Frame], RelpProtocolError | None]:
+        if self.failed:
+            if data:
+                raise LocalProtocolError("RELP session failed; close the connection")
+            return [], None
+        try:
+            return self.decoder.receive_data(data), self.decoder.error
+        except RelpProtocolError as exc:
+            return [], exc
+
+    def fail(self, exc: RelpProtocolError) -> ProtocolViolation:
+        self.machine.state = State.CLOSED
+        self.failed = True
+        return ProtocolViolation(exc.rsp_code, str(exc), exc.txnr)
+
+    def eof(self) -> list[ConnectionClosed]:
+        was = self.machine.state
+        self.machine.process(Input.RECV_EOF)
+        return [] if was is State.CLOSED else [ConnectionClosed()]
+
+
+_SERVER_INPUTS = {
+    "open": Input.RECV_OPEN,
+    "syslog": Input.RECV_SYSLOG,
+    "close": Input.RECV_CLOSE,
+    "rsp": Input.RECV_RSP,
+    "serverclose": Input.RECV_SERVERCLOSE,
+}
+
+
+class RelpServer:
+    """One RELP session at the server (imrelp's side), sans-IO.
+
+    Feed reads to :meth:`receive_data`; send what :meth:`accept_open`,
+    :meth:`send_rsp` and :meth:`server_close` return. Answers go out in the
+    order the commands came (spec, "Responses must be sent by the server in
+    the exact same order as commands where received").
+    """
+
+    def __init__(
+        self,
+        *,
+        max_data: int = DEFAULT_MAX_DATA,
+        max_unanswered: int = DEFAULT_MAX_UNANSWERED,
+        software: Sequence[str] = SOFTWARE,
+    ) -> None:
+        if max_unanswered < 1:
+            raise ValueError("max_unanswered must be positive")
+        self._session = _Session(Role.SERVER, max_data)
+        self.max_unanswered = max_unanswered
+        self._offers = our_offers(software)
+        encode_offers(self._offers)  # fail now, not at the first client
+        self._expect = 1  # "A RELP connection start with TXNR 1"
+        self._open_txnr = 0
+        self._owed: deque[tuple[int, Input]] = deque()  # (txnr, SEND_RSP | SEND_CLOSE_RSP)
+
+    @property
+    def state(self) -> State:
+        return self._session.state
+
+    def unanswered(self) -> list[int]:
+        """Txnrs of syslog/close commands still owed an rsp, in the order owed."""
+        return [txnr for txnr, _ in self._owed]
+
+    def receive_data(self, data: bytes) -> list[ServerEvent]:
+        """Take bytes from the client (``b""`` at EOF); return what they meant."""
+        session = self._session
+        frames, error = session.frames(data)
+        events: list[ServerEvent] = []
+        try:
+            for frame in frames:
+                events.append(self._handle(frame))
+            if error is not None:
+                raise error
+        except RelpProtocolError as exc:
+            self._owed.clear()
+            events.append(session.fail(exc))
+            return events
+        if not data and not session.failed:
+            events += session.eof()
+        return events
+
+    def _handle(self, frame: Frame) -> ServerEvent:
+        txnr = frame.txnr
+        if txnr:  # hints are outside the sequence (relpframe.c)
+            if txnr != self._expect:
+                raise RelpProtocolError(f"txnr {txnr} out of sequence, expected {self._expect}")
+            self._expect = next_txnr(txnr)
+        what = _SERVER_INPUTS.get(frame.command, Input.RECV_UNKNOWN)
+        answerable = what not in (Input.RECV_RSP, Input.RECV_SERVERCLOSE)
+        try:
+            self._session.machine.process(what, txnr=txnr if answerable else None)
+        except RelpProtocolError as exc:
+            if what is Input.RECV_UNKNOWN:
+                raise RelpProtocolError(f"unknown command {frame.command!r}", txnr=txnr) from exc
+            raise
+        if what is Input.RECV_SYSLOG:
+            if len(self._owed) >= self.max_unanswered:
+                raise RelpProtocolError(f"client exceeds {self.max_unanswered} unanswered frames")
+            self._owed.append((txnr, Input.SEND_RSP))
+            return SyslogMessage(txnr, frame.data)
+        if what is Input.RECV_CLOSE:
+            self._owed.append((txnr, Input.SEND_CLOSE_RSP))
+            return CloseRequested(txnr)
+        offers = parse_offers(frame.data)  # RECV_OPEN: the only other entry
+        if _relp_version(offers) is None:  # "at a minimum the relp_version offer"
+            raise RelpProtocolError("open without a valid relp_version offer", txnr=txnr)
+        if not _offers_syslog(offers):
+            raise RelpProtocolError("required command not supported by client", txnr=txnr)
+        self._open_txnr = txnr
+        return SessionOpened(offers)
+
+    def accept_open(self) -> bytes:
+        """The 200 rsp to ``open`` with our offers; the session is then OPEN."""
+        self._session.machine.process(Input.SEND_ACCEPT_OPEN)
+        return _encode(self._open_txnr, b"rsp", b"200 OK\n" + encode_offers(self._offers))
+
+    def send_rsp(self, txnr: int, code: int = 200, text: str = "OK") -> bytes:
+        """Answer the oldest unanswered ``syslog`` or ``close`` command, ``txnr``.
+
+        Answering ``close`` ends the session (CLOSED). A txnr that is not the
+        next one owed raises ``LocalProtocolError`` and changes nothing.
+        """
+        if not self._owed or self._owed[0][0] != txnr:
+            owed = self._owed[0][0] if self._owed else None
+            raise LocalProtocolError(f"rsp for txnr {txnr}, but the next one owed is {owed}")
+        data = _rsp_data(code, text)
+        self._session.machine.process(self._owed[0][1])
+        self._owed.popleft()
+        return _encode(txnr, b"rsp", data)
+
+    def server_close(self) -> bytes:
+        """The ``serverclose`` hint, sent before the server closes the connection."""
+        self._session.machine.process(Input.SEND_SERVERCLOSE)
+        self._owed.clear()
+        return b"0 serverclose 0\n"
+
+
+class RelpClient:
+    """One RELP session at the client (omrelp's side), sans-IO.
+
+    ``open()``, wait for :class:`Opened`, then ``send()`` while ``room()``;
+    each message ends as :class:`Acked` or :class:`Rejected`. After the
+    connection breaks, :meth:`unacked` lists what a new client on a new
+    connection must send again, in order (new txnrs, as librelp's
+    ``relpSessTryReestablish`` does).
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int = DEFAULT_WINDOW,
+        max_data: int = DEFAULT_MAX_DATA,
+        software: Sequence[str] = SOFTWARE,
+    ) -> None:
+        if not 1 <= window <= _MAX_WINDOW:
+            raise ValueError("window must be between 1 and 999,999,997")
+        self.window = window
+        self.max_data = max_data
+        self._session = _Session(Role.CLIENT, DEFAULT_MAX_DATA)
+        self._offers = encode_offers(our_offers(software))
+        self._next = 1  # "A RELP connection start with TXNR 1"
+        self._open_txnr = 0  # 0: none in flight
+        self._close_txnr = 0
+        self._inflight: dict[int, bytes] = {}  # syslog txnr -> message, in send order
+
+    @property
+    def state(self) -> State:
+        return self._session.state
+
+    def room(self) -> int:
+        """How many messages :meth:`send` takes now."""
+        if self._session.state is not State.OPEN:
+            return 0
+        return self.window - len(self._inflight)
+
+    def unacked(self) -> list[tuple[int, bytes]]:
+        """``(txnr, message)`` sent but not answered, in the order sent."""
+        return list(self._inflight.items())
+
+    def _take_txnr(self) -> int:
+        txnr = self._next
+        self._next = next_txnr(txnr)
+        return txnr
+
+    def open(self) -> bytes:
+        """The ``open`` command with our offers."""
+        self._session.machine.process(Input.SEND_OPEN)
+        self._open_txnr = self._take_txnr()
+        return _encode(self._open_txnr, b"open", self._offers)
+
+    def send(self, messages: Sequence[bytes]) -> tuple[bytes, list[int]]:
+        """Frame as many ``messages`` as the window allows; return bytes and txnrs.
+
+        Raises ``LocalProtocolError`` (changing nothing) when the window is
+        full or a message is longer than ``max_data``: check :meth:`room`.
+        """
+        if not messages:
+            return b"", []
+        self._session.machine.process(Input.SEND_SYSLOG)
+        batch = messages[: self.room()]
+        if not batch:
+            raise LocalProtocolError(f"RELP window of {self.window} is full")
+        if max(map(len, batch)) > self.max_data:
+            raise LocalProtocolError(f"message longer than max_data ({self.max_data} octets)")
+        txnrs: list[int] = []
+        out: list[bytes] = []
+        txnr = self._next
+        inflight = self._inflight
+        for message in batch:
+            if message:
+                out.append(b"%d syslog %d %s\n" % (txnr, len(message), message))
+            else:
+                out.append(b"%d syslog 0\n" % txnr)
+            inflight[txnr] = message
+            txnrs.append(txnr)
+            txnr = 1 if txnr >= MAX_TXNR else txnr + 1
+        self._next = txnr
+        return b"".join(out), txnrs
+
+    def close(self) -> bytes:
+        """The ``close`` command; the session ends when the server answers it."""
+        self._session.machine.process(Input.SEND_CLOSE)
+        self._close_txnr = self._take_txnr()
+        return b"%d close 0\n" % self._close_txnr
+
+    def receive_data(self, data: bytes) -> list[ClientEvent]:
+        """Take bytes from the server (``b""`` at EOF); return what they meant."""
+        session = self._session
+        frames, error = session.frames(data)
+        events: list[ClientEvent] = []
+        try:
+            for frame in frames:
+                event = self._handle(frame)
+                if event is not None:
+                    events.append(event)
+            if error is not None:
+                raise error
+        except RelpProtocolError as exc:
+            exc.txnr = None  # a client never answers
+            events.append(session.fail(exc))
+            return events
+        if not data and not session.failed:
+            events += session.eof()
+        return events
+
+    def _classify(self, frame: Frame) -> Input:
+        if frame.command == "serverclose":
+            return Input.RECV_SERVERCLOSE
+        if frame.command != "rsp":
+            return Input.RECV_UNKNOWN  # a server sends no commands
+        txnr = frame.txnr
+        if txnr in self._inflight:
+            return Input.RECV_RSP_SYSLOG
+        if txnr == self._open_txnr:
+            return Input.RECV_RSP_OPEN
+        if txnr == self._close_txnr:
+            return Input.RECV_RSP_CLOSE
+        return Input.RECV_RSP_UNKNOWN
+
+    def _handle(self, frame: Frame) -> ClientEvent | None:
+        what = self._classify(frame)
+        was = self._session.machine.state
+        try:
+            self._session.machine.process(what)
+        except RelpProtocolError as exc:
+            if what is Input.RECV_RSP_UNKNOWN:
+                raise RelpProtocolError(
+                    f"rsp for txnr {frame.txnr}, which is not in flight"
+                ) from exc
+            raise
+        if what is Input.RECV_RSP_SYSLOG:
+            code, text, _ = _parse_rsp(frame.data)
+            del self._inflight[frame.txnr]
+            return Acked(frame.txnr) if code == 200 else Rejected(frame.txnr, code, text)
+        if what is Input.RECV_RSP_OPEN:
+            self._open_txnr = 0
+            return self._opened(frame.data)
+        if what is Input.RECV_RSP_CLOSE:
+            # librelp's server answers close with an empty rsp (cclose.c)
+            self._close_txnr = 0
+            return Closed()
+        return None if was is State.CLOSED else ServerClosed()  # RECV_SERVERCLOSE
+
+    def _opened(self, data: bytes) -> Opened:
+        code, text, body = _parse_rsp(data)
+        if code != 200:
+            raise RelpProtocolError(f"server refused the session: {code} {text}", rsp_code=code)
+        offers = parse_offers(body)
+        version = _relp_version(offers)
+        if version is None:  # "If it is not, the client MUST close the connection."
+            raise RelpProtocolError("server sent no valid relp_version offer")
+        if version > RELP_VERSION:  # relpSessCBrspOpen: RELP_RET_INCOMPAT_OFFERS
+            raise RelpProtocolError(f"server speaks relp_version {version}, we {RELP_VERSION}")
+        if not _offers_syslog(offers):  # "this command MUST NOT be used"
+            raise RelpProtocolError("server does not accept syslog")
+        return Opened(offers)
