@@ -5,8 +5,9 @@ spool, so one slow upstream never stalls another output until that spool's
 memory and disk budgets are both spent; then its ``on_full`` policy decides.
 
 Reliable inputs (TCP) call :meth:`Router.put`. When every output's memory is
-full and every output is still delivering, spilling to disk would only cost
-the CPU the outputs need: the input waits instead (back-pressure reaches the
+full and every output is still delivering (and has on_full = block: a drop_*
+output never slows an input), spilling to disk would only cost the CPU the
+outputs need: the input waits instead (back-pressure reaches the
 senders, whose own queues take over). An output whose memory is full while
 another has room, or that has stopped delivering (its upstream is down), has
 the batch written to its disk part, so it holds up nobody. With on_full =
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 import trio
 
 from relay.message import Batch
-from relay.spool.spool import STALL_AFTER, Admission, Spool
+from relay.spool.spool import STALL_AFTER, Admission, OnFull, Spool
 from relay.stats import Counters
 
 # While waiting for room in memory, how often to look whether an output stalled.
@@ -49,7 +50,9 @@ class Router:
         """Queue ``batch`` for every output; waits as the module docstring says."""
         waiting = [r for r in self.routes if not self._admit(r, batch, spill=False)]
         deadline = trio.current_time() + STALL_AFTER
-        while waiting and len(waiting) == len(self.routes):
+        # Outputs with on_full = drop_* never slow an input: they spill at once.
+        blocking = all(r.spool.settings.on_full is OnFull.BLOCK for r in waiting)
+        while waiting and blocking and len(waiting) == len(self.routes):
             if trio.current_time() >= deadline or any(r.spool.stalled() for r in waiting):
                 break
             with trio.move_on_after(_RECHECK):

@@ -7,14 +7,15 @@ here has that shape unless a variant asks otherwise, so the same files serve
 the unit tests (tests/test_tls.py) and the rsyslog interop tests.
 
     ca = CertificateAuthority.create(tmp_path)
-    server = ca.issue("server.example.net")            # server.pem / server.key
-    expired = ca.issue("old.example.net", not_after=NOW - timedelta(days=1))
+    server = ca.issue("server.example.net")   # server.example.net.pem and .key
+    expired = ca.issue("old.example.net", not_after=now - timedelta(days=1))
     stranger = CertificateAuthority.create(tmp_path, "Other CA").issue("x.example.net")
     cn_only = ca.issue("legacy.example.net", san=False)
 
 Keys are ECDSA P-256 by default (a few hundred microseconds each, where an RSA
-2048 key takes tens of milliseconds); ``key_type="rsa"`` is there for a peer
-that wants RSA. Time is passed in (``now``) where a test cares about dates.
+2048 key takes tens of milliseconds); rsyslog 8.2302's ossl driver took them
+as server and as client, over TLS 1.2 and 1.3. ``key_type="rsa"`` is there
+for a peer that wants RSA. Time is passed in (``now``) where a test cares about dates.
 """
 
 from __future__ import annotations
@@ -80,6 +81,15 @@ def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("._") or "cert"
 
 
+def _unused_stem(directory: Path, stem: str) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``...: a second leaf never overwrites the first."""
+    candidate, n = stem, 1
+    while (directory / f"{candidate}.pem").exists() or (directory / f"{candidate}.key").exists():
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
+
+
 @dataclasses.dataclass(slots=True)
 class CertificateAuthority:
     """A self-signed CA that issues leaves into ``directory``."""
@@ -130,7 +140,7 @@ class CertificateAuthority:
             .sign(key, hashes.SHA256())
         )
         directory.mkdir(parents=True, exist_ok=True)
-        stem = _file_stem(name)
+        stem = _unused_stem(directory, _file_stem(name))
         return cls(
             directory=directory,
             name=name,
@@ -153,6 +163,9 @@ class CertificateAuthority:
         key_type: KeyType = "ec",
     ) -> CertFiles:
         """Issue a leaf for ``name`` and write ``<stem>.pem`` and ``<stem>.key``.
+
+        ``stem`` defaults to ``name`` (made file-safe), with ``-2``, ``-3``...
+        appended if those files exist already.
 
         ``san``: True for ``DNS:<name>, DNS:localhost, IP:127.0.0.1`` (what
         rsyslog accepted), False for none (the name is then only the CN), or
@@ -189,7 +202,7 @@ class CertificateAuthority:
                 x509.SubjectAlternativeName([_general_name(e) for e in entries]), critical=False
             )
         cert = builder.sign(self.key, hashes.SHA256())
-        stem = stem or _file_stem(name)
+        stem = stem or _unused_stem(self.directory, _file_stem(name))
         return CertFiles(
             name=name,
             cert=write_cert(cert, self.directory / f"{stem}.pem"),

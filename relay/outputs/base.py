@@ -58,6 +58,11 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 )
 
 
+class Rewind(Exception):
+    """Raised by deliver(): the window was lost while delivering, so the batches
+    in hand are no longer the ones after the head; take the head again."""
+
+
 class Output:
     """Base of every output: subclasses implement :meth:`deliver`."""
 
@@ -109,6 +114,8 @@ class Output:
                     continue  # look again whether the window became safe
                 try:
                     await self.deliver(batches)
+                except Rewind:
+                    continue
                 except RETRYABLE as exc:
                     backoff = backoff.increment()
                     delay = backoff.delay(random.random())

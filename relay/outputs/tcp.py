@@ -45,7 +45,7 @@ import trio
 
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
-from relay.outputs.base import RETRYABLE, Output, describe
+from relay.outputs.base import RETRYABLE, Output, Rewind, describe
 from relay.outputs.targets import (
     Event,
     FailedBack,
@@ -156,6 +156,7 @@ class TcpOutput(Output):
         self._window_max_bytes = min(RESEND_BYTES, settings.max_bytes // 4)
         self._window_max_messages = settings.max_messages // 2
         self._last: _Connection | None = None  # the connection the last batch went on
+        self._rewind = False  # the window was lost during this deliver()
         self.confirm_age = CONFIRM_AGE
 
     async def run(self) -> None:
@@ -182,6 +183,7 @@ class TcpOutput(Output):
             data = b"".join([batch.octet_counted() for batch in batches])
         failed: set[int] = set()  # the targets that failed this batch
         last: BaseException | None = None
+        self._rewind = False
         while True:
             plan = self.targets.plan(trio.current_time(), failed)
             for other in plan.probe:
@@ -192,9 +194,17 @@ class TcpOutput(Output):
             try:
                 if plan.write is None:
                     await self._connect(index)
-                elif not await self._idle_closed(index):
+                elif await self._idle_closed(index):
+                    self._rewind_if_lost()
+                else:
                     connection = self._connections[index]
-                    await connection.stream.send_all(data)
+                    try:
+                        await connection.stream.send_all(data)
+                    except RETRYABLE:
+                        # Part of it may have arrived: writing it again may
+                        # duplicate it, like the window (counted alike).
+                        self.counters.add("resent", sum([len(b.messages) for b in batches]))
+                        raise
                     connection.used = True
                     connection.written += len(data)
                     self._last = connection
@@ -205,6 +215,13 @@ class TcpOutput(Output):
                 self._target_failed(index, describe(exc))
                 failed.add(index)
                 last = exc
+                self._rewind_if_lost()
+
+    def _rewind_if_lost(self) -> None:
+        """The window was just lost: what is written next must be the spool's
+        head again (the window's batches), not the batches in hand after it."""
+        if self._rewind:
+            raise Rewind
 
     async def _idle_closed(self, index: int) -> bool:
         """Whether the peer closed the connection to ``index`` after it carried batches
@@ -420,6 +437,7 @@ class TcpOutput(Output):
             return
         messages = sum(w.messages for w in self._window)
         self.counters.add("resent", messages)
+        self._rewind = True
         log.warning(
             "output %s: connection lost; writing the last %d messages again (they may not "
             "have reached the collector; it may see them twice)",

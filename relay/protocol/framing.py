@@ -186,7 +186,10 @@ class FrameDecoder:
                 if end - start <= max_frame:
                     if end > size:
                         break
-                    append(buf[start:end])
+                    if end > start:
+                        append(buf[start:end])
+                    else:  # "0 ": an empty frame carries no message (as an empty line)
+                        clean = False
                     pos = end
                     continue
                 clean = False

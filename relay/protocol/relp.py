@@ -10,8 +10,11 @@ rsyslog's imrelp/omrelp are the peers that matter:
   trailer follows DATALEN directly.
 * TXNR 0 is reserved for hints (only ``serverclose`` exists); a connection
   starts with TXNR 1 and "the next TXNR [after 999,999,999] is 1". The server
-  answers every command with an ``rsp`` carrying its TXNR, in the order the
-  commands arrived; the client may have up to a window of them unanswered.
+  answers every command with an ``rsp`` carrying its TXNR; the client may have
+  up to a window of them unanswered. The spec says both "The server may reply
+  in any order" and "Responses must be sent by the server in the exact same
+  order as commands where received": our server answers in order, our client
+  (like librelp's) takes an answer for any txnr in flight.
 * ``rsp`` data is ``CODE SP TEXT [LF DATA]``; 200 is OK, the rest errors.
 * ``open`` carries offers (``relp_version=0``, ``commands=syslog``,
   ``relp_software=...``); its 200 rsp carries the offers the server accepts.
@@ -32,6 +35,7 @@ import enum
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from relay import __version__
 from relay.errors import LocalProtocolError, RemoteProtocolError
@@ -44,8 +48,9 @@ DEFAULT_MAX_DATA = 128 * 1024
 
 # rsyslog omrelp's default windowSize is 128 (librelp RELP_DFLT_WINDOW_SIZE).
 # PEERS.md measured two RELP hops on loopback at about 2,900 msg/s with it and
-# 85,000 msg/s with 4096: the window, not the CPU, is the limit. 1024 keeps
-# the in-flight (resend) set small while filling a LAN's bandwidth-delay product.
+# 85,000 msg/s with 4096: the window, not the CPU, is the limit. 1024 is 8x
+# omrelp's default while keeping small what a reconnect resends (and may
+# deliver twice); raise it for long fat links.
 DEFAULT_WINDOW = 1024
 
 # A conforming client has at most its window unanswered; operators raise
@@ -127,9 +132,10 @@ def _field_end(buf: bytes, start: int, limit: int, stops: bytes, what: str) -> i
         if found >= 0 and (end < 0 or found < end):
             end = found
     field = buf[start:end] if end >= 0 else buf[start:window]
-    valid = field.isalpha() if what == "command" else field.isdigit()  # ASCII only
-    if field and not valid:
-        raise RelpProtocolError(f"invalid {what} {field!r}")
+    valid = bytes.isalpha if what == "command" else bytes.isdigit  # ASCII only
+    if field and not valid(field):
+        bad = next(field[i : i + 1] for i in range(len(field)) if not valid(field[i : i + 1]))
+        raise RelpProtocolError(f"invalid {what}: unexpected {bad!r}")
     if end < 0:
         if len(field) > limit:
             raise RelpProtocolError(f"{what} longer than {limit} characters")
@@ -192,6 +198,15 @@ class RelpDecoder:
         return frames
 
     def _parse(self, buf: bytes, pos: int) -> tuple[Frame, int] | None:
+        # Fast path: a well-formed header of a frame with data, in three finds.
+        sp1 = buf.find(b" ", pos, pos + _DIGITS + 1)
+        sp2 = buf.find(b" ", sp1 + 1, sp1 + _MAX_COMMAND + 2) if sp1 > pos else -1
+        sp3 = buf.find(b" ", sp2 + 1, sp2 + _DIGITS + 2) if sp2 > 0 else -1
+        if sp3 > sp2 + 1:
+            txnr, command, datalen = buf[pos:sp1], buf[sp1 + 1 : sp2], buf[sp2 + 1 : sp3]
+            if txnr.isdigit() and command.isalpha() and datalen.isdigit():
+                return self._body(buf, int(txnr), command.decode(), int(datalen), sp3)
+        # Anything else, field by field: need more data, DATALEN 0, or an error.
         if pos >= len(buf):
             return None
         txnr_end = _field_end(buf, pos, _DIGITS, b" ", "txnr")
@@ -203,9 +218,15 @@ class RelpDecoder:
         len_end = _field_end(buf, cmd_end + 1, _DIGITS, b" \n", "datalen")
         if len_end < 0:
             return None
-        txnr = int(buf[pos:txnr_end])
-        command = buf[txnr_end + 1 : cmd_end].decode("ascii")
-        datalen = int(buf[cmd_end + 1 : len_end])
+        command_s = buf[txnr_end + 1 : cmd_end].decode()
+        return self._body(
+            buf, int(buf[pos:txnr_end]), command_s, int(buf[cmd_end + 1 : len_end]), len_end
+        )
+
+    def _body(
+        self, buf: bytes, txnr: int, command: str, datalen: int, end: int
+    ) -> tuple[Frame, int] | None:
+        """The frame whose header ends at ``end`` (the SP or LF after DATALEN)."""
         if (txnr == 0) != (command in _HINTS):
             # "TXNR 0 is reserved for hint commands", which are "always
             # transmitted with a txnr of zero"
@@ -213,12 +234,12 @@ class RelpDecoder:
         if datalen > self.max_data:
             raise RelpProtocolError(f"frame of {datalen} octets exceeds {self.max_data}")
         if datalen == 0:
-            if buf[len_end] != 0x0A:
+            if buf[end] != 0x0A:
                 raise RelpProtocolError("missing trailer after DATALEN 0")
-            return Frame(txnr, command), len_end + 1
-        if buf[len_end] != 0x20:
+            return Frame(txnr, command), end + 1
+        if buf[end] != 0x20:
             raise RelpProtocolError(f"frame ends before its {datalen} octets of data")
-        start = len_end + 1
+        start = end + 1
         end = start + datalen
         if end >= len(buf):
             return None
@@ -250,12 +271,8 @@ def parse_offers(data: bytes) -> Offers:
     for line in data.split(b"\n"):
         if line:
             name, _, values = line.partition(b"=")
-            items.append(
-                (
-                    name.decode("latin-1"),
-                    tuple(v.decode("latin-1") for v in values.split(b",") if v),
-                )
-            )
+            kept = tuple(v.decode("latin-1") for v in values.split(b",") if v)
+            items.append((name.decode("latin-1"), kept))
     return Offers(tuple(items))
 
 
@@ -333,7 +350,10 @@ class Acked:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """Client: the server refused the message sent as ``txnr`` (a non-200 rsp)."""
+    """Client: the server refused the message sent as ``txnr`` (a non-200 rsp).
+
+    It leaves :meth:`~RelpClient.unacked`: retrying or dead-lettering is the caller's choice.
+    """
 
     txnr: int
     code: int
@@ -360,7 +380,8 @@ class ProtocolViolation:
     """Either side: the peer broke RELP; the session is CLOSED.
 
     A server sends :func:`violation_reply` and closes the connection ("the
-    peer that detects the problem closes the underlying (TCP) connection").
+    peer that detects the problem closes the underlying (TCP) connection");
+    ``txnr`` is the command to answer, if any. A client just closes.
     """
 
     rsp_code: int
@@ -368,21 +389,20 @@ class ProtocolViolation:
     txnr: int | None = None
 
 
-ServerEvent = SessionOpened | SyslogMessage | CloseRequested | ConnectionClosed | ProtocolViolation
-ClientEvent = (
-    Opened | Acked | Rejected | Closed | ServerClosed | ConnectionClosed | ProtocolViolation
-)
+# what each side's receive_data returns, besides ConnectionClosed and ProtocolViolation
+ServerEvent = SessionOpened | SyslogMessage | CloseRequested
+ClientEvent = Opened | Acked | Rejected | Closed | ServerClosed
 
 
 # -- the state machines ------------------------------------------------------
 
 
-class Role(enum.Enum):
+class Role(enum.StrEnum):
     CLIENT = "client"
     SERVER = "server"
 
 
-class State(enum.Enum):
+class State(enum.StrEnum):
     IDLE = "idle"  # no open yet
     OPENING = "opening"  # open sent (client) / received and not yet answered (server)
     OPEN = "open"  # messages flow
@@ -390,19 +410,19 @@ class State(enum.Enum):
     CLOSED = "closed"  # nothing more may be sent; the connection is to be closed
 
 
-class Input(enum.Enum):
+class Input(enum.StrEnum):  # str's C hash: the table is on the hot path
     """What can happen to a session: a frame received, or something we send."""
 
-    RECV_OPEN = "an 'open' command"
-    RECV_SYSLOG = "a 'syslog' command"
-    RECV_CLOSE = "a 'close' command"
-    RECV_RSP = "an 'rsp'"  # at a server, which never sends commands
-    RECV_RSP_OPEN = "the 'rsp' to 'open'"
-    RECV_RSP_SYSLOG = "an 'rsp' to 'syslog'"
-    RECV_RSP_CLOSE = "the 'rsp' to 'close'"
-    RECV_RSP_UNKNOWN = "an 'rsp' for a txnr not in flight"
-    RECV_SERVERCLOSE = "a 'serverclose' hint"
-    RECV_UNKNOWN = "an unknown command"
+    RECV_OPEN = "'open' command"
+    RECV_SYSLOG = "'syslog' command"
+    RECV_CLOSE = "'close' command"
+    RECV_RSP = "'rsp' from a client"
+    RECV_RSP_OPEN = "'rsp' to 'open'"
+    RECV_RSP_SYSLOG = "'rsp' to 'syslog'"
+    RECV_RSP_CLOSE = "'rsp' to 'close'"
+    RECV_RSP_UNKNOWN = "'rsp' for a txnr not in flight"
+    RECV_SERVERCLOSE = "'serverclose' hint"
+    RECV_UNKNOWN = "unknown command"  # or a command a server sent
     RECV_EOF = "end of stream"
     SEND_OPEN = "send 'open'"
     SEND_ACCEPT_OPEN = "accept 'open'"
@@ -462,7 +482,7 @@ class StateMachine:
             was, self.state = self.state, State.CLOSED
             if what.local:
                 raise LocalProtocolError(f"cannot {what.value} in RELP state {was.value}")
-            raise RelpProtocolError(f"{what.value} in state {was.value}", txnr=txnr)
+            raise RelpProtocolError(f"{what.value} not allowed in state {was.value}", txnr=txnr)
         self.state = new
         return new
 
@@ -476,9 +496,9 @@ def _rsp_data(code: int, text: str) -> bytes:
 
 def _parse_rsp(data: bytes) -> tuple[int, str, bytes]:
     """``(code, text, data)`` of an rsp's data part (scrsp.c's readRspHdr)."""
-    head, lf, body = data.partition(b"\n")
+    head, _, body = data.partition(b"\n")
     code, sp, text = head[:3], head[3:4], head[4:]
-    if len(code) != 3 or not code.isdigit() or (sp not in (b" ", b"") or (not sp and text)):
+    if len(code) != 3 or not code.isdigit() or sp not in (b" ", b""):
         raise RelpProtocolError(f"malformed rsp {bytes(data[:40])!r}")
     return int(code), text.decode("utf-8", "replace"), body
 
@@ -492,37 +512,59 @@ def violation_reply(violation: ProtocolViolation) -> bytes:
     return out + b"0 serverclose 0\n"
 
 
-class _Session:
-    """What client and server share: decoder, machine, failure handling."""
+_E = TypeVar("_E")
+
+
+class _Endpoint(Generic[_E]):
+    """What client and server share: the decoder, the machine, failing."""
 
     def __init__(self, role: Role, max_data: int) -> None:
-        self.machine = StateMachine(role)
-        self.decoder = RelpDecoder(max_data=max_data)
-        self.failed = False
+        self._machine = StateMachine(role)
+        self._decoder = RelpDecoder(max_data=max_data)
+        self._failed = False
 
     @property
     def state(self) -> State:
-        return self.machine.state
+        """Where the session is; CLOSED means the connection is to be closed."""
+        return self._machine.state
 
-    def frames(self, data: bytes) -> tuple[list[Frame], RelpProtocolError | None]:
-        if self.failed:
+    def receive_data(self, data: bytes) -> list[_E | ProtocolViolation | ConnectionClosed]:
+        """Take the peer's next bytes (``b""`` at EOF); return what they meant.
+
+        A protocol error ends the list with a :class:`ProtocolViolation`; the
+        session is then CLOSED and more data raises ``LocalProtocolError``.
+        """
+        if self._failed:
             if data:
                 raise LocalProtocolError("RELP session failed; close the connection")
-            return [], None
+            return []
+        events: list[_E | ProtocolViolation | ConnectionClosed] = []
         try:
-            return self.decoder.receive_data(data), self.decoder.error
+            for frame in self._decoder.receive_data(data):
+                event = self._handle(frame)
+                if event is not None:
+                    events.append(event)
+            if self._decoder.error is not None:
+                raise self._decoder.error
         except RelpProtocolError as exc:
-            return [], exc
+            self._machine.state = State.CLOSED
+            self._failed = True
+            self._on_fail()
+            txnr = exc.txnr if self._machine.role is Role.SERVER else None  # clients never answer
+            events.append(ProtocolViolation(exc.rsp_code, str(exc), txnr))
+            return events
+        if not data:
+            was = self._machine.state
+            self._machine.process(Input.RECV_EOF)
+            if was is not State.CLOSED:
+                events.append(ConnectionClosed())
+        return events
 
-    def fail(self, exc: RelpProtocolError) -> ProtocolViolation:
-        self.machine.state = State.CLOSED
-        self.failed = True
-        return ProtocolViolation(exc.rsp_code, str(exc), exc.txnr)
+    def _handle(self, frame: Frame) -> _E | None:
+        raise NotImplementedError
 
-    def eof(self) -> list[ConnectionClosed]:
-        was = self.machine.state
-        self.machine.process(Input.RECV_EOF)
-        return [] if was is State.CLOSED else [ConnectionClosed()]
+    def _on_fail(self) -> None:
+        """Forget what the failed session owed."""
 
 
 _SERVER_INPUTS = {
@@ -534,7 +576,7 @@ _SERVER_INPUTS = {
 }
 
 
-class RelpServer:
+class RelpServer(_Endpoint[ServerEvent]):
     """One RELP session at the server (imrelp's side), sans-IO.
 
     Feed reads to :meth:`receive_data`; send what :meth:`accept_open`,
@@ -552,7 +594,7 @@ class RelpServer:
     ) -> None:
         if max_unanswered < 1:
             raise ValueError("max_unanswered must be positive")
-        self._session = _Session(Role.SERVER, max_data)
+        super().__init__(Role.SERVER, max_data)
         self.max_unanswered = max_unanswered
         self._offers = our_offers(software)
         encode_offers(self._offers)  # fail now, not at the first client
@@ -560,31 +602,9 @@ class RelpServer:
         self._open_txnr = 0
         self._owed: deque[tuple[int, Input]] = deque()  # (txnr, SEND_RSP | SEND_CLOSE_RSP)
 
-    @property
-    def state(self) -> State:
-        return self._session.state
-
     def unanswered(self) -> list[int]:
         """Txnrs of syslog/close commands still owed an rsp, in the order owed."""
         return [txnr for txnr, _ in self._owed]
-
-    def receive_data(self, data: bytes) -> list[ServerEvent]:
-        """Take bytes from the client (``b""`` at EOF); return what they meant."""
-        session = self._session
-        frames, error = session.frames(data)
-        events: list[ServerEvent] = []
-        try:
-            for frame in frames:
-                events.append(self._handle(frame))
-            if error is not None:
-                raise error
-        except RelpProtocolError as exc:
-            self._owed.clear()
-            events.append(session.fail(exc))
-            return events
-        if not data and not session.failed:
-            events += session.eof()
-        return events
 
     def _handle(self, frame: Frame) -> ServerEvent:
         txnr = frame.txnr
@@ -595,7 +615,7 @@ class RelpServer:
         what = _SERVER_INPUTS.get(frame.command, Input.RECV_UNKNOWN)
         answerable = what not in (Input.RECV_RSP, Input.RECV_SERVERCLOSE)
         try:
-            self._session.machine.process(what, txnr=txnr if answerable else None)
+            self._machine.process(what, txnr=txnr if answerable else None)
         except RelpProtocolError as exc:
             if what is Input.RECV_UNKNOWN:
                 raise RelpProtocolError(f"unknown command {frame.command!r}", txnr=txnr) from exc
@@ -616,9 +636,12 @@ class RelpServer:
         self._open_txnr = txnr
         return SessionOpened(offers)
 
+    def _on_fail(self) -> None:
+        self._owed.clear()
+
     def accept_open(self) -> bytes:
         """The 200 rsp to ``open`` with our offers; the session is then OPEN."""
-        self._session.machine.process(Input.SEND_ACCEPT_OPEN)
+        self._machine.process(Input.SEND_ACCEPT_OPEN)
         return _encode(self._open_txnr, b"rsp", b"200 OK\n" + encode_offers(self._offers))
 
     def send_rsp(self, txnr: int, code: int = 200, text: str = "OK") -> bytes:
@@ -631,18 +654,18 @@ class RelpServer:
             owed = self._owed[0][0] if self._owed else None
             raise LocalProtocolError(f"rsp for txnr {txnr}, but the next one owed is {owed}")
         data = _rsp_data(code, text)
-        self._session.machine.process(self._owed[0][1])
+        self._machine.process(self._owed[0][1])
         self._owed.popleft()
         return _encode(txnr, b"rsp", data)
 
     def server_close(self) -> bytes:
         """The ``serverclose`` hint, sent before the server closes the connection."""
-        self._session.machine.process(Input.SEND_SERVERCLOSE)
+        self._machine.process(Input.SEND_SERVERCLOSE)
         self._owed.clear()
         return b"0 serverclose 0\n"
 
 
-class RelpClient:
+class RelpClient(_Endpoint[ClientEvent]):
     """One RELP session at the client (omrelp's side), sans-IO.
 
     ``open()``, wait for :class:`Opened`, then ``send()`` while ``room()``;
@@ -663,20 +686,16 @@ class RelpClient:
             raise ValueError("window must be between 1 and 999,999,997")
         self.window = window
         self.max_data = max_data
-        self._session = _Session(Role.CLIENT, DEFAULT_MAX_DATA)
+        super().__init__(Role.CLIENT, DEFAULT_MAX_DATA)
         self._offers = encode_offers(our_offers(software))
         self._next = 1  # "A RELP connection start with TXNR 1"
         self._open_txnr = 0  # 0: none in flight
         self._close_txnr = 0
         self._inflight: dict[int, bytes] = {}  # syslog txnr -> message, in send order
 
-    @property
-    def state(self) -> State:
-        return self._session.state
-
     def room(self) -> int:
         """How many messages :meth:`send` takes now."""
-        if self._session.state is not State.OPEN:
+        if self._machine.state is not State.OPEN:
             return 0
         return self.window - len(self._inflight)
 
@@ -691,7 +710,7 @@ class RelpClient:
 
     def open(self) -> bytes:
         """The ``open`` command with our offers."""
-        self._session.machine.process(Input.SEND_OPEN)
+        self._machine.process(Input.SEND_OPEN)
         self._open_txnr = self._take_txnr()
         return _encode(self._open_txnr, b"open", self._offers)
 
@@ -703,7 +722,7 @@ class RelpClient:
         """
         if not messages:
             return b"", []
-        self._session.machine.process(Input.SEND_SYSLOG)
+        self._machine.process(Input.SEND_SYSLOG)
         batch = messages[: self.room()]
         if not batch:
             raise LocalProtocolError(f"RELP window of {self.window} is full")
@@ -726,29 +745,9 @@ class RelpClient:
 
     def close(self) -> bytes:
         """The ``close`` command; the session ends when the server answers it."""
-        self._session.machine.process(Input.SEND_CLOSE)
+        self._machine.process(Input.SEND_CLOSE)
         self._close_txnr = self._take_txnr()
         return b"%d close 0\n" % self._close_txnr
-
-    def receive_data(self, data: bytes) -> list[ClientEvent]:
-        """Take bytes from the server (``b""`` at EOF); return what they meant."""
-        session = self._session
-        frames, error = session.frames(data)
-        events: list[ClientEvent] = []
-        try:
-            for frame in frames:
-                event = self._handle(frame)
-                if event is not None:
-                    events.append(event)
-            if error is not None:
-                raise error
-        except RelpProtocolError as exc:
-            exc.txnr = None  # a client never answers
-            events.append(session.fail(exc))
-            return events
-        if not data and not session.failed:
-            events += session.eof()
-        return events
 
     def _classify(self, frame: Frame) -> Input:
         if frame.command == "serverclose":
@@ -766,9 +765,9 @@ class RelpClient:
 
     def _handle(self, frame: Frame) -> ClientEvent | None:
         what = self._classify(frame)
-        was = self._session.machine.state
+        was = self._machine.state
         try:
-            self._session.machine.process(what)
+            self._machine.process(what)
         except RelpProtocolError as exc:
             if what is Input.RECV_RSP_UNKNOWN:
                 raise RelpProtocolError(

@@ -101,3 +101,28 @@ async def test_a_collector_dying_with_unread_data_gets_it_again() -> None:
     await listeners[0].aclose()
     assert output.counters["resent"] == 3
     assert output.counters["delivered"] == 3
+
+
+async def test_after_a_lost_connection_the_window_goes_first_in_order() -> None:
+    """The window is always the head of the spool: when the connection is found
+    closed while a newer batch is in hand, the window is written again before it."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    output = make_output(port)
+    expected = [b"<13>1 - - - - - seq=%d" % i for i in range(6)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.run)
+        output.spool.put_nowait(batch(0, 1))
+        first = await listeners[0].accept()
+        assert await read_frames(first, 2) == expected[:2]
+        output.spool.put_nowait(batch(2, 3))
+        assert await read_frames(first, 2) == expected[2:4]
+        await trio.testing.wait_all_tasks_blocked()  # the output has recorded the write
+        assert output.unconfirmed() == 2  # both unconfirmed (1 s not passed)
+        await first.aclose()  # the collector goes away
+        output.spool.put_nowait(batch(4, 5))
+        second = await listeners[0].accept()
+        assert await read_frames(second, 6) == expected
+        nursery.cancel_scope.cancel()
+    await second.aclose()
+    await listeners[0].aclose()

@@ -45,6 +45,7 @@ def decode(
         pytest.param(b"5 a\nb\nc", [b"a\nb\nc"], id="octet-embedded-lf"),
         pytest.param(b"3 \x00\xff\n", [b"\x00\xff\n"], id="octet-binary"),
         pytest.param(b"3 abc\n3 def\n", [b"abc", b"def"], id="octet-with-lf-trailers"),
+        pytest.param(b"0 3 abc0 ", [b"abc"], id="octet-empty-frames"),
     ],
 )
 @pytest.mark.parametrize("chunk", [None, 1, 2, 7])
