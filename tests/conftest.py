@@ -14,8 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.interop.peers import RsyslogCollector, require_program
+
+# No per-example deadline: on a busy 2-core CI machine an example can take
+# longer than hypothesis's default 200 ms without anything being wrong; the
+# properties themselves are what the tests check.
+settings.register_profile("relay", deadline=None)
+settings.load_profile("relay")
 
 __all__ = ["require_program", "rsyslog_collector"]
 
