@@ -31,10 +31,10 @@ import trio
 from relay import stats
 from relay.config import Config, InputConfig, OutputConfig
 from relay.errors import StartupError
-from relay.inputs import datagram, tcp
-from relay.outputs import base
+from relay.inputs import datagram, relp, tcp
 from relay.outputs.base import Output
 from relay.outputs.file import FileOutput
+from relay.outputs.relp import RelpOutput
 from relay.outputs.tcp import TcpOutput
 from relay.outputs.udp import UdpOutput
 from relay.routing import Route, Router
@@ -43,7 +43,12 @@ from relay.spool.spool import Spool, SpoolSettings
 
 log = logging.getLogger("relay")
 
-_OUTPUTS: dict[str, type[Output]] = {"tcp": TcpOutput, "udp": UdpOutput, "file": FileOutput}
+_OUTPUTS: dict[str, type[Output]] = {
+    "tcp": TcpOutput,
+    "udp": UdpOutput,
+    "file": FileOutput,
+    "relp": RelpOutput,
+}
 
 # Of the stop budget, what is kept for writing memory to disk once delivery
 # stops: writing a full 64 MiB memory part takes well under a second.
@@ -80,8 +85,9 @@ class Relay:
             self.stats.counters("spool", config.name, spools.COUNTERS),
             directory if config.disk_max_bytes else None,
         )
-        counters = self.stats.counters("output", config.name, base.COUNTERS)
-        return _OUTPUTS[config.endpoint.scheme](config, spool, counters)
+        kind = _OUTPUTS[config.endpoint.scheme]
+        counters = self.stats.counters("output", config.name, kind.COUNTERS)
+        return kind(config, spool, counters)
 
     async def open(self) -> None:
         """Lock state, open spools and outputs, bind inputs; StartupError on failure."""
@@ -132,9 +138,11 @@ class Relay:
                 )
 
     async def _open_input(self, config: InputConfig) -> datagram.DatagramInput | tcp.TcpInput:
-        if config.endpoint.scheme == "tcp":
-            counters = self.stats.counters("input", config.name, tcp.COUNTERS)
-            tcp_input = tcp.TcpInput(config, self.router, counters)
+        if config.endpoint.scheme in ("tcp", "relp"):
+            module = relp if config.endpoint.scheme == "relp" else tcp
+            counters = self.stats.counters("input", config.name, module.COUNTERS)
+            kind = relp.RelpInput if module is relp else tcp.TcpInput
+            tcp_input = kind(config, self.router, counters)
             await tcp_input.open()
             return tcp_input
         counters = self.stats.counters("input", config.name, datagram.COUNTERS)

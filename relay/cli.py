@@ -22,8 +22,9 @@ from relay.errors import ConfigErrors, RelayError
 log = logging.getLogger("relay")
 
 ENDPOINT_HELP = (
-    "Endpoint URLs: udp://HOST:PORT, tcp://HOST:PORT, unix:///PATH (inputs), "
-    "file:///PATH or file:- for standard output (outputs)."
+    "Endpoint URLs: udp://HOST:PORT, tcp://HOST:PORT, relp://HOST:PORT (RELP, "
+    "port required), unix:///PATH (inputs), file:///PATH or file:- for standard "
+    "output (outputs)."
 )
 
 

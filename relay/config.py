@@ -32,6 +32,7 @@ from typing import Any
 
 from relay.errors import ConfigError, ConfigErrors
 from relay.protocol.framing import DEFAULT_MAX_FRAME, Framing, OversizePolicy
+from relay.protocol.relp import DEFAULT_WINDOW
 from relay.spool.spool import (
     DEFAULT_DISK_MAX_BYTES,
     DEFAULT_MAX_BYTES,
@@ -40,9 +41,12 @@ from relay.spool.spool import (
     OnFull,
 )
 
-INPUT_SCHEMES = ("udp", "tcp", "unix")
-OUTPUT_SCHEMES = ("tcp", "udp", "file")
-PLANNED_SCHEMES = ("tls", "relp", "relp+tls")
+INPUT_SCHEMES = ("udp", "tcp", "unix", "relp")
+OUTPUT_SCHEMES = ("tcp", "udp", "file", "relp")
+SEND_SCHEMES = ("udp", "tcp", "unix")  # what `relay send` speaks
+PLANNED_SCHEMES = ("tls", "relp", "relp+tls")  # named in "not supported ... yet"
+# RELP has no IANA port (rsyslog's examples use 2514, others 20514): a
+# relp:// URL must name one.
 DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
 
 # A relay node takes in thousands of hosts; one connection each plus headroom.
@@ -71,6 +75,7 @@ INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "udp": (*_COMMON_INPUT, "rcvbuf"),
     "unix": (*_COMMON_INPUT, "rcvbuf"),
     "tcp": (*_COMMON_INPUT, "framing", "max_connections"),
+    "relp": (*_COMMON_INPUT, "max_connections"),
 }
 _COMMON_OUTPUT = (
     "url",
@@ -86,6 +91,7 @@ OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
     "tcp": (*_COMMON_OUTPUT, "targets", "mode"),
     "udp": _COMMON_OUTPUT,
     "file": (*_COMMON_OUTPUT, "format"),
+    "relp": (*_COMMON_OUTPUT, "window"),
 }
 # Schemes whose outputs may list several targets (failover / load balancing).
 MULTI_TARGET_SCHEMES = ("tcp",)
@@ -143,6 +149,7 @@ class OutputConfig:
     on_full: OnFull = OnFull.BLOCK
     durability: Durability = Durability.MEMORY
     fsync_interval: float = 0.0  # with durability "fsync": 0 = every batch
+    window: int = DEFAULT_WINDOW  # relp outputs: messages sent but not yet acknowledged
 
     @property
     def all_targets(self) -> tuple[Endpoint, ...]:
@@ -184,7 +191,7 @@ def default_config() -> Config:
 
 def parse_endpoint(url: str, role: str) -> Endpoint:
     """Parse an endpoint URL for an ``input`` or ``output``; ValueError says why."""
-    schemes = OUTPUT_SCHEMES if role == "output" else INPUT_SCHEMES
+    schemes = {"output": OUTPUT_SCHEMES, "send": SEND_SCHEMES}.get(role, INPUT_SCHEMES)
     scheme, sep, rest = url.partition(":")
     scheme = scheme.lower()
     if not sep or not scheme:
@@ -219,6 +226,8 @@ def parse_endpoint(url: str, role: str) -> Endpoint:
     except ValueError:
         raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
     if port is None:
+        if scheme not in DEFAULT_PORTS:
+            raise ValueError(f"{url!r}: {scheme}:// has no default port; name one")
         port = DEFAULT_PORTS[scheme]
     if port == 0 and role != "input":
         raise ValueError(f"{url!r}: an output needs a port from 1 to 65535")
@@ -442,6 +451,7 @@ class _Validator:
             ),
             retry_max=self.get(table, f"{key}.retry_max", _seconds, DEFAULT_RETRY_MAX),
             format=self.get(table, f"{key}.format", _choice(("lines", "octet-counted")), "lines"),
+            window=self.get(table, f"{key}.window", _count(1, 65536), DEFAULT_WINDOW),
         )
 
     def unknown(

@@ -10,6 +10,7 @@ import pytest
 from relay import config
 from relay.config import Endpoint, parse_endpoint
 from relay.errors import ConfigErrors
+from relay.protocol import relp
 from relay.protocol.framing import Framing, OversizePolicy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,3 +230,39 @@ def test_spool_and_targets_mistakes(table: str, key: str, says: str) -> None:
     (error,) = caught.value.errors
     assert error.key == f"output.o.{key}"
     assert says in error.message
+
+
+def test_relp_endpoints_and_window() -> None:
+    cfg = config.loads(
+        '[input.r]\nurl = "relp://0.0.0.0:2514"\nmax_connections = 10\n'
+        '[output.o]\nurl = "relp://collector:20514"\nwindow = 4096\n'
+        '[output.d]\nurl = "relp://collector:20514"\n'
+    )
+    assert cfg.inputs[0].endpoint == Endpoint("relp", "0.0.0.0", 2514)
+    assert cfg.inputs[0].max_connections == 10
+    assert [o.window for o in cfg.outputs] == [4096, relp.DEFAULT_WINDOW]
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "says"),
+    [
+        ('[output.o]\nurl = "relp://h:2514"\nwindow = 0\n', "output.o.window", "between 1"),
+        ('[output.o]\nurl = "relp://h:2514"\nwindow = 65537\n', "output.o.window", "65536"),
+        ('[output.o]\nurl = "relp://h:2514"\nwindow = "big"\n', "output.o.window", "whole"),
+        ('[output.o]\nurl = "tcp://h:514"\nwindow = 8\n', "output.o.window", "unknown setting"),
+        ('[output.o]\nurl = "relp://h"\n', "output.o.url", "no default port"),
+        ('[output.o]\nurl = "relp://h:1"\nframing = "lf"\n', "output.o.framing", "unknown"),
+    ],
+)
+def test_relp_mistakes_name_the_key(table: str, key: str, says: str) -> None:
+    text = '[input.i]\nurl = "relp://127.0.0.1:2514"\n' + table
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(text)
+    errors = {e.key: str(e) for e in caught.value.errors}
+    assert key in errors, errors
+    assert says in errors[key]
+
+
+def test_relay_send_does_not_speak_relp() -> None:
+    with pytest.raises(ValueError, match="not supported by relay send"):
+        parse_endpoint("relp://127.0.0.1:2514", "send")

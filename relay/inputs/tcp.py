@@ -80,7 +80,8 @@ class TcpInput:
             ) from None
         sockname = self.listeners[0].socket.getsockname()
         host, port = sockname[0], sockname[1]
-        self.address = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+        scheme = endpoint.scheme
+        self.address = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     async def stop(self) -> None:
         """Stop accepting; connections end once they are quiet (see the module doc)."""

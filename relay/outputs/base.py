@@ -66,6 +66,8 @@ class Rewind(Exception):
 class Output:
     """Base of every output: subclasses implement :meth:`deliver`."""
 
+    COUNTERS: tuple[str, ...] = COUNTERS  # the counters this kind of output keeps
+
     def __init__(self, config: OutputConfig, spool: Spool, counters: Counters) -> None:
         self.config = config
         self.spool = spool

@@ -1,0 +1,176 @@
+"""relay/inputs/relp.py over real loopback sockets, our RelpClient on the other end."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from relay.config import Endpoint, InputConfig
+from relay.inputs import relp
+from relay.message import Batch
+from relay.outputs import base
+from relay.protocol.relp import (
+    Acked,
+    ClientEvent,
+    Closed,
+    ConnectionClosed,
+    Opened,
+    ProtocolViolation,
+    RelpClient,
+    ServerClosed,
+)
+from relay.routing import Route, Router
+from relay.spool.spool import Spool, memory_spool
+from relay.stats import Counters
+
+Event = ClientEvent | ProtocolViolation | ConnectionClosed
+
+
+async def start_input(spool: Spool) -> relp.RelpInput:
+    config = InputConfig("r", Endpoint("relp", "127.0.0.1", 0))
+    router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
+    relp_input = relp.RelpInput(config, router, Counters("input", "r", relp.COUNTERS))
+    await relp_input.open()
+    return relp_input
+
+
+def port_of(relp_input: relp.RelpInput) -> int:
+    return int(relp_input.address.rsplit(":", 1)[1])
+
+
+def queued(spool: Spool) -> list[bytes]:
+    return [m for b in spool.peek(1 << 40) for m in b.messages]
+
+
+class Peer:
+    """Our sans-IO RelpClient on a real connection."""
+
+    def __init__(self, stream: trio.SocketStream, window: int = 1024) -> None:
+        self.stream = stream
+        self.client = RelpClient(window=window)
+        self.events: list[Event] = []
+
+    @classmethod
+    async def connect(cls, port: int, window: int = 1024) -> Peer:
+        peer = cls(await trio.open_tcp_stream("127.0.0.1", port), window)
+        await peer.stream.send_all(peer.client.open())
+        assert isinstance((await peer.next_events())[0], Opened)
+        return peer
+
+    async def next_events(self) -> list[Event]:
+        while True:
+            data = await self.stream.receive_some(65536)
+            events = self.client.receive_data(data)
+            if events or not data:
+                self.events += events
+                return events
+
+    async def acks_until(self, count: int) -> int:
+        acked = sum(isinstance(e, Acked) for e in self.events)
+        while acked < count:
+            events = await self.next_events()
+            assert events, "connection ended"
+            acked += sum(isinstance(e, Acked) for e in events)
+        return acked
+
+
+async def test_messages_are_queued_as_one_batch_then_acked() -> None:
+    spool = memory_spool()
+    relp_input = await start_input(spool)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relp_input.serve)
+        peer = await Peer.connect(port_of(relp_input))
+        data, _ = peer.client.send([b"<13>seq=%d" % i for i in range(100)])
+        await peer.stream.send_all(data)
+        assert await peer.acks_until(100) == 100
+        assert queued(spool) == [b"<13>seq=%d" % i for i in range(100)]
+        assert len(spool.peek(1 << 40)) <= 2  # one read, one batch (or two reads)
+        await peer.stream.send_all(peer.client.close())
+        assert any(isinstance(e, Closed) for e in await peer.next_events())
+        await peer.stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert relp_input.counters["received"] == 100
+    assert relp_input.counters["connections"] == 1
+
+
+async def test_ack_only_after_the_spool_took_the_batch() -> None:
+    """A full blocking spool delays the rsp: acked means queued."""
+    spool = memory_spool(max_messages=10, max_bytes=1 << 20)
+    spool.put_nowait(Batch([b"<13>old"] * 10, received=0.0))  # full
+    relp_input = await start_input(spool)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relp_input.serve)
+        peer = await Peer.connect(port_of(relp_input))
+        data, _ = peer.client.send([b"<13>new"])
+        await peer.stream.send_all(data)
+        with trio.move_on_after(0.5):
+            await peer.next_events()
+            raise AssertionError("acked while the spool was full")
+        assert b"<13>new" not in queued(spool)
+        spool.ack(1)  # room: the input's put completes, then the ack comes
+        events = await peer.next_events()
+        assert [type(e) for e in events] == [Acked]
+        assert queued(spool)[-1] == b"<13>new"
+        await peer.stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_violation_gets_500_and_serverclose_and_is_counted() -> None:
+    spool = memory_spool()
+    relp_input = await start_input(spool)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relp_input.serve)
+        stream = await trio.open_tcp_stream("127.0.0.1", port_of(relp_input))
+        client = RelpClient()
+        await stream.send_all(client.open())
+        reply = b""
+        while b"\n" not in reply:
+            reply += await stream.receive_some(65536)
+        await stream.send_all(b"2 bogus 0\n")
+        rest = b""
+        while chunk := await stream.receive_some(65536):
+            rest += chunk  # ends: the input closed the connection
+        assert rest.startswith(b"2 rsp ")
+        assert b" 500 " in rest
+        assert rest.endswith(b"0 serverclose 0\n")
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert relp_input.counters["protocol_errors"] == 1
+    assert len(spool) == 0
+
+
+async def test_stop_acks_what_was_sent_then_serverclose() -> None:
+    spool = memory_spool()
+    relp_input = await start_input(spool)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relp_input.serve)
+        peer = await Peer.connect(port_of(relp_input))
+        data, _ = peer.client.send([b"<13>seq=%d" % i for i in range(500)])
+        await peer.stream.send_all(data)
+        await relp_input.stop()
+        events: list[Event] = []
+        while not any(isinstance(e, ServerClosed | ConnectionClosed) for e in events):
+            events += await peer.next_events()
+        await peer.stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert sum(isinstance(e, Acked) for e in peer.events) == 500
+    assert any(isinstance(e, ServerClosed) for e in peer.events)
+    assert len(queued(spool)) == 500
+
+
+async def test_oversize_messages_are_truncated_and_counted() -> None:
+    spool = memory_spool()
+    config = InputConfig("r", Endpoint("relp", "127.0.0.1", 0), max_message_size=16)
+    router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
+    relp_input = relp.RelpInput(config, router, Counters("input", "r", relp.COUNTERS))
+    await relp_input.open()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relp_input.serve)
+        peer = await Peer.connect(port_of(relp_input))
+        data, _ = peer.client.send([b"<13>short", b"<13>" + b"x" * 100])
+        await peer.stream.send_all(data)
+        assert await peer.acks_until(2) == 2
+        await peer.stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert queued(spool) == [b"<13>short", b"<13>xxxxxxxxxxxx"]
+    assert relp_input.counters["truncated"] == 1
