@@ -63,6 +63,11 @@ class Router:
             if admission is Admission.QUEUED:
                 route.counters.add("queued", len(batch.messages))
 
+    async def wait_durable(self) -> None:
+        """Until what every spool holds is as safe as its durability promises."""
+        for route in self.routes:
+            await route.spool.wait_durable()
+
     def _admit(self, route: Route, batch: Batch, *, spill: bool) -> bool:
         """Try to queue ``batch`` on ``route``; False if it must wait or spill."""
         admission = route.spool.put_nowait(batch, spill=spill)

@@ -177,6 +177,7 @@ class Spool:
         self._next_id = 0
         self._peeked = 0  # head entries handed to the output and not yet acked
         self._dirty = False  # written since the last fsync
+        self._synced = trio.Event()  # set (and replaced) after each group fsync
         self._checkpoint_due = False
         self._changed = trio.Event()
         self._refilling = False
@@ -537,6 +538,17 @@ class Spool:
             await trio.sleep(min(interval, CHECKPOINT_INTERVAL))
             self.sync()
 
+    async def wait_durable(self) -> None:
+        """Until what is queued is as safe as ``durability`` promises.
+
+        Only "fsync" with an ``fsync_interval`` has anything to wait for: the
+        next group fsync (at once otherwise: with interval 0 every batch was
+        fsync'ed as it was queued; "disk" and "memory" promise no fsync).
+        RELP inputs acknowledge a message only after this.
+        """
+        if self._dirty and self.settings.durability is Durability.FSYNC:
+            await self._synced.wait()
+
     def sync(self) -> None:
         """fsync what was written (durability fsync) and save the ack position."""
         if (
@@ -546,6 +558,8 @@ class Spool:
         ):
             self._writer.fsync()
         self._dirty = False
+        self._synced.set()
+        self._synced = trio.Event()
         if self._checkpoint_due:
             self._checkpoint_due = False
             self._write_meta()

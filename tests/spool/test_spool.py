@@ -249,3 +249,22 @@ async def test_drop_oldest_on_disk_never_loses_what_memory_read_from_it(tmp_path
     assert len(again) == queued  # what was queued at the stop is there after it
     rest = await drain(again)
     assert len(first) + len(rest) + spool.counters["dropped_oldest"] == 550
+
+
+async def test_wait_durable_waits_for_the_group_fsync(tmp_path: Path) -> None:
+    spool = make(tmp_path, durability=Durability.FSYNC, fsync_interval=0.05)
+    await spool.open()
+    spool.put_nowait(batch(0))
+    done = trio.Event()
+
+    async def acknowledge() -> None:
+        await spool.wait_durable()
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(acknowledge)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done.is_set()  # not on disk yet: no acknowledgement
+        spool.sync()  # what the spool's background task does every fsync_interval
+        await done.wait()
+    await spool.wait_durable()  # nothing written since: returns at once
