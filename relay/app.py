@@ -13,7 +13,11 @@ then each spool writes what only memory holds to disk, to be replayed first
 at the next start. A second signal cuts the wait short. Exit status 0 when
 nothing was lost, 1 when a spool without disk could not keep what it held.
 
-SIGHUP reopens file outputs (logrotate).
+SIGHUP reopens file outputs (logrotate) and reloads every TLS certificate,
+key and CA bundle: new connections use the new files, established ones keep
+theirs; files that do not load leave the old ones in use, with one line why.
+Certificates in use that expire within ``expiry_warning_days`` are named at
+start and once a day.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import re
 import signal
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
@@ -40,6 +45,8 @@ from relay.outputs.udp import UdpOutput
 from relay.routing import Route, Router
 from relay.spool import spool as spools
 from relay.spool.spool import Spool, SpoolSettings
+from relay.tls import ReloadableContext
+from relay.tlswire import COUNTERS as TLS_COUNTERS
 
 log = logging.getLogger("relay")
 
@@ -48,6 +55,8 @@ _OUTPUTS: dict[str, type[Output]] = {
     "udp": UdpOutput,
     "file": FileOutput,
     "relp": RelpOutput,
+    "tls": TcpOutput,
+    "relp+tls": RelpOutput,
 }
 
 # Of the stop budget, what is kept for writing memory to disk once delivery
@@ -55,6 +64,8 @@ _OUTPUTS: dict[str, type[Output]] = {
 SAVE_RESERVE = 5.0
 # At stop, how long inputs may go on reading what senders already wrote.
 INPUT_GRACE = 2.0
+# Certificates expire by the day: the expiry warnings are repeated this often.
+EXPIRY_CHECK_INTERVAL = 86400.0
 
 
 class Relay:
@@ -86,7 +97,8 @@ class Relay:
             directory if config.disk_max_bytes else None,
         )
         kind = _OUTPUTS[config.endpoint.scheme]
-        counters = self.stats.counters("output", config.name, kind.COUNTERS)
+        names = kind.COUNTERS + (TLS_COUNTERS if config.tls is not None else ())
+        counters = self.stats.counters("output", config.name, names)
         return kind(config, spool, counters)
 
     async def open(self) -> None:
@@ -105,6 +117,7 @@ class Relay:
             self._warn_orphan_spools()
             for config in self.config.inputs:
                 self.inputs.append(await self._open_input(config))
+            self.warn_expiry()
         except BaseException:
             await self.aclose_inputs()
             raise
@@ -138,9 +151,10 @@ class Relay:
                 )
 
     async def _open_input(self, config: InputConfig) -> datagram.DatagramInput | tcp.TcpInput:
-        if config.endpoint.scheme in ("tcp", "relp"):
-            module = relp if config.endpoint.scheme == "relp" else tcp
-            counters = self.stats.counters("input", config.name, module.COUNTERS)
+        if config.endpoint.scheme in ("tcp", "relp", "tls", "relp+tls"):
+            module = relp if config.endpoint.scheme.startswith("relp") else tcp
+            names = module.COUNTERS + (TLS_COUNTERS if config.tls is not None else ())
+            counters = self.stats.counters("input", config.name, names)
             kind = relp.RelpInput if module is relp else tcp.TcpInput
             tcp_input = kind(config, self.router, counters)
             await tcp_input.open()
@@ -175,6 +189,8 @@ class Relay:
                 for output in self.outputs:
                     nursery.start_soon(output.run)
                     nursery.start_soon(output.spool.run)
+                if self.tls_contexts():
+                    nursery.start_soon(self._warn_expiry_daily)
                 async with trio.open_nursery() as inputs:
                     for item in self.inputs:
                         inputs.start_soon(item.serve)
@@ -190,6 +206,7 @@ class Relay:
                     async for signum in signals:
                         if signum == signal.SIGHUP:
                             self.reopen()
+                            self.reload_tls()
                             continue
                         log.info("relay: %s received; stopping", signal.Signals(signum).name)
                         break
@@ -211,6 +228,54 @@ class Relay:
         for output in self.outputs:
             if isinstance(output, FileOutput):
                 output.reopen()
+
+    def tls_contexts(self) -> list[tuple[str, ReloadableContext]]:
+        """Every TLS context in use, with what it belongs to (for log lines)."""
+        found: list[tuple[str, ReloadableContext]] = []
+        for item in self.inputs:
+            if isinstance(item, tcp.TcpInput) and item.tls is not None:
+                found.append((f"input {item.config.name}", item.tls.context))
+        for output in self.outputs:
+            for host, context in output.tls_contexts.items():
+                found.append((f"output {output.name} ({host})", context))
+        return found
+
+    def warn_expiry(self, now: datetime | None = None) -> list[str]:
+        """Log one line per certificate in use that expires soon (each file once)."""
+        now = now or datetime.now(UTC)
+        lines: list[str] = []
+        for _, context in self.tls_contexts():
+            for line in context.expiry_warnings(now):
+                if line not in lines:
+                    lines.append(line)
+        for line in lines:
+            log.warning("relay: %s", line)
+        return lines
+
+    async def _warn_expiry_daily(self) -> None:
+        while True:
+            await trio.sleep(EXPIRY_CHECK_INTERVAL)
+            self.warn_expiry()
+
+    def reload_tls(self) -> None:
+        """Reload every TLS profile's files; a failure keeps the old context (one line)."""
+        contexts = self.tls_contexts()
+        if not contexts:
+            return
+        failed = 0
+        for what, context in contexts:
+            reason = context.reload()
+            if reason is not None:
+                failed += 1
+                log.error("relay: %s: TLS reload failed: %s", what, reason)
+        if failed < len(contexts):
+            log.info(
+                "relay: TLS certificates reloaded for %d of %d inputs and targets; new "
+                "connections use them",
+                len(contexts) - failed,
+                len(contexts),
+            )
+        self.warn_expiry()
 
     async def _drain(self, signals: AsyncIterator[int]) -> None:
         """Let outputs that are delivering empty their spools, within the budget."""

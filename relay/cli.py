@@ -185,6 +185,9 @@ def check(config_file: str | None, inputs: tuple[str, ...], outputs: tuple[str, 
     Each line names the file, line and key to fix. Nothing is started.
     """
     cfg = _load(config_file, inputs, outputs)
+    problems = config.check_files(cfg)
+    if problems:
+        _fail("\n".join(f"error: {e}" for e in problems))
     click.echo(
         f"{cfg.source}: ok: {_plural(len(cfg.inputs), 'input')} "
         f"({', '.join(i.endpoint.url for i in cfg.inputs)}), "

@@ -40,13 +40,15 @@ from relay.spool.spool import (
     Durability,
     OnFull,
 )
+from relay.tls import TlsProfile, load_files
 
-INPUT_SCHEMES = ("udp", "tcp", "unix", "relp")
-OUTPUT_SCHEMES = ("tcp", "udp", "file", "relp")
+INPUT_SCHEMES = ("udp", "tcp", "unix", "relp", "tls", "relp+tls")
+OUTPUT_SCHEMES = ("tcp", "udp", "file", "relp", "tls", "relp+tls")
+TLS_SCHEMES = ("tls", "relp+tls")
 SEND_SCHEMES = ("udp", "tcp", "unix")  # what `relay send` speaks
 PLANNED_SCHEMES = ("tls", "relp", "relp+tls")  # named in "not supported ... yet"
 # RELP has no IANA port (rsyslog's examples use 2514, others 20514): a
-# relp:// URL must name one.
+# relp:// or relp+tls:// URL must name one. tls:// is RFC 5425's 6514.
 DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
 
 # A relay node takes in thousands of hosts; one connection each plus headroom.
@@ -76,6 +78,8 @@ INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "unix": (*_COMMON_INPUT, "rcvbuf"),
     "tcp": (*_COMMON_INPUT, "framing", "max_connections"),
     "relp": (*_COMMON_INPUT, "max_connections"),
+    "tls": (*_COMMON_INPUT, "framing", "max_connections", "tls"),
+    "relp+tls": (*_COMMON_INPUT, "max_connections", "tls"),
 }
 _COMMON_OUTPUT = (
     "url",
@@ -92,9 +96,23 @@ OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
     "udp": _COMMON_OUTPUT,
     "file": (*_COMMON_OUTPUT, "format"),
     "relp": (*_COMMON_OUTPUT, "window"),
+    "tls": (*_COMMON_OUTPUT, "targets", "mode", "tls"),
+    "relp+tls": (*_COMMON_OUTPUT, "window", "tls"),
 }
 # Schemes whose outputs may list several targets (failover / load balancing).
-MULTI_TARGET_SCHEMES = ("tcp",)
+MULTI_TARGET_SCHEMES = ("tcp", "tls")
+# The keys of a [tls.NAME] table (relay.tls.TlsProfile's fields).
+TLS_KEYS = (
+    "cert",
+    "key",
+    "ca",
+    "min_version",
+    "require_client_cert",
+    "permitted_peers",
+    "verify",
+    "ciphers",
+    "expiry_warning_days",
+)
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -128,6 +146,8 @@ class InputConfig:
     framing: Framing = Framing.AUTO
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     rcvbuf: int = DEFAULT_RCVBUF
+    tls: TlsProfile | None = None  # tls:// and relp+tls:// only
+    tls_name: str = ""  # the [tls.NAME] it came from, for messages
 
 
 class TargetMode(enum.StrEnum):
@@ -150,6 +170,10 @@ class OutputConfig:
     durability: Durability = Durability.MEMORY
     fsync_interval: float = 0.0  # with durability "fsync": 0 = every batch
     window: int = DEFAULT_WINDOW  # relp outputs: messages sent but not yet acknowledged
+    # tls:// and relp+tls:// only; without a tls key, TlsProfile(): the system's
+    # CAs and the target's host name.
+    tls: TlsProfile | None = None
+    tls_name: str = ""
 
     @property
     def all_targets(self) -> tuple[Endpoint, ...]:
@@ -164,6 +188,7 @@ class Config:
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
     log_level: str = "info"
     source: str = "<built-in default>"
+    tls: Mapping[str, TlsProfile] = dataclasses.field(default_factory=dict)  # [tls.NAME]
 
 
 def default_state_dir() -> Path:
@@ -280,6 +305,7 @@ class _Validator:
         self.lines = text.splitlines()
         self.source = source
         self.errors: list[ConfigError] = []
+        self.profiles: dict[str, TlsProfile | None] = {}
 
     def error(self, key: str, message: str) -> None:
         self.errors.append(
@@ -306,13 +332,16 @@ class _Validator:
 
     def config(self, data: dict[str, Any]) -> Config:
         for key in data:
-            if key not in ("relay", "input", "output"):
-                self.error(key, "unknown table (expected [relay], [input.NAME], [output.NAME])")
+            if key not in ("relay", "input", "output", "tls"):
+                self.error(
+                    key, "unknown table (expected [relay], [tls.NAME], [input.NAME], [output.NAME])"
+                )
         relay = self.table(data, "relay")
         state_dir = self.get(relay, "relay.state_dir", _absolute_path, str(default_state_dir()))
         stop_timeout = self.get(relay, "relay.stop_timeout", _seconds, DEFAULT_STOP_TIMEOUT)
         log_level = self.get(relay, "relay.log_level", _choice(LOG_LEVELS), "info")
         self.unknown(relay, "relay", ("state_dir", "stop_timeout", "log_level"))
+        self.profiles = self.tls_profiles(data)
         inputs = tuple(self.endpoints(data, "input", self.input))
         outputs = tuple(self.endpoints(data, "output", self.output))
         if not self.table(data, "input"):
@@ -328,7 +357,66 @@ class _Validator:
             stop_timeout=stop_timeout,
             log_level=log_level,
             source=self.source,
+            tls={k: v for k, v in self.profiles.items() if v is not None},
         )
+
+    def tls_profiles(self, data: Mapping[str, Any]) -> dict[str, TlsProfile | None]:
+        """Every [tls.NAME] table; None for one with mistakes (reported once, here)."""
+        profiles: dict[str, TlsProfile | None] = {}
+        for name, table in self.table(data, "tls").items():
+            key = f"tls.{name}"
+            if not isinstance(table, dict):
+                self.error(key, f"must be a table ([{key}]), not {_kind(table)}")
+                profiles[name] = None
+                continue
+            self.unknown(table, key, TLS_KEYS)
+            before = len(self.errors)
+            values = {
+                "cert": self.get(table, f"{key}.cert", _optional_path, None),
+                "key": self.get(table, f"{key}.key", _optional_path, None),
+                "ca": self.get(table, f"{key}.ca", _optional_path, None),
+                "min_version": self.get(table, f"{key}.min_version", str, "1.2"),
+                "require_client_cert": self.get(table, f"{key}.require_client_cert", _bool, False),
+                "permitted_peers": self.get(table, f"{key}.permitted_peers", _strings, ()),
+                "verify": self.get(table, f"{key}.verify", _bool, True),
+                "ciphers": self.get(table, f"{key}.ciphers", str, None),
+                "expiry_warning_days": self.get(
+                    table, f"{key}.expiry_warning_days", _count(0, 3650), 30
+                ),
+            }
+            if len(self.errors) > before:
+                profiles[name] = None
+                continue
+            try:
+                profiles[name] = TlsProfile(**values)
+            except ConfigError as exc:
+                self.error(f"{key}.{exc.key}" if exc.key else key, exc.message)
+                profiles[name] = None
+        return profiles
+
+    def tls_setting(
+        self, key: str, table: Mapping[str, Any], scheme: str, role: str
+    ) -> tuple[TlsProfile | None, str]:
+        """The profile a tls:// or relp+tls:// endpoint names with ``tls = "NAME"``."""
+        if scheme not in TLS_SCHEMES:
+            return None, ""
+        if "tls" not in table:
+            if role == "input":
+                self.error(
+                    key,
+                    f'a {scheme}:// listener needs a certificate: add tls = "NAME" naming a '
+                    "[tls.NAME] table with cert and key",
+                )
+            return (None, "") if role == "input" else (TlsProfile(), "")
+        name = table["tls"]
+        if not isinstance(name, str) or name not in self.profiles:
+            known = ", ".join(sorted(self.profiles)) or "none defined"
+            self.error(f"{key}.tls", f"no [tls.{name}] table (known: {known})")
+            return None, ""
+        profile = self.profiles[name]  # None: its own mistakes are reported already
+        if profile is not None and role == "input" and profile.cert is None:
+            self.error(f"{key}.tls", f"[tls.{name}] has no cert: a listener needs one")
+        return profile, name
 
     def table(self, data: Mapping[str, Any], key: str) -> dict[str, Any]:
         value = data.get(key, {})
@@ -369,7 +457,10 @@ class _Validator:
     def input(self, key: str, table: dict[str, Any]) -> InputConfig | None:
         endpoint: Endpoint = table["_endpoint"]
         self.unknown(table, key, INPUT_KEYS[endpoint.scheme], endpoint.scheme)
+        profile, profile_name = self.tls_setting(key, table, endpoint.scheme, "input")
         return InputConfig(
+            tls=profile,
+            tls_name=profile_name,
             name=table["_name"],
             endpoint=endpoint,
             max_message_size=self.get(
@@ -417,6 +508,7 @@ class _Validator:
     def output(self, key: str, table: dict[str, Any]) -> OutputConfig | None:
         endpoint: Endpoint = table["_endpoint"]
         self.unknown(table, key, OUTPUT_KEYS[endpoint.scheme], endpoint.scheme)
+        profile, profile_name = self.tls_setting(key, table, endpoint.scheme, "output")
         if "mode" in table and "targets" not in table:
             self.error(f"{key}.mode", "only means something with targets = [...]")
         durability = self.get(table, f"{key}.durability", _enum(Durability), Durability.MEMORY)
@@ -435,6 +527,8 @@ class _Validator:
         if disk_max_bytes == 0 and durability is not Durability.MEMORY:
             self.error(f"{key}.durability", f'"{durability}" needs disk: disk_max_bytes is 0')
         return OutputConfig(
+            tls=profile,
+            tls_name=profile_name,
             name=table["_name"],
             endpoint=endpoint,
             targets=table.get("_targets", ()),
@@ -566,6 +660,22 @@ def _absolute_path(value: Any) -> str:
     return value
 
 
+def _optional_path(value: Any) -> Path:
+    return Path(_absolute_path(value))
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"must be true or false, not {_kind(value)}")
+    return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError('must be a list of strings, e.g. ["client.example.net"]')
+    return tuple(value)
+
+
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"must be a number of seconds, not {_kind(value)}")
@@ -624,3 +734,24 @@ def with_endpoints(
         outputs=(*keep_out, *new_outputs),
         source=config.source if not (inputs or outputs) else f"{config.source} + command line",
     )
+
+
+def check_files(config: Config) -> list[ConfigError]:
+    """Load every TLS profile's files (``relay check``): one error per problem.
+
+    Each profile is loaded as a listener would (cert and key must be there and
+    match) if it has a cert, and as a target otherwise.
+    """
+    try:
+        text = Path(config.source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    lines = _Validator(text, config.source)
+    errors = []
+    for name, profile in config.tls.items():
+        for problem in load_files(profile):
+            key = f"tls.{name}.{problem.key}"
+            errors.append(
+                ConfigError(problem.message, key=key, source=config.source, line=lines.line_of(key))
+            )
+    return errors

@@ -391,6 +391,28 @@ def _read(path: Path, key: str) -> bytes:
         raise ConfigError(f"{path}: cannot read it: {exc.strerror}", key=key) from None
 
 
+def load_files(profile: TlsProfile, *, now: datetime | None = None) -> list[ConfigError]:
+    """Read a profile's files as the relay would (``relay check``): one error per problem.
+
+    The cert (with its key) and the CA bundle are checked separately, so a
+    profile with two bad files gets two lines.
+    """
+    now = now or datetime.now(UTC)
+    errors = []
+    if profile.cert is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            _load_own_certificate(ctx, profile.cert, profile.key, now)
+        except ConfigError as exc:
+            errors.append(exc)
+    if profile.ca is not None:
+        try:
+            _load_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), profile.ca)
+        except ConfigError as exc:
+            errors.append(exc)
+    return errors
+
+
 def _file_stamps(profile: TlsProfile) -> tuple[bytes | None, ...]:
     # The contents, not mtime and size: a renewal can rewrite a file within one
     # timestamp tick with a same-size certificate. Three small files per poll.

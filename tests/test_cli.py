@@ -46,6 +46,16 @@ def test_check_valid_example() -> None:
     assert ": ok:" in result.stdout
 
 
+def test_check_loads_tls_files_one_line_each() -> None:
+    result = relay("check", "-c", str(ROOT / "etc" / "relay-tls.toml"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        f"relay: error: {ROOT / 'etc' / 'relay-tls.toml'}:21: tls.site.cert: "
+        "/etc/relay/tls/relay.pem: no such file" in result.stderr.splitlines()
+    ), result.stderr
+
+
 def test_check_lists_each_mistake(tmp_path: Path) -> None:
     path = tmp_path / "relay.toml"
     path.write_text(
@@ -67,7 +77,7 @@ def test_check_lists_each_mistake(tmp_path: Path) -> None:
     ("text", "needle"),
     [
         ("[input.a\n", "not valid TOML"),
-        ('[input.a]\nurl = "tls://0.0.0.0:6514"\n[output.b]\nurl = "file:-"\n', "input.a.url"),
+        ('[input.a]\nurl = "tls://0.0.0.0:6514"\n[output.b]\nurl = "file:-"\n', "input.a"),
     ],
 )
 def test_run_with_bad_config_exits_with_one_line(tmp_path: Path, text: str, needle: str) -> None:

@@ -12,6 +12,7 @@ from relay.config import Endpoint, parse_endpoint
 from relay.errors import ConfigErrors
 from relay.protocol import relp
 from relay.protocol.framing import Framing, OversizePolicy
+from tests.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,8 @@ def test_parse_endpoint(url: str, role: str, expected: Endpoint) -> None:
     [
         ("udpp://0.0.0.0:514", "input", "unknown input scheme"),
         ("file:///x", "input", "unknown input scheme"),
-        ("tls://0.0.0.0:6514", "input", "not supported by inputs in this version yet"),
+        ("tls://host:6514", "send", "not supported by relay send in this version yet"),
+        ("relp+tls://host", "output", "has no default port"),
         ("relp://host:2514", "send", "not supported by relay send in this version yet"),
         ("file:///x", "send", "unknown scheme 'file'"),
         ("state_dir", "input", "not an endpoint URL"),
@@ -167,7 +169,13 @@ def test_default_config_needs_no_root(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.outputs[0].endpoint == Endpoint("file", path="-")
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "etc").glob("*.toml")), ids=lambda p: p.name)
+# relay-tls.toml names certificates under /etc/relay/tls/, which `relay check`
+# loads: it is checked below with a copy pointing at minted certificates.
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (ROOT / "etc").glob("*.toml") if p.name != "relay-tls.toml"),
+    ids=lambda p: p.name,
+)
 def test_example_configs_are_valid(path: Path) -> None:
     config.load(path)
 
@@ -266,3 +274,78 @@ def test_relp_mistakes_name_the_key(table: str, key: str, says: str) -> None:
 def test_relay_send_does_not_speak_relp() -> None:
     with pytest.raises(ValueError, match="not supported by relay send"):
         parse_endpoint("relp://127.0.0.1:2514", "send")
+
+
+# -- TLS profiles ------------------------------------------------------------
+
+TLS_CONFIG = """\
+[tls.server]
+cert = "/etc/relay/tls/relay.pem"
+key = "/etc/relay/tls/relay.key"
+ca = "/etc/relay/tls/ca.pem"
+permitted_peers = ["*.example.net", "sha256:{fp}"]
+min_version = "1.3"
+expiry_warning_days = 14
+
+[input.in]
+url = "relp+tls://0.0.0.0:20514"
+tls = "server"
+
+[output.up]
+url = "tls://collector.example.net"
+"""
+
+
+def test_tls_profiles_inputs_and_outputs() -> None:
+    cfg = config.loads(TLS_CONFIG.format(fp="ab" * 32))
+    profile = cfg.tls["server"]
+    assert profile.cert == Path("/etc/relay/tls/relay.pem")
+    assert profile.min_version == "1.3" and profile.expiry_warning_days == 14
+    assert cfg.inputs[0].tls == profile and cfg.inputs[0].tls_name == "server"
+    assert cfg.inputs[0].endpoint == Endpoint("relp+tls", "0.0.0.0", 20514)
+    # Without tls = "...": verify against the system CAs and the host name.
+    assert cfg.outputs[0].tls == config.TlsProfile()
+    assert cfg.outputs[0].endpoint.port == 6514
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "says"),
+    [
+        (('url = "relp+tls://0.0.0.0:20514"\ntls = "server"', 'url = "tls://0.0.0.0"'),
+         "input.in", "needs a certificate"),
+        (('tls = "server"', 'tls = "nope"'), "input.in.tls", "no [tls.nope] table"),
+        (('min_version = "1.3"', 'min_version = "1.1"'), "tls.server.min_version", '"1.2" or'),
+        (('"/etc/relay/tls/ca.pem"', '"ca.pem"'), "tls.server.ca", "absolute path"),
+        (('"*.example.net"', '"bad name!"'), "tls.server.permitted_peers", "neither a host"),
+        (("expiry_warning_days = 14", "expiry_warning_days = 14\nverfiy = false"),
+         "tls.server.verfiy", "unknown setting"),
+    ],
+)  # fmt: skip
+def test_tls_mistakes_name_the_key_and_line(change: tuple[str, str], key: str, says: str) -> None:
+    text = TLS_CONFIG.format(fp="ab" * 32).replace(*change)
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(text)
+    [error] = caught.value.errors
+    assert error.key == key and says in error.message
+    assert error.line is not None
+
+
+def test_check_files_reports_each_missing_file() -> None:
+    cfg = config.loads(TLS_CONFIG.format(fp="ab" * 32))
+    problems = config.check_files(cfg)
+    assert [p.key for p in problems] == ["tls.server.cert", "tls.server.ca"]
+    assert all("no such file" in p.message for p in problems)
+
+
+def test_example_tls_config_is_valid_with_its_certificates(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create(tmp_path)
+    relay = ca.issue("relay.example.net")
+    text = (ROOT / "etc" / "relay-tls.toml").read_text()
+    text = text.replace("/etc/relay/tls/relay.pem", str(relay.cert))
+    text = text.replace("/etc/relay/tls/relay.key", str(relay.key))
+    text = text.replace("/etc/relay/tls/ca.pem", str(relay.ca))
+    copy = tmp_path / "relay-tls.toml"
+    copy.write_text(text)
+    cfg = config.load(copy)
+    assert config.check_files(cfg) == []
+    assert config.check_files(config.load(ROOT / "etc" / "relay-tls.toml"))  # no such files

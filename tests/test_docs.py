@@ -38,6 +38,7 @@ def test_every_option_is_in_relay_8(command: str, option: str) -> None:
 SETTINGS = sorted(
     {k for keys in config.INPUT_KEYS.values() for k in keys}
     | {k for keys in config.OUTPUT_KEYS.values() for k in keys}
+    | set(config.TLS_KEYS)
     | {"state_dir", "stop_timeout", "log_level"}
 )
 

@@ -24,7 +24,7 @@ import time
 
 import trio
 
-from relay.inputs.tcp import RECV_SIZE, STOP_IDLE, TcpInput, _peer_name
+from relay.inputs.tcp import RECV_SIZE, STOP_IDLE, TcpInput, _stream_peer
 from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, utf8_cut
 from relay.protocol.relp import (
@@ -38,6 +38,7 @@ from relay.protocol.relp import (
     SyslogMessage,
     violation_reply,
 )
+from relay.tlswire import ByteStream
 
 log = logging.getLogger("relay.input")
 
@@ -57,8 +58,10 @@ COUNTERS = (
 class RelpInput(TcpInput):
     """A relp:// listener: :class:`TcpInput`'s accept loop, a RELP session per connection."""
 
-    async def _connection(self, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
-        peer = _peer_name(stream.socket)
+    async def _connection(
+        self, stream: trio.SocketStream | ByteStream, slots: trio.Semaphore, peer: str = ""
+    ) -> None:
+        peer = peer or _stream_peer(stream)
         self.counters.add("connections")
         self.active += 1
         try:
@@ -69,7 +72,7 @@ class RelpInput(TcpInput):
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _session(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _session(self, stream: trio.SocketStream | ByteStream, peer: str) -> None:
         server = RelpServer()
         while True:
             data = await self._read(stream, peer)
@@ -110,7 +113,7 @@ class RelpInput(TcpInput):
             if last is not None or not data:
                 return
 
-    async def _read(self, stream: trio.SocketStream, peer: str) -> bytes:
+    async def _read(self, stream: trio.SocketStream | ByteStream, peer: str) -> bytes:
         try:
             if self.stopping.is_set():
                 with trio.move_on_after(STOP_IDLE):
@@ -167,7 +170,7 @@ class RelpInput(TcpInput):
             raise
 
 
-async def _send(stream: trio.SocketStream, data: bytes) -> None:
+async def _send(stream: trio.SocketStream | ByteStream, data: bytes) -> None:
     """Write ``data``; a peer that went away is not an error of ours."""
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_all(data)

@@ -22,6 +22,7 @@ import errno
 import logging
 import socket
 import time
+from typing import Any
 
 import trio
 
@@ -31,6 +32,7 @@ from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
 from relay.routing import Router
 from relay.stats import Counters
+from relay.tlswire import ByteStream, TlsAcceptor, as_byte_stream
 
 log = logging.getLogger("relay.input")
 
@@ -63,10 +65,14 @@ class TcpInput:
         self.active = 0
         self.stopping = trio.Event()
         self._reads: set[trio.CancelScope] = set()  # connections waiting for data
+        # tls:// and relp+tls://: the handshake before the session (open() builds it).
+        self.tls: TlsAcceptor | None = None
 
     async def open(self) -> None:
         """Bind and listen; StartupError with one clear line on failure."""
         endpoint = self.config.endpoint
+        if self.config.tls is not None:
+            self.tls = TlsAcceptor(self.config.name, self.config.tls, self.counters)
         try:
             self.listeners = await trio.open_tcp_listeners(
                 endpoint.port, host=endpoint.host, backlog=1024
@@ -127,12 +133,32 @@ class TcpInput:
                     )
                     await trio.sleep(1)  # back-off, not synchronisation
                 continue
-            nursery.start_soon(self._connection, stream, slots)
+            if self.tls is None:
+                nursery.start_soon(self._connection, stream, slots)
+            else:
+                nursery.start_soon(self._tls_connection, stream, slots)
 
-    async def _connection(self, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
+    async def _tls_connection(self, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
+        """Handshake, then the same session as plain TCP over the TLS stream."""
+        assert self.tls is not None
+        peer = _peer_name(stream.socket)
+        try:
+            ssl_stream = await self.tls.accept(stream, peer)
+        except BaseException:
+            slots.release()
+            await trio.aclose_forcefully(stream)
+            raise
+        if ssl_stream is None:  # refused: logged and counted, nothing queued
+            slots.release()
+            return
+        await self._connection(as_byte_stream(ssl_stream), slots, peer)
+
+    async def _connection(
+        self, stream: trio.SocketStream | ByteStream, slots: trio.Semaphore, peer: str = ""
+    ) -> None:
         config = self.config
         counters = self.counters
-        peer = _peer_name(stream.socket)
+        peer = peer or _stream_peer(stream)
         decoder = FrameDecoder(
             framing=config.framing, max_frame=config.max_message_size, oversize=config.oversize
         )
@@ -196,7 +222,7 @@ class TcpInput:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _receive_until_stop(self, stream: trio.SocketStream) -> bytes:
+    async def _receive_until_stop(self, stream: trio.SocketStream | ByteStream) -> bytes:
         """The next read; when the stop begins while waiting, the rest of the
         buffered data instead (``b""`` once the connection is quiet)."""
         # Only the wait for data is cancelled, never a put: trio's receive_some
@@ -210,6 +236,13 @@ class TcpInput:
         with trio.move_on_after(STOP_IDLE):
             return await stream.receive_some(RECV_SIZE)
         return b""
+
+
+def _stream_peer(stream: Any) -> str:
+    """The peer of a socket stream, or of the socket under a TLS stream."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return _peer_name(stream.socket) if isinstance(stream, trio.SocketStream) else "?"
 
 
 def _peer_name(sock: trio.socket.SocketType) -> str:

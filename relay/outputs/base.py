@@ -21,11 +21,20 @@ import random
 
 import trio
 
-from relay.config import OutputConfig
+from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
 from relay.policy.backoff import Backoff
 from relay.spool.spool import Spool
 from relay.stats import Counters
+from relay.tls import DEFAULT_EXPIRY_WARNING_DAYS, ReloadableContext
+from relay.tlswire import (
+    ByteStream,
+    HandshakeError,
+    PeerCertificates,
+    as_byte_stream,
+    context_for,
+)
+from relay.tlswire import connect as tls_connect
 
 log = logging.getLogger("relay.output")
 
@@ -74,9 +83,52 @@ class Output:
         self.counters = counters
         self.name = config.name
         self.last_error = ""
+        # tls:// and relp+tls://: one context per target host (the name it must
+        # present), built by open() so that bad files stop the start.
+        self.tls_contexts: dict[str, ReloadableContext] = {}
+        self.tls_peers = PeerCertificates(
+            config.tls.expiry_warning_days if config.tls else DEFAULT_EXPIRY_WARNING_DAYS
+        )
 
     async def open(self) -> None:
         """Check what can be checked before the relay starts (StartupError)."""
+        profile = self.config.tls
+        if profile is None:
+            return
+        for target in self.config.all_targets:
+            if target.host not in self.tls_contexts:
+                self.tls_contexts[target.host] = context_for(
+                    profile,
+                    server_side=False,
+                    server_hostname=target.host,
+                    what=f"output {self.name}"
+                    + (f" (tls.{self.config.tls_name})" if self.config.tls_name else ""),
+                )
+
+    async def wrap_tls(
+        self, stream: trio.SocketStream, endpoint: Endpoint, *, verdict_wait: float = 0.0
+    ) -> trio.SocketStream | ByteStream:
+        """``stream`` as it is for plain transports; over TLS, after the handshake
+        (HandshakeError with the classified reason if it fails)."""
+        if self.config.tls is None:
+            return stream
+        if endpoint.host not in self.tls_contexts:
+            await Output.open(self)
+        peer = f"{endpoint.host}:{endpoint.port}"
+        try:
+            ssl_stream = await tls_connect(
+                stream,
+                self.tls_contexts[endpoint.host],
+                endpoint.host,
+                peer,
+                verdict_wait=verdict_wait,
+            )
+        except HandshakeError as exc:
+            self.counters.add("tls_failures")
+            self.counters.add(f"tls_{exc.failure.category.value}")
+            raise
+        self.tls_peers.saw(ssl_stream.getpeercert(binary_form=True), peer)
+        return as_byte_stream(ssl_stream)
 
     async def deliver(self, batches: list[Batch]) -> None:
         """Write ``batches``; return only once they are safe. Raise to retry."""

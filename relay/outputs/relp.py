@@ -44,6 +44,8 @@ from relay.protocol.relp import (
     RelpClient,
     ServerClosed,
 )
+from relay.tlswire import ByteStream, late_failure
+from relay.tlswire import aclose as tls_aclose
 
 log = logging.getLogger("relay.output")
 
@@ -79,7 +81,7 @@ class _Sent:
 class _Session:
     """A connection with its RELP client; ``lost`` says why it ended ("" while open)."""
 
-    def __init__(self, stream: trio.SocketStream, client: RelpClient) -> None:
+    def __init__(self, stream: trio.SocketStream | ByteStream, client: RelpClient) -> None:
         self.stream = stream
         self.client = client
         self.lost = ""
@@ -167,15 +169,23 @@ class RelpOutput(Output):
     async def _connect(self) -> _Session:
         endpoint = self.config.endpoint
         with trio.fail_after(CONNECT_TIMEOUT):
-            stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+            tcp_stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+            stream = await self.wrap_tls(tcp_stream, endpoint)
         session = _Session(stream, RelpClient(window=self.config.window))
         try:
             await stream.send_all(session.client.open())
             with trio.fail_after(OPEN_TIMEOUT):
                 await self._wait_opened(session)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+        except BaseException as exc:
+            late = None
+            if self.config.tls is not None:
+                peer = f"{endpoint.host}:{endpoint.port}"
+                late = await late_failure(stream, exc, self.config.tls, peer)
+            await tls_aclose(stream)
+            if late is not None:
+                self.counters.add("tls_failures")
+                self.counters.add(f"tls_{late.failure.category.value}")
+                raise late from None
             raise
         self._session = session
         log.info("output %s: RELP session open to %s", self.name, endpoint.url)
@@ -308,8 +318,7 @@ class RelpOutput(Output):
             self._lose(session, session.lost or "RELP session dropped")
             if session.reader is not None:
                 session.reader.cancel()
-            with trio.CancelScope(shield=True):
-                await session.stream.aclose()
+            await tls_aclose(session.stream)
         self._forget_window("RELP session dropped")
 
     async def aclose(self) -> None:
@@ -337,5 +346,4 @@ class RelpOutput(Output):
         self._session = None
         if session is not None:
             session.lost = session.lost or "closed"
-            with trio.CancelScope(shield=True):
-                await session.stream.aclose()
+            await tls_aclose(session.stream)

@@ -56,6 +56,8 @@ from relay.outputs.targets import (
     TargetUp,
 )
 from relay.policy.backoff import Backoff
+from relay.tlswire import VERDICT_WAIT, ByteStream, silent_refusal
+from relay.tlswire import aclose as tls_aclose
 
 log = logging.getLogger("relay.output")
 
@@ -88,9 +90,12 @@ class _Connection:
 
     __slots__ = ("address", "closed", "probe", "stream", "used", "written")
 
-    def __init__(self, stream: trio.SocketStream, address: str) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, address: str, wrapped: ByteStream | None = None
+    ) -> None:
         stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self.stream = stream
+        # What batches are written to: the socket, or the TLS stream over it.
+        self.stream: trio.SocketStream | ByteStream = wrapped or stream
         self.address = address
         self.probe = socket.fromfd(stream.socket.fileno(), stream.socket.family, socket.SOCK_STREAM)
         self.used = False  # whether a batch was written on it
@@ -98,7 +103,13 @@ class _Connection:
         self.closed = False  # closed by us, in order (the kernel still sends what it holds)
 
     def acked_through(self, end: int) -> bool:
-        """Whether the peer's kernel acknowledged our bytes up to ``end``."""
+        """Whether the peer's kernel acknowledged our bytes up to ``end``.
+
+        Over TLS ``written`` counts plaintext and TIOCOUTQ ciphertext, which is
+        larger (record headers, MACs, the handshake's own bytes): the unsent
+        ciphertext is subtracted from fewer plaintext bytes, so a batch is
+        confirmed later than it could be, never earlier. Conservative; kept.
+        """
         if self.closed:
             return True
         try:
@@ -123,7 +134,7 @@ class _Connection:
     async def aclose(self) -> None:
         self.closed = True
         self.probe.close()
-        await self.stream.aclose()
+        await tls_aclose(self.stream)
 
 
 @dataclasses.dataclass(slots=True)
@@ -236,6 +247,9 @@ class TcpOutput(Output):
         if not closed:
             return False
         if not connection.used:
+            if self.config.tls is not None:  # TLS 1.3: the server's verdict on us
+                endpoint = self.targets.endpoint(index)
+                raise silent_refusal(self.config.tls, f"{endpoint.host}:{endpoint.port}")
             raise ConnectionResetError(closed)
         log.info("output %s: %s: %s; reconnecting", self.name, self._url(index), closed)
         await self._close(index, lost=True)
@@ -289,10 +303,13 @@ class TcpOutput(Output):
         addresses = await self._resolve(endpoint.host, endpoint.port)
         with trio.fail_after(CONNECT_TIMEOUT):
             stream, address = await _connect_first(addresses, endpoint.port)
+        # Closes the stream if it fails. A collector never writes to us: wait
+        # for a TLS 1.3 server's verdict on our certificate before writing.
+        wrapped = await self.wrap_tls(stream, endpoint, verdict_wait=VERDICT_WAIT)
         try:
-            return _Connection(stream, address)
+            return _Connection(stream, address, None if wrapped is stream else wrapped)
         except OSError:  # out of file descriptors for the second handle
-            await stream.aclose()
+            await tls_aclose(wrapped)
             raise
 
     async def _resolve(self, host: str, port: int) -> list[str]:
