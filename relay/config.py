@@ -716,9 +716,22 @@ def with_endpoints(
     new_inputs, new_outputs = [], []
     for url in inputs:
         try:
-            new_inputs.append(InputConfig(url, parse_endpoint(url, "input")))
+            endpoint = parse_endpoint(url, "input")
         except ValueError as exc:
             errors.append(ConfigError(str(exc), key="--input"))
+            continue
+        if endpoint.scheme in TLS_SCHEMES:
+            # A listener needs a certificate, and the command line has no way to
+            # name one: that takes a [tls.NAME] profile in a config file.
+            errors.append(
+                ConfigError(
+                    f"{url!r}: a {endpoint.scheme}:// listener needs a certificate; give it in "
+                    f'a config file ([tls.NAME] with cert and key, and tls = "NAME")',
+                    key="--input",
+                )
+            )
+            continue
+        new_inputs.append(InputConfig(url, endpoint))
     for url in outputs:
         try:
             new_outputs.append(OutputConfig(url, parse_endpoint(url, "output")))

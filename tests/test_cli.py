@@ -106,6 +106,15 @@ def test_run_with_unwritable_file_output(tmp_path: Path) -> None:
     assert_one_line_error(result, "cannot open", "No such file or directory")
 
 
+def test_tls_listener_on_command_line_needs_a_config_file() -> None:
+    assert_one_line_error(
+        relay("run", "--input", "tls://127.0.0.1:6514", "--output", "file:-"),
+        "--input",
+        "needs a certificate",
+        "[tls.NAME]",
+    )
+
+
 def test_bad_endpoint_on_command_line() -> None:
     assert_one_line_error(relay("run", "--output", "tcp://collector:0"), "--output", "needs a port")
 
