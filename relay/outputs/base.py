@@ -83,6 +83,7 @@ class Output:
         self.counters = counters
         self.name = config.name
         self.last_error = ""
+        self._nursery: trio.Nursery | None = None  # background work, while run() runs
         # tls:// and relp+tls://: one context per target host (the name it must
         # present), built by open() so that bad files stop the start.
         self.tls_contexts: dict[str, ReloadableContext] = {}
@@ -156,40 +157,55 @@ class Output:
         await self.reset()
 
     async def run(self) -> None:
-        backoff = Backoff(maximum=self.config.retry_max)
-        spool = self.spool
+        """Deliver until cancelled.
+
+        Background work an output needs (a connect in progress, a reader of
+        acknowledgements) runs in ``self._nursery``. At the end it is stopped
+        first, then :meth:`aclose` closes what is open, in order.
+        """
         try:
-            while True:
-                self._ack(self.confirm(trio.current_time()))
-                batches = []
-                with trio.move_on_after(CONFIRM_POLL if self.unconfirmed() else float("inf")):
-                    batches = await spool.wait_batches(SEND_BYTES, skip=self.unconfirmed())
-                if not batches:
-                    continue  # look again whether the window became safe
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 try:
-                    await self.deliver(batches)
-                except Rewind:
-                    continue
-                except RETRYABLE as exc:
-                    backoff = backoff.increment()
-                    delay = backoff.delay(random.random())
-                    self._failed(exc, delay)
-                    with trio.CancelScope(shield=True):
-                        await self.reset()
-                    await trio.sleep(delay)
-                    continue
-                if backoff.failures:
-                    log.warning(
-                        "output %s: delivering again after %d failed attempts",
-                        self.name,
-                        backoff.failures,
-                    )
-                    backoff = backoff.reset()
-                    self.last_error = ""
-                self._ack(self.written(batches, trio.current_time()))
+                    await self._deliver_forever()
+                finally:
+                    nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None
             with trio.CancelScope(shield=True):
                 await self.aclose()
+
+    async def _deliver_forever(self) -> None:
+        backoff = Backoff(maximum=self.config.retry_max)
+        spool = self.spool
+        while True:
+            self._ack(self.confirm(trio.current_time()))
+            batches = []
+            with trio.move_on_after(CONFIRM_POLL if self.unconfirmed() else float("inf")):
+                batches = await spool.wait_batches(SEND_BYTES, skip=self.unconfirmed())
+            if not batches:
+                continue  # look again whether the window became safe
+            try:
+                await self.deliver(batches)
+            except Rewind:
+                continue
+            except RETRYABLE as exc:
+                backoff = backoff.increment()
+                delay = backoff.delay(random.random())
+                self._failed(exc, delay)
+                with trio.CancelScope(shield=True):
+                    await self.reset()
+                await trio.sleep(delay)
+                continue
+            if backoff.failures:
+                log.warning(
+                    "output %s: delivering again after %d failed attempts",
+                    self.name,
+                    backoff.failures,
+                )
+                backoff = backoff.reset()
+                self.last_error = ""
+            self._ack(self.written(batches, trio.current_time()))
 
     def _ack(self, count: int) -> None:
         """The ``count`` head batches are delivered and safe."""

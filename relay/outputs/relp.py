@@ -100,19 +100,7 @@ class RelpOutput(Output):
         self._by_txnr: dict[int, _Sent] = {}
         self._wake = trio.Event()  # set when answers came or the session ended
         self._rewind = False  # the window was lost since the batches in hand were taken
-        self._nursery: trio.Nursery | None = None
         self._rejections: set[tuple[int, str]] = set()  # kinds already logged
-
-    async def run(self) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                try:
-                    await super().run()
-                finally:
-                    nursery.cancel_scope.cancel()
-        finally:
-            self._nursery = None
 
     # -- delivering ------------------------------------------------------------
 

@@ -158,7 +158,6 @@ class TcpOutput(Output):
         self._connections: dict[int, _Connection] = {}
         self._addresses: dict[str, list[str]] = {}  # host -> its last lookup that worked
         self._unresolvable: set[str] = set()  # hosts whose lookups fail (one line per episode)
-        self._nursery: trio.Nursery | None = None  # where background connects run
         self._window: collections.deque[_Written] = collections.deque()
         self._window_batches = 0
         self._window_bytes = 0
@@ -170,22 +169,15 @@ class TcpOutput(Output):
         self._rewind = False  # the window was lost during this deliver()
         self.confirm_age = CONFIRM_AGE
 
-    async def run(self) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                try:
-                    await super().run()
-                finally:
-                    nursery.cancel_scope.cancel()
-        finally:
-            self._nursery = None
-            with trio.CancelScope(shield=True):
-                # Stopping, not failing: what the window holds stays in the spool
-                # (and is saved); nothing was lost, so nothing is "resent".
-                self._window.clear()
-                self._window_batches = self._window_bytes = self._window_messages = 0
-                await self.reset()  # a background connect may have finished last
+    async def aclose(self) -> None:
+        """Stopping, not failing: what the window holds stays in the spool (and is
+        saved); nothing was lost, so nothing is "resent". Runs after background
+        connects are stopped, so none is left open."""
+        self._window.clear()
+        self._window_batches = self._window_bytes = self._window_messages = 0
+        for index in list(self._connections):
+            await self._close(index)
+            self.targets.closed(index)
 
     async def deliver(self, batches: list[Batch]) -> None:
         if len(batches) == 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
@@ -126,3 +127,26 @@ async def test_after_a_lost_connection_the_window_goes_first_in_order() -> None:
         nursery.cancel_scope.cancel()
     await second.aclose()
     await listeners[0].aclose()
+
+
+async def test_a_stop_keeps_the_window_in_the_spool_and_resends_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stopping is not losing a connection: what is unconfirmed stays queued (to
+    be saved), is not counted as resent, and no "connection lost" is logged."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    output = make_output(port)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.run)
+        output.spool.put_nowait(batch(0, 1, 2))
+        stream = await listeners[0].accept()
+        assert len(await read_frames(stream, 3)) == 3
+        await trio.testing.wait_all_tasks_blocked()
+        assert output.unconfirmed() == 1
+        nursery.cancel_scope.cancel()
+    await stream.aclose()
+    await listeners[0].aclose()
+    assert len(output.spool) == 3
+    assert output.counters["resent"] == 0
+    assert "connection lost" not in caplog.text
