@@ -733,3 +733,58 @@ def relay_send(port: int, count: int, **options: Any) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+class RelaySendProcess:
+    """``relay send`` running in the background (see relay_send_command).
+
+    Use as a context manager: leaving it kills the sender if it still runs,
+    so a failing test never leaves one behind.
+    """
+
+    def __init__(self, port: int, count: int, **options: Any) -> None:
+        self.process = subprocess.Popen(
+            relay_send_command(port, count, **options),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def finish(self, timeout: float) -> None:
+        """Wait for the sender to be done; fail unless it sent everything."""
+        _, err = self.process.communicate(timeout=timeout)
+        assert self.process.returncode == 0, err
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.running():
+            self.process.kill()
+        self.process.communicate()
+
+
+def outage(
+    collector: Rsyslog,
+    *,
+    seqs: Callable[[], int],
+    after: int,
+    seconds: float = 5.0,
+) -> None:
+    """Once ``seqs()`` reaches ``after``, SIGKILL ``collector`` (it dies with
+    whatever it held) and start it again ``seconds`` later, on the same ports."""
+    wait_until(lambda: seqs() >= after, 60, message=f"the collector never got {after} messages")
+    collector.kill()
+    time.sleep(seconds)  # the outage under test, not synchronisation
+    collector.start()
+
+
+def relay_counters(log: str, kind: str, name: str) -> dict[str, int]:
+    """The counters a relay logs for one component when it stops."""
+    line = next(x for x in log.splitlines() if f"relay: {kind} {name}: " in x)
+    fields = line.split(f"relay: {kind} {name}: ")[1]
+    if fields == "nothing":
+        return {}
+    return {k: int(v) for k, v in (f.split("=") for f in fields.split(", "))}

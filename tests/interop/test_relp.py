@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -10,14 +9,15 @@ import pytest
 
 from tests.interop.peers import (
     RelayProcess,
+    RelaySendProcess,
     RsyslogCollector,
     RsyslogSender,
     free_port,
     omrelp_action,
-    relay_send_command,
+    outage,
+    relay_counters,
     wait_until,
 )
-from tests.interop.test_spool_delivery import _counters
 
 pytestmark = pytest.mark.interop
 
@@ -81,7 +81,7 @@ def test_omrelp_to_relay_to_imrelp_every_message_once(tmp_path: Path) -> None:
         assert relay.terminate(timeout=30) == 0, relay.log_tail()
     seqs = collector.seqs()
     duplicates = sum(n - 1 for n in seqs.values())
-    resent = _counters(relay.log(), "output", "central").get("resent", 0)
+    resent = relay_counters(relay.log(), "output", "central").get("resent", 0)
     print(f"omrelp -> relay -> imrelp: {count} in {took:.1f} s,", end=" ")
     print(f"{duplicates} duplicates, {resent} resent")
     assert set(seqs) == set(range(count))
@@ -99,26 +99,9 @@ def test_imrelp_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path) ->
     with collector, relay.start():
         relay.wait_for_tcp(tcp_port)
         started = time.monotonic()
-        feed = subprocess.Popen(
-            relay_send_command(tcp_port, count, size=200, rate=50_000),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            wait_until(
-                lambda: len(collector.seqs()) >= count * 3 // 10,
-                60,
-                message="collector never got to 30%",
-            )
-            collector.kill()
-            time.sleep(5)  # the outage under test (not synchronisation)
-            collector.start()
-            _, err = feed.communicate(timeout=60)
-            assert feed.returncode == 0, err
-        finally:
-            if feed.poll() is None:
-                feed.kill()
-                feed.communicate()
+        with RelaySendProcess(tcp_port, count, size=200, rate=50_000) as feed:
+            outage(collector, seqs=lambda: len(collector.seqs()), after=count * 3 // 10)
+            feed.finish(timeout=60)
         wait_until(
             lambda: set(range(count)) <= set(collector.seqs()),
             60,
@@ -129,7 +112,7 @@ def test_imrelp_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path) ->
     seqs = collector.seqs()
     duplicates = sum(n - 1 for n in seqs.values())
     log = relay.log()
-    resent = _counters(log, "output", "central").get("resent", 0)
+    resent = relay_counters(log, "output", "central").get("resent", 0)
     print(f"imrelp killed at 30%: {count} in {took:.1f} s,", end=" ")
     print(f"{duplicates} duplicates, {resent} resent")
     assert resent == 0 or "messages not all acknowledged" in log

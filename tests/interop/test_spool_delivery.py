@@ -6,7 +6,6 @@ Real relay processes, a real rsyslog collector, counting by sequence number.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,10 +13,12 @@ import pytest
 
 from tests.interop.peers import (
     RelayProcess,
+    RelaySendProcess,
     RsyslogCollector,
     free_port,
+    outage,
+    relay_counters,
     relay_send,
-    relay_send_command,
     wait_until,
 )
 
@@ -147,26 +148,9 @@ def test_collector_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path)
     relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
     with collector, relay.start():
         relay.wait_for_tcp(port)
-        sender = subprocess.Popen(
-            relay_send_command(port, count, size=200, rate=50_000),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            wait_until(
-                lambda: len(collector.seqs()) >= count * 3 // 10,
-                60,
-                message="collector never got to 30%",
-            )
-            collector.kill()
-            time.sleep(5)  # the outage the issue asks for (not synchronisation)
-            collector.start()
-            _, err = sender.communicate(timeout=120)
-            assert sender.returncode == 0, err
-        finally:
-            if sender.poll() is None:
-                sender.kill()
-                sender.communicate()
+        with RelaySendProcess(port, count, size=200, rate=50_000) as sender:
+            outage(collector, seqs=lambda: len(collector.seqs()), after=count * 3 // 10)
+            sender.finish(timeout=120)
         wait_until(
             lambda: set(range(count)) <= set(collector.seqs()),
             120,
@@ -176,7 +160,7 @@ def test_collector_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path)
     seqs = collector.seqs()
     duplicates = sum(n - 1 for n in seqs.values())
     log = relay.log()
-    resent = _counters(log, "output", "central")["resent"]
+    resent = relay_counters(log, "output", "central")["resent"]
     assert "connection lost; writing the last" in log
     print(f"collector killed at 30%: {duplicates} duplicates, {resent} messages resent")
     assert duplicates <= resent, (duplicates, resent)
@@ -256,15 +240,6 @@ def test_damaged_spool_delivers_every_intact_record(tmp_path: Path, seed: int) -
     assert f"spool central: {lost} messages that were queued on disk are missing" in log
 
 
-def _counters(log: str, kind: str, name: str) -> dict[str, int]:
-    """The counters a relay logs for one component when it stops."""
-    line = next(x for x in log.splitlines() if f"relay: {kind} {name}: " in x)
-    fields = line.split(f"relay: {kind} {name}: ")[1]
-    if fields == "nothing":
-        return {}
-    return {k: int(v) for k, v in (f.split("=") for f in fields.split(", "))}
-
-
 def _peak_rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1]) / 1024
@@ -294,8 +269,8 @@ def test_disk_budget_spent_drops_and_counts(tmp_path: Path, policy: str) -> None
         assert _peak_rss_mib(relay.pid) < 150
         assert relay.terminate(timeout=30) == 0, relay.log_tail()
     log = relay.log()
-    received = _counters(log, "input", "tcp")["received"]
-    spool = _counters(log, "spool", "central")
+    received = relay_counters(log, "input", "tcp")["received"]
+    spool = relay_counters(log, "spool", "central")
     found = re.search(r"output central: (\d+) messages not delivered yet are kept", log)
     assert found, log
     kept = int(found.group(1))
@@ -322,29 +297,19 @@ def test_disk_budget_spent_blocks_senders_and_loses_nothing(tmp_path: Path) -> N
     relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
     with relay.start():
         relay.wait_for_tcp(port)
-        sender = subprocess.Popen(
-            relay_send_command(port, count, size=200),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
+        with RelaySendProcess(port, count, size=200) as sender:
             spool = state / "spool" / "central"
             wait_until(
                 lambda: sum(s.stat().st_size for s in spool.glob("*.seg")) > 700_000,
                 30,
                 message="the disk part never filled",
             )
-            assert sender.poll() is None  # held back: the relay stopped reading
+            assert sender.running()  # held back: the relay stopped reading
             assert relay.running() and _peak_rss_mib(relay.pid) < 150
             with collector:
-                _, err = sender.communicate(timeout=120)
-                assert sender.returncode == 0, err
+                sender.finish(timeout=120)
                 collector.wait_for_count(count, timeout=120)
                 assert relay.terminate(timeout=30) == 0, relay.log_tail()
-        finally:
-            if sender.poll() is None:
-                sender.kill()
-                sender.communicate()
     assert sorted(collector.seqs()) == list(range(count))
 
 
@@ -369,20 +334,10 @@ retry_max = 1
     first, second = 100_000, 10_000
     with a, b, relay.start():
         relay.wait_for_tcp(port)
-        sender = subprocess.Popen(
-            relay_send_command(port, first, size=200, rate=50_000),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
+        with RelaySendProcess(port, first, size=200, rate=50_000) as sender:
             wait_until(lambda: len(a.seqs()) >= first // 3, 60, message="A got too little")
             a.kill()
-            _, err = sender.communicate(timeout=120)
-            assert sender.returncode == 0, err
-        finally:
-            if sender.poll() is None:
-                sender.kill()
-                sender.communicate()
+            sender.finish(timeout=120)
         wait_until(
             lambda: set(range(first)) <= set(a.seqs()) | set(b.seqs()),
             60,
@@ -403,5 +358,5 @@ retry_max = 1
     assert "failing over from tcp://127.0.0.1" in log
     both = a.seqs() + b.seqs()
     duplicates = sum(n - 1 for n in both.values())
-    resent = _counters(log, "output", "central")["resent"]
+    resent = relay_counters(log, "output", "central")["resent"]
     assert duplicates <= resent, (duplicates, resent)
