@@ -60,6 +60,9 @@ MAX_REMEMBERED = 10_000
 VERDICT_WAIT = 0.5
 # Sending close_notify must not hang a stop on a peer that stopped reading.
 CLOSE_TIMEOUT = 1.0
+# What TlsStream.receive_some returns at most when not told (trio's own
+# default starts at 16 KiB, one record).
+RECEIVE_SIZE = 64 * 1024
 
 COUNTERS = ("tls_failures", *(f"tls_{c.value}" for c in HandshakeCategory))
 
@@ -80,7 +83,67 @@ class ByteStream(Protocol):
 
 
 def as_byte_stream(stream: trio.SocketStream | trio.SSLStream[Any]) -> ByteStream:
+    """What the transports read and write: a TLS stream becomes a :class:`TlsStream`."""
+    if isinstance(stream, trio.SSLStream):
+        return TlsStream(stream)
     return cast(ByteStream, stream)
+
+
+class TlsStream:
+    """A handshaken ``trio.SSLStream`` whose reads take every TLS record at hand.
+
+    ``SSLStream.receive_some`` returns one TLS record (OpenSSL's ``SSL_read``
+    returns at most one), and rsyslog writes one record per message (omrelp,
+    omfwd) or per answer (imrelp). One read per record meant one batch and one
+    trip through the pipeline per message: RELP over TLS moved 8,700 msg/s at
+    108 us of relay CPU a message, against 60,000 msg/s in plain RELP. So after
+    each read the records already received are read too, synchronously, up to
+    ``max_bytes``; only when none is whole does the next read wait.
+
+    That uses trio's ``SSLStream._ssl_object`` (the ``ssl.SSLObject`` it reads
+    from; trio has no public way). Without it the reads are one record each:
+    slower, still correct (tests/test_tlswire.py notices).
+    """
+
+    def __init__(self, stream: trio.SSLStream[Any]) -> None:
+        self.ssl = stream
+        self._object: ssl.SSLObject | None = getattr(stream, "_ssl_object", None)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = bytes(await self.ssl.receive_some(max_bytes))
+        if not data or self._object is None:
+            return data
+        return _read_records(self._object, data, max_bytes or RECEIVE_SIZE)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.ssl.send_all(data)
+
+    async def aclose(self) -> None:
+        await self.ssl.aclose()
+
+
+def _read_records(tls: ssl.SSLObject, data: bytes, max_bytes: int) -> bytes:
+    """``data`` and what the whole records ``tls`` already holds decrypt to."""
+    chunks = [data]
+    size = len(data)
+    try:
+        while size < max_bytes:
+            chunk = tls.read(max_bytes - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except ssl.SSLError:
+        # SSLWantReadError: no whole record left. Anything else (close_notify,
+        # a bad record) is for the next receive_some to report, as trio does.
+        pass
+    return data if len(chunks) == 1 else b"".join(chunks)
+
+
+def _ssl_stream(stream: object) -> trio.SSLStream[Any] | None:
+    if isinstance(stream, TlsStream):
+        return stream.ssl
+    return stream if isinstance(stream, trio.SSLStream) else None
 
 
 class HandshakeError(ConnectionError):
@@ -239,13 +302,14 @@ async def late_failure(
     """A TLS 1.3 client learns that the server refused its certificate only on
     its first read after the handshake: that error, classified (or None if
     ``stream`` is not TLS or ``exc`` is not a TLS failure)."""
-    if not isinstance(stream, trio.SSLStream):
+    ssl_stream = _ssl_stream(stream)
+    if ssl_stream is None:
         return None
     if isinstance(exc, ConnectionResetError):  # a clean close before the first answer
         exc = trio.BrokenResourceError(str(exc))
     if not isinstance(exc, trio.BrokenResourceError):
         return None
-    failure = await handshake_failure(stream, exc, profile, peer=peer)
+    failure = await handshake_failure(ssl_stream, exc, profile, peer=peer)
     return HandshakeError(failure)
 
 
@@ -264,5 +328,6 @@ async def aclose(stream: ByteStream | trio.abc.Stream) -> None:
     with trio.CancelScope(shield=True):
         with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(ssl.SSLError, OSError):
             await stream.aclose()
-        if isinstance(stream, trio.SSLStream):
-            await trio.aclose_forcefully(stream.transport_stream)
+        ssl_stream = _ssl_stream(stream)
+        if ssl_stream is not None:
+            await trio.aclose_forcefully(ssl_stream.transport_stream)

@@ -18,6 +18,7 @@ from relay.tlswire import (
     HandshakeError,
     PeerCertificates,
     TlsAcceptor,
+    TlsStream,
     connect,
 )
 from tests.certs import CertificateAuthority
@@ -105,3 +106,43 @@ async def test_refused_client_is_counted_by_category(tmp_path: Path) -> None:
         except HandshakeError:
             pass
     assert counters["tls_failures"] == 1 and counters["tls_unknown_ca"] == 1
+
+
+async def test_a_read_takes_every_record_at_hand_then_eof(tmp_path: Path) -> None:
+    """rsyslog writes a TLS record per message: 1,000 records written before the
+    first read come in a few reads, not 1,000 (trio's SSLStream alone returns
+    one record per read); close_notify after them is still an EOF."""
+    ca = CertificateAuthority.create(tmp_path)
+    server = ca.issue("relay.example.net")
+    acceptor = TlsAcceptor(
+        "in", TlsProfile(cert=server.cert, key=server.key), Counters("input", "in", COUNTERS)
+    )
+    client = ReloadableContext(
+        TlsProfile(ca=server.ca), server_side=False, server_hostname="localhost"
+    )
+    records = [b"<13>record %d\n" % i for i in range(1000)]
+    written = trio.Event()
+
+    async def serve(task_status: trio.TaskStatus[int]) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        ssl_stream = await acceptor.accept(await listeners[0].accept(), "127.0.0.1:1")
+        assert ssl_stream is not None
+        for record in records:
+            await ssl_stream.send_all(record)  # one record each
+        await ssl_stream.aclose()
+        written.set()
+        await listeners[0].aclose()
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve)
+        stream = TlsStream(
+            await connect(await trio.open_tcp_stream("127.0.0.1", port), client, "localhost", "x")
+        )
+        await written.wait()
+        reads: list[bytes] = []
+        while data := await stream.receive_some(256 * 1024):
+            reads.append(data)
+        await stream.aclose()
+    assert b"".join(reads) == b"".join(records)
+    assert len(reads) <= 10, f"{len(reads)} reads for 1,000 records"

@@ -32,7 +32,7 @@ from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
 from relay.routing import Router
 from relay.stats import Counters
-from relay.tlswire import ByteStream, TlsAcceptor, as_byte_stream
+from relay.tlswire import ByteStream, TlsAcceptor, TlsStream, as_byte_stream
 
 log = logging.getLogger("relay.input")
 
@@ -240,6 +240,8 @@ class TcpInput:
 
 def _stream_peer(stream: Any) -> str:
     """The peer of a socket stream, or of the socket under a TLS stream."""
+    if isinstance(stream, TlsStream):
+        stream = stream.ssl
     while isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
     return _peer_name(stream.socket) if isinstance(stream, trio.SocketStream) else "?"
