@@ -1,14 +1,23 @@
-"""RELP input: syslog over RELP (rsyslog omrelp's protocol), plain TCP.
+"""RELP input: syslog over RELP (rsyslog omrelp's protocol), plain TCP or TLS.
 
 The listener, ``max_connections`` and the stop are the TCP input's
 (:class:`relay.inputs.tcp.TcpInput`); only a connection is served differently.
 Each read is fed to a sans-IO :class:`RelpServer`; the messages it held become
 ONE batch, which is queued (:meth:`Router.put`, which waits while the spools
-are full) and only then answered: one ``rsp 200`` per message, all in one
-write. So an acknowledged message is in every output's spool (and with
+are full) and only then answered: one ``rsp 200`` per message. So an
+acknowledged message is in every output's spool (and with
 ``durability = "fsync"`` on disk): that is what RELP promises the sender. While
 the spools are full nothing is answered and the connection is not read, so the
 sender's window fills and its own queue takes over.
+
+The answers are written by a task of their own (:class:`Replies`), so reading
+never waits for writing. It must not: librelp's client (omrelp) reads our
+answers only when it sends, one TLS record per read. Once its queue is empty
+it reads nothing, and answers we could not write yet would stop us reading its
+last messages: both sides wait for ever (seen with omrelp over TLS, 1 run in 12
+under load). Answers that wait are bounded by the client's window; a client
+that ignores its window meets ``REPLY_BACKLOG``, and is then not read until it
+reads.
 
 A peer that breaks RELP gets the error ``rsp`` (if one is owed) and
 ``serverclose``, one log line, and the connection is closed. At stop, what the
@@ -42,6 +51,15 @@ from relay.tlswire import ByteStream
 
 log = logging.getLogger("relay.input")
 
+# Answers waiting to be written, past which the connection is not read until
+# the client reads. A client keeping to its window never has more than
+# ``window`` answers waiting, about 20 bytes each: 1 MiB is over 40,000, far
+# above omrelp's default window (128) or the 4096 we suggest for it.
+REPLY_BACKLOG = 1 << 20
+# At the end of a session (its close answered, a protocol error, the stop),
+# how long the last answers may take to write before the connection is closed.
+FINAL_REPLY_TIMEOUT = 10.0
+
 COUNTERS = (
     "received",
     "bytes",
@@ -73,13 +91,29 @@ class RelpInput(TcpInput):
                 await stream.aclose()
 
     async def _session(self, stream: trio.SocketStream | ByteStream, peer: str) -> None:
-        server = RelpServer()
+        replies = Replies(stream)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(replies.write)
+            if await self._converse(RelpServer(), stream, peer, replies):
+                replies.finish()  # its last answers, then the connection closes
+            else:
+                nursery.cancel_scope.cancel()  # gone: nobody reads what is left
+
+    async def _converse(
+        self,
+        server: RelpServer,
+        stream: trio.SocketStream | ByteStream,
+        peer: str,
+        replies: Replies,
+    ) -> bool:
+        """Read, queue, answer until the session ends; True if it owes final answers."""
         while True:
+            await replies.wait_room()
             data = await self._read(stream, peer)
             if not data and self.stopping.is_set() and server.state is State.OPEN:
                 # Quiet at stop: all it wrote is answered; tell it we are going.
-                await _send(stream, server.server_close())
-                return
+                replies.add([server.server_close()])
+                return True
             out: list[bytes] = []
             messages: list[bytes] = []
             txnrs: list[int] = []
@@ -108,10 +142,11 @@ class RelpInput(TcpInput):
                 out.extend([server.send_rsp(txnr) for txnr in txnrs])
             if isinstance(last, CloseRequested):
                 out.append(server.send_rsp(last.txnr))
-            if out:
-                await _send(stream, b"".join(out))
-            if last is not None or not data:
-                return
+            replies.add(out)
+            if not data or isinstance(last, ConnectionClosed):
+                return False
+            if last is not None:
+                return True
 
     async def _read(self, stream: trio.SocketStream | ByteStream, peer: str) -> bytes:
         try:
@@ -170,7 +205,64 @@ class RelpInput(TcpInput):
             raise
 
 
-async def _send(stream: trio.SocketStream | ByteStream, data: bytes) -> None:
-    """Write ``data``; a peer that went away is not an error of ours."""
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_all(data)
+class Replies:
+    """What a session owes its client, written in order by :meth:`write`.
+
+    The reader adds answers and goes on reading; the writer sends all that is
+    waiting in one write (few, full TLS records: librelp reads one record per
+    read). The reader waits (:meth:`wait_room`) only while more than
+    ``backlog`` bytes wait, which a client keeping to its window never causes.
+    """
+
+    def __init__(
+        self, stream: trio.SocketStream | ByteStream, backlog: int = REPLY_BACKLOG
+    ) -> None:
+        self._stream = stream
+        self._backlog = backlog
+        self._waiting: list[bytes] = []
+        self._size = 0  # bytes added and not yet written
+        self._finished = False
+        self._added = trio.Event()
+        self._written = trio.Event()
+
+    def add(self, replies: list[bytes]) -> None:
+        if replies:
+            self._waiting.extend(replies)
+            self._size += sum(map(len, replies))
+            self._added.set()
+
+    def finish(self) -> None:
+        """Nothing more will be added: :meth:`write` returns once all is written."""
+        self._finished = True
+        self._added.set()
+
+    async def wait_room(self) -> None:
+        while self._size > self._backlog:
+            self._written = trio.Event()
+            await self._written.wait()
+
+    async def write(self) -> None:
+        """Write what waits, until finished; a peer that went away is not our error."""
+        try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._write_all()
+        finally:
+            self._size = 0  # written, or never will be: the reader must not wait
+            self._written.set()
+
+    async def _write_all(self) -> None:
+        while self._waiting or not self._finished:
+            if not self._waiting:
+                self._added = trio.Event()
+                await self._added.wait()
+                continue
+            data = b"".join(self._waiting)
+            self._waiting.clear()
+            if self._finished:
+                # The last answers: a client that does not take them soon is gone.
+                with trio.move_on_after(FINAL_REPLY_TIMEOUT):
+                    await self._stream.send_all(data)
+                return
+            await self._stream.send_all(data)
+            self._size -= len(data)
+            self._written.set()

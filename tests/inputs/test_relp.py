@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import trio
 import trio.testing
 
@@ -174,3 +176,56 @@ async def test_oversize_messages_are_truncated_and_counted() -> None:
         nursery.cancel_scope.cancel()
     assert queued(spool) == [b"<13>short", b"<13>xxxxxxxxxxxx"]
     assert relp_input.counters["truncated"] == 1
+
+
+async def wait_queued(spool: Spool, count: int) -> None:
+    while len(queued(spool)) < count:
+        await trio.sleep(0.01)
+
+
+async def test_reading_goes_on_while_the_client_does_not_read_its_answers() -> None:
+    """librelp (omrelp) reads answers only when it sends: once its queue is empty
+    it reads nothing. Its last messages must still be read and queued, although
+    the answers to earlier ones cannot be written (the client's receive buffer
+    is tiny here). Before answers had a writer of their own, the input stopped
+    reading after about a thousand and both sides waited for ever."""
+    spool = memory_spool()
+    relp_input = await start_input(spool)
+    count = 20_000
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relp_input.serve)
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port_of(relp_input)))
+        peer = Peer(trio.SocketStream(sock), window=count)
+        await peer.stream.send_all(peer.client.open())
+        assert isinstance((await peer.next_events())[0], Opened)
+        data, _ = peer.client.send([b"<13>seq=%d" % i for i in range(count)])
+        with trio.fail_after(10):  # the input reads all of it, answered or not
+            await peer.stream.send_all(data)
+            await wait_queued(spool, count)  # without reading a single answer
+        assert await peer.acks_until(count) == count
+        await peer.stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert queued(spool) == [b"<13>seq=%d" % i for i in range(count)]
+
+
+async def test_answers_waiting_past_the_backlog_stop_the_reading(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client ignoring its window and never reading meets REPLY_BACKLOG: it is
+    not read until it reads, so what waits for it stays bounded."""
+    left, right = trio.testing.lockstep_stream_pair()  # a write waits for a read
+    replies = relp.Replies(left, backlog=100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replies.write)
+        replies.add([b"x" * 60])
+        await trio.testing.wait_all_tasks_blocked()
+        replies.add([b"y" * 60])  # 60 in the writer's hands, 60 waiting: 120 > 100
+        with trio.move_on_after(1) as scope:
+            await replies.wait_room()
+        assert scope.cancelled_caught, "room while 120 bytes wait and nobody reads"
+        assert await right.receive_some() == b"x" * 60
+        await replies.wait_room()  # 60 left: room
+        replies.finish()
+        assert await right.receive_some() == b"y" * 60

@@ -399,11 +399,24 @@ class RsyslogCollector(Rsyslog):
     each message's exact received bytes (``%rawmsg%``, control characters not
     escaped) plus LF to DIR/sink.log. Ports are chosen at construction, so a
     test can configure the relay before starting the collector.
+
+    ``direct=True`` gives the sink ruleset a Direct queue: imrelp then answers
+    a message only once omfile wrote it. With the default in-memory queue,
+    rsyslog answers on enqueue, and SIGKILL loses what it had answered and not
+    yet written: the collector's loss, which no sender can see or make good.
     """
 
-    def __init__(self, tmp_path: Path, *, host: str = LOOPBACK, name: str = "collector") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        host: str = LOOPBACK,
+        name: str = "collector",
+        direct: bool = False,
+    ) -> None:
         directory = Path(tmp_path) / name
         self.host = host
+        self.direct = direct
         self.tcp_port = free_port("tcp", host)
         self.udp_port = free_port("udp", host)
         self.relp_port = free_port("tcp", host)
@@ -425,8 +438,14 @@ input(type="imudp" address="{self.host}" port="{self.udp_port}" ruleset="sink"
       rcvbufSize="16m")
 module(load="imrelp")
 input(type="imrelp" address="{self.host}" port="{self.relp_port}" ruleset="sink")
+{self.sink()}"""
+
+    def sink(self) -> str:
+        """The template and the ruleset "sink" writing to ``sink_path``."""
+        queue = ' queue.type="Direct"' if self.direct else ""
+        return f"""\
 template(name="raw" type="string" string="%rawmsg%\\n")
-ruleset(name="sink") {{
+ruleset(name="sink"{queue}) {{
   action(type="omfile" file="{self.sink_path}" template="raw")
 }}
 """
@@ -551,10 +570,14 @@ ruleset(name="feed") {{
     def wait_ready(self) -> None:
         self.wait_for_tcp(self.feed_port, self.host)
 
-    def send_lines(self, lines: Iterable[bytes]) -> None:
-        """Write ``lines`` (without LF) to the feed port on one connection."""
+    def send_lines(self, lines: Iterable[bytes], timeout: float = 10.0) -> None:
+        """Write ``lines`` (without LF) to the feed port on one connection.
+
+        rsyslog reads them as fast as its queues take them: ``timeout`` is for
+        the whole write.
+        """
         payload = b"".join(line + b"\n" for line in lines)
-        with socket.create_connection((self.host, self.feed_port), timeout=10) as sock:
+        with socket.create_connection((self.host, self.feed_port), timeout=timeout) as sock:
             sock.sendall(payload)
 
 

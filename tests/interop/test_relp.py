@@ -22,20 +22,6 @@ from tests.interop.peers import (
 pytestmark = pytest.mark.interop
 
 
-class DirectCollector(RsyslogCollector):
-    """The collector with a Direct ruleset queue: imrelp then answers a message
-    only once omfile wrote it. With the default in-memory queue, rsyslog
-    answers on enqueue, and SIGKILL loses what it had answered and not yet
-    written: the collector's loss, which no sender can see or make good."""
-
-    def _config(self) -> str:
-        return (
-            super()
-            ._config()
-            .replace('ruleset(name="sink")', 'ruleset(name="sink" queue.type="Direct")')
-        )
-
-
 def write_config(path: Path, relp_port: int, tcp_port: int, collector: int) -> Path:
     path.write_text(f"""\
 [relay]
@@ -92,7 +78,7 @@ def test_imrelp_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path) ->
     """SIGKILL of the imrelp collector at ~30%, restarted 5 s later: every number
     arrives; duplicates are at most what the relay counted as resent."""
     count = 200_000
-    collector = DirectCollector(tmp_path)
+    collector = RsyslogCollector(tmp_path, direct=True)
     relp_port, tcp_port = free_port(), free_port()
     config = write_config(tmp_path / "relay.toml", relp_port, tcp_port, collector.relp_port)
     relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
