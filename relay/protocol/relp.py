@@ -1,25 +1,20 @@
-"""RELP, the Reliable Event Logging Protocol: a sans-IO codec, client and server.
+"""RELP sessions: the events, the state-machine table, a sans-IO client and server.
 
-The spec is rsyslog/librelp ``doc/relp.md`` (version 0.0.1, 2008). Where it is
-silent or contradicts itself we do what librelp does on the wire
-(``src/relpframe.c``, ``relpsess.c``, ``copen.c``, ``scrsp.c``), because
-rsyslog's imrelp/omrelp are the peers that matter:
+The spec is rsyslog/librelp ``doc/relp.md`` (version 0.0.1, 2008); frames and
+offers are :mod:`relay.protocol.relpframe`. Where the spec is silent or
+contradicts itself we do what librelp does on the wire (``src/relpsess.c``,
+``copen.c``, ``scrsp.c``), because rsyslog's imrelp/omrelp are the peers that
+matter:
 
-* A frame is ``TXNR SP COMMAND SP DATALEN [SP DATA] LF`` ("RELP FRAME");
-  TXNR and DATALEN are 1-9 digits, COMMAND 1-32 letters. With DATALEN 0 the
-  trailer follows DATALEN directly.
-* TXNR 0 is reserved for hints (only ``serverclose`` exists); a connection
-  starts with TXNR 1 and "the next TXNR [after 999,999,999] is 1". The server
-  answers every command with an ``rsp`` carrying its TXNR; the client may have
-  up to a window of them unanswered. The spec says both "The server may reply
-  in any order" and "Responses must be sent by the server in the exact same
-  order as commands where received": our server answers in order, our client
-  (like librelp's) takes an answer for any txnr in flight.
+* A connection starts with TXNR 1. The server answers every command with an
+  ``rsp`` carrying its TXNR; the client may have up to a window of them
+  unanswered. The spec says both "The server may reply in any order" and
+  "Responses must be sent by the server in the exact same order as commands
+  where received": our server answers in order, our client (like librelp's)
+  takes an answer for any txnr in flight.
 * ``rsp`` data is ``CODE SP TEXT [LF DATA]``; 200 is OK, the rest errors.
-* ``open`` carries offers (``relp_version=0``, ``commands=syslog``,
-  ``relp_software=...``); its 200 rsp carries the offers the server accepts.
-  librelp speaks ``relp_version=0`` (``RELP_CURR_PROTOCOL_VERSION``), not the
-  spec's 1, and its client refuses a server offering more than it speaks.
+* The 200 rsp to ``open`` carries the offers the server accepts; librelp's
+  client, like ours, refuses a server offering more than it speaks.
 
 Both sides are state machines driven by one table, :data:`TRANSITIONS`. A
 (role, state, input) missing from it is a protocol error that closes the
@@ -37,14 +32,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from relay import __version__
-from relay.errors import LocalProtocolError, RemoteProtocolError
-
-# librelp's RELP_DFLT_MAX_DATA_SIZE ("128K should be sufficient for
-# everything"), which imrelp uses unless maxDataSize is set; the spec says "In
-# relp version 1, it is always 128K". imrelp aborts the session on a bigger
-# frame, so the client refuses to send one rather than wedge the session.
-DEFAULT_MAX_DATA = 128 * 1024
+from relay.errors import LocalProtocolError
+from relay.protocol.relpframe import (
+    DEFAULT_MAX_DATA,
+    MAX_TXNR,
+    RELP_VERSION,
+    SOFTWARE,
+    Frame,
+    Offers,
+    RelpDecoder,
+    RelpProtocolError,
+    encode_offers,
+    encode_parts,
+    next_txnr,
+    offers_syslog,
+    our_offers,
+    parse_offers,
+    relp_version,
+)
 
 # rsyslog omrelp's default windowSize is 128 (librelp RELP_DFLT_WINDOW_SIZE).
 # PEERS.md measured two RELP hops on loopback at about 2,900 msg/s with it and
@@ -58,255 +63,9 @@ DEFAULT_WINDOW = 1024
 # window, which the spec warns "can be abused for denial of service attacks".
 DEFAULT_MAX_UNANSWERED = 65536
 
-MAX_TXNR = 999_999_999  # TXNR = 1*9DIGIT, "latched at 999,999,999"
-RELP_VERSION = 0  # what librelp sends and accepts; see the module docstring
-SOFTWARE = ("relay", __version__)  # relp_software: name, version[, URL]
-
-_DIGITS = 9  # NUMBER = 1*9DIGIT
-_MAX_COMMAND = 32  # COMMAND = 1*32ALPHA
 _MAX_RSP_TEXT = 80  # librelp's rsp reader (scrsp.c) keeps 80 octets of text
-_HINTS = frozenset({"serverclose"})  # the only hint the spec defines
 # txnrs in flight must stay unique across the wrap (open and close too)
 _MAX_WINDOW = MAX_TXNR - 2
-
-
-def next_txnr(txnr: int) -> int:
-    """The TXNR after ``txnr``: "After that TXNR [999,999,999], the next TXNR is 1"."""
-    return 1 if txnr >= MAX_TXNR else txnr + 1
-
-
-class RelpProtocolError(RemoteProtocolError):
-    """The peer broke RELP.
-
-    ``rsp_code`` is the code to answer with; ``txnr`` the command to answer,
-    or ``None`` when the frame cannot be trusted (then only close).
-    """
-
-    def __init__(self, message: str, *, rsp_code: int = 500, txnr: int | None = None) -> None:
-        super().__init__(message)
-        self.rsp_code = rsp_code
-        self.txnr = txnr
-
-
-# -- frames ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One RELP frame ("RELP FRAME")."""
-
-    txnr: int
-    command: str
-    data: bytes = b""
-
-
-def encode_frame(frame: Frame) -> bytes:
-    """Serialise ``frame``; raise :class:`LocalProtocolError` if it cannot be sent."""
-    command = frame.command
-    if not (0 < len(command) <= _MAX_COMMAND and command.isascii() and command.isalpha()):
-        raise LocalProtocolError(f"RELP command must be 1-32 ASCII letters: {command!r}")
-    return _encode(frame.txnr, command.encode("ascii"), frame.data)
-
-
-def _encode(txnr: int, command: bytes, data: bytes) -> bytes:
-    if not 0 <= txnr <= MAX_TXNR:
-        raise LocalProtocolError(f"RELP txnr out of range: {txnr}")
-    if len(data) > MAX_TXNR:
-        raise LocalProtocolError("RELP data longer than 999,999,999 octets")
-    if data:
-        return b"%d %s %d %s\n" % (txnr, command, len(data), data)
-    return b"%d %s 0\n" % (txnr, command)  # "if DATALEN is 0, no data is present"
-
-
-def _field_end(buf: bytes, start: int, limit: int, stops: bytes, what: str) -> int:
-    """Index of the byte ending the field at ``start``; -1 if more data is needed.
-
-    The field is 1..``limit`` digits (or letters for the command) and ends at
-    the first byte of ``stops``. Errors are found as soon as the offending
-    byte is in ``buf``, so any split of the stream fails at the same frame.
-    """
-    window = start + limit + 1
-    end = -1
-    for stop in stops:
-        found = buf.find(stop, start, window)
-        if found >= 0 and (end < 0 or found < end):
-            end = found
-    field = buf[start:end] if end >= 0 else buf[start:window]
-    valid = bytes.isalpha if what == "command" else bytes.isdigit  # ASCII only
-    if field and not valid(field):
-        bad = next(field[i : i + 1] for i in range(len(field)) if not valid(field[i : i + 1]))
-        raise RelpProtocolError(f"invalid {what}: unexpected {bad!r}")
-    if end < 0:
-        if len(field) > limit:
-            raise RelpProtocolError(f"{what} longer than {limit} characters")
-        return -1
-    if not field:
-        raise RelpProtocolError(f"empty {what}")
-    return end
-
-
-class RelpDecoder:
-    """Split a RELP byte stream into :class:`Frame` values.
-
-    Feed every read to :meth:`receive_data` (``b""`` at end of stream); it
-    returns the frames completed so far. A malformed frame raises
-    :class:`RelpProtocolError`; if good frames precede it in the same call,
-    they are returned first, the error is kept in :attr:`error` and raised by
-    the next call. So the stream fed whole, byte by byte or in any split
-    yields the same frames and then the same error.
-    """
-
-    def __init__(self, *, max_data: int = DEFAULT_MAX_DATA) -> None:
-        if not 0 <= max_data <= MAX_TXNR:
-            raise ValueError("max_data must be between 0 and 999,999,999")
-        self.max_data = max_data
-        #: the error found after the frames last returned, raised next call
-        self.error: RelpProtocolError | None = None
-        self._buf = b""
-        self._eof = False
-
-    def receive_data(self, data: bytes) -> list[Frame]:
-        """Take the next bytes of the stream (``b""`` at EOF); return complete frames."""
-        if self.error is not None:
-            raise self.error
-        if self._eof:
-            if data:
-                raise LocalProtocolError("receive_data after end of stream")
-            return []
-        if not data:
-            self._eof = True
-            if self._buf:
-                self.error = RelpProtocolError(
-                    f"connection closed inside a frame ({len(self._buf)} octets of it)"
-                )
-                raise self.error
-            return []
-        buf = self._buf + data if self._buf else data
-        frames: list[Frame] = []
-        pos = 0
-        try:
-            while (parsed := self._parse(buf, pos)) is not None:
-                frame, pos = parsed
-                frames.append(frame)
-        except RelpProtocolError as exc:
-            self.error = exc
-            self._buf = b""
-            if not frames:
-                raise
-            return frames
-        self._buf = buf[pos:]
-        return frames
-
-    def _parse(self, buf: bytes, pos: int) -> tuple[Frame, int] | None:
-        # Fast path: a well-formed header of a frame with data, in three finds.
-        sp1 = buf.find(b" ", pos, pos + _DIGITS + 1)
-        sp2 = buf.find(b" ", sp1 + 1, sp1 + _MAX_COMMAND + 2) if sp1 > pos else -1
-        sp3 = buf.find(b" ", sp2 + 1, sp2 + _DIGITS + 2) if sp2 > 0 else -1
-        if sp3 > sp2 + 1:
-            txnr, command, datalen = buf[pos:sp1], buf[sp1 + 1 : sp2], buf[sp2 + 1 : sp3]
-            if txnr.isdigit() and command.isalpha() and datalen.isdigit():
-                return self._body(buf, int(txnr), command.decode(), int(datalen), sp3)
-        # Anything else, field by field: need more data, DATALEN 0, or an error.
-        if pos >= len(buf):
-            return None
-        txnr_end = _field_end(buf, pos, _DIGITS, b" ", "txnr")
-        if txnr_end < 0:
-            return None
-        cmd_end = _field_end(buf, txnr_end + 1, _MAX_COMMAND, b" ", "command")
-        if cmd_end < 0:
-            return None
-        len_end = _field_end(buf, cmd_end + 1, _DIGITS, b" \n", "datalen")
-        if len_end < 0:
-            return None
-        command_s = buf[txnr_end + 1 : cmd_end].decode()
-        return self._body(
-            buf, int(buf[pos:txnr_end]), command_s, int(buf[cmd_end + 1 : len_end]), len_end
-        )
-
-    def _body(
-        self, buf: bytes, txnr: int, command: str, datalen: int, end: int
-    ) -> tuple[Frame, int] | None:
-        """The frame whose header ends at ``end`` (the SP or LF after DATALEN)."""
-        if (txnr == 0) != (command in _HINTS):
-            # "TXNR 0 is reserved for hint commands", which are "always
-            # transmitted with a txnr of zero"
-            raise RelpProtocolError(f"txnr {txnr} not allowed for {command!r}")
-        if datalen > self.max_data:
-            raise RelpProtocolError(f"frame of {datalen} octets exceeds {self.max_data}")
-        if datalen == 0:
-            if buf[end] != 0x0A:
-                raise RelpProtocolError("missing trailer after DATALEN 0")
-            return Frame(txnr, command), end + 1
-        if buf[end] != 0x20:
-            raise RelpProtocolError(f"frame ends before its {datalen} octets of data")
-        start = end + 1
-        end = start + datalen
-        if end >= len(buf):
-            return None
-        if buf[end] != 0x0A:
-            raise RelpProtocolError(f"missing trailer after {datalen} octets of data")
-        return Frame(txnr, command, buf[start:end]), end + 1
-
-
-# -- offers ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Offers:
-    """Offers of an ``open`` or its ``rsp``: ``name=value,value`` lines ("OFFERS")."""
-
-    items: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-    def get(self, name: str) -> tuple[str, ...] | None:
-        """The values of offer ``name``, or ``None`` if it was not offered."""
-        for key, values in self.items:
-            if key == name:
-                return values
-        return None
-
-
-def parse_offers(data: bytes) -> Offers:
-    """Parse offers; empty lines and empty values are skipped, as librelp does."""
-    items = []
-    for line in data.split(b"\n"):
-        if line:
-            name, _, values = line.partition(b"=")
-            kept = tuple(v.decode("latin-1") for v in values.split(b",") if v)
-            items.append((name.decode("latin-1"), kept))
-    return Offers(tuple(items))
-
-
-def encode_offers(offers: Offers) -> bytes:
-    """Serialise offers; names and values must not contain ``=``, ``,`` or LF."""
-    lines = []
-    for name, values in offers.items:
-        if not name or any(c in name for c in "=\n") or any(c in v for v in values for c in ",\n"):
-            raise LocalProtocolError(f"offer cannot be encoded: {name!r}={values!r}")
-        lines.append(f"{name}={','.join(values)}".encode("latin-1"))
-    return b"\n".join(lines)
-
-
-def our_offers(software: Sequence[str] = SOFTWARE) -> Offers:
-    """The offers relay sends in ``open`` and in its answer to one."""
-    return Offers(
-        (
-            ("relp_version", (str(RELP_VERSION),)),
-            ("commands", ("syslog",)),
-            ("relp_software", tuple(software)),
-        )
-    )
-
-
-def _relp_version(offers: Offers) -> int | None:
-    """The offered relp_version, or None if missing or not a number."""
-    values = offers.get("relp_version")
-    if values and values[0].isascii() and values[0].isdigit():
-        return int(values[0])
-    return None
-
-
-def _offers_syslog(offers: Offers) -> bool:
-    return "syslog" in (offers.get("commands") or ())
 
 
 # -- events ------------------------------------------------------------------
@@ -508,7 +267,7 @@ def violation_reply(violation: ProtocolViolation) -> bytes:
     out = b""
     if violation.txnr is not None:
         text = violation.text.replace("\n", " ").encode("utf-8")[:_MAX_RSP_TEXT]
-        out = _encode(violation.txnr, b"rsp", b"%d %s" % (violation.rsp_code, text))
+        out = encode_parts(violation.txnr, b"rsp", b"%d %s" % (violation.rsp_code, text))
     return out + b"0 serverclose 0\n"
 
 
@@ -629,9 +388,9 @@ class RelpServer(_Endpoint[ServerEvent]):
             self._owed.append((txnr, Input.SEND_CLOSE_RSP))
             return CloseRequested(txnr)
         offers = parse_offers(frame.data)  # RECV_OPEN: the only other entry
-        if _relp_version(offers) is None:  # "at a minimum the relp_version offer"
+        if relp_version(offers) is None:  # "at a minimum the relp_version offer"
             raise RelpProtocolError("open without a valid relp_version offer", txnr=txnr)
-        if not _offers_syslog(offers):
+        if not offers_syslog(offers):
             raise RelpProtocolError("required command not supported by client", txnr=txnr)
         self._open_txnr = txnr
         return SessionOpened(offers)
@@ -642,7 +401,7 @@ class RelpServer(_Endpoint[ServerEvent]):
     def accept_open(self) -> bytes:
         """The 200 rsp to ``open`` with our offers; the session is then OPEN."""
         self._machine.process(Input.SEND_ACCEPT_OPEN)
-        return _encode(self._open_txnr, b"rsp", b"200 OK\n" + encode_offers(self._offers))
+        return encode_parts(self._open_txnr, b"rsp", b"200 OK\n" + encode_offers(self._offers))
 
     def send_rsp(self, txnr: int, code: int = 200, text: str = "OK") -> bytes:
         """Answer the oldest unanswered ``syslog`` or ``close`` command, ``txnr``.
@@ -656,7 +415,7 @@ class RelpServer(_Endpoint[ServerEvent]):
         data = _rsp_data(code, text)
         self._machine.process(self._owed[0][1])
         self._owed.popleft()
-        return _encode(txnr, b"rsp", data)
+        return encode_parts(txnr, b"rsp", data)
 
     def server_close(self) -> bytes:
         """The ``serverclose`` hint, sent before the server closes the connection."""
@@ -712,7 +471,7 @@ class RelpClient(_Endpoint[ClientEvent]):
         """The ``open`` command with our offers."""
         self._machine.process(Input.SEND_OPEN)
         self._open_txnr = self._take_txnr()
-        return _encode(self._open_txnr, b"open", self._offers)
+        return encode_parts(self._open_txnr, b"open", self._offers)
 
     def send(self, messages: Sequence[bytes]) -> tuple[bytes, list[int]]:
         """Frame as many ``messages`` as the window allows; return bytes and txnrs.
@@ -792,11 +551,11 @@ class RelpClient(_Endpoint[ClientEvent]):
         if code != 200:
             raise RelpProtocolError(f"server refused the session: {code} {text}", rsp_code=code)
         offers = parse_offers(body)
-        version = _relp_version(offers)
+        version = relp_version(offers)
         if version is None:  # "If it is not, the client MUST close the connection."
             raise RelpProtocolError("server sent no valid relp_version offer")
         if version > RELP_VERSION:  # relpSessCBrspOpen: RELP_RET_INCOMPAT_OFFERS
             raise RelpProtocolError(f"server speaks relp_version {version}, we {RELP_VERSION}")
-        if not _offers_syslog(offers):  # "this command MUST NOT be used"
+        if not offers_syslog(offers):  # "this command MUST NOT be used"
             raise RelpProtocolError("server does not accept syslog")
         return Opened(offers)
