@@ -1,60 +1,46 @@
-"""TLS for the TLS and RELP-over-TLS transports (RFC 5425): contexts, peer checks, clear errors.
+"""TLS for the TLS and RELP-over-TLS transports (RFC 5425): profile, contexts, permitted peers.
 
 One :class:`TlsProfile` describes the TLS settings of any listener or target
 (PAIN-POINTS 3.1: one schema everywhere). From it come the SSL contexts
 (:func:`server_context`, :func:`client_context`, or a :class:`ReloadableContext`
-that can swap in renewed certificates without touching established sessions),
-the permitted-peers check after the handshake (:func:`check_peer`, the same
-for plain TLS and RELP over TLS), and one actionable line for every failed
-handshake (:func:`classify_handshake_error`, PAIN-POINTS 3.2).
+that can swap in renewed certificates without touching established sessions)
+and the permitted-peers check after the handshake (:func:`check_peer`, the same
+for plain TLS and RELP over TLS).
 
-A transport does::
-
-    ssl_stream = trio.SSLStream(tcp_stream, reloadable.context, server_side=True)
-    failure = await handshake(ssl_stream, profile, peer="10.0.0.5:41234")
-    if failure is not None:
-        log.warning("%s", failure.line)    # rate-limited per peer by the caller
-
-The ``ssl`` module does the TLS; ``cryptography`` only reads certificates
-(names, fingerprints, dates).
+The certificates themselves are read by :mod:`relay.tlscerts`; the handshake,
+and one actionable line for every failed one, are in :mod:`relay.tlsfailures`.
+The ``ssl`` module does the TLS.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import functools
 import hashlib
 import ipaddress
 import logging
 import re
-import socket
 import ssl
-from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
 
 from relay.errors import ConfigError, RelayError
+from relay.tlscerts import (
+    DEFAULT_EXPIRY_WARNING_DAYS,
+    CertificateInfo,
+    expiry_warnings,
+    format_date,
+    format_span,
+    load_pem_certificates,
+    printable,
+    read_file,
+)
 
 log = logging.getLogger("relay.tls")
 
 # RFC 5425 §4.2 requires TLS 1.2 support; older versions are broken (RFC 8996).
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-# Rotation tooling renews at 30 days left (Let's Encrypt's default), so a warning
-# from then on gives the operator time while renewal still has a chance to run.
-DEFAULT_EXPIRY_WARNING_DAYS = 30
-# A failed handshake leaves a TLS alert to send; a peer that does not read must
-# not hold the connection (and its task) open for longer than this.
-ALERT_SEND_TIMEOUT = 1.0
-# Enough to show an operator what a plaintext sender wrote ("<13>Nov 22 ...").
-PEEK_SIZE = 16
 
 
 class TlsError(RelayError):
@@ -119,128 +105,6 @@ class TlsProfile:
             raise ConfigError(
                 "must not be empty (leave it out for OpenSSL's default)", key="ciphers"
             )
-
-
-# -- certificates -----------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CertificateInfo:
-    """What an operator needs to know about one certificate.
-
-    ``source`` names where it came from: a file path, or e.g. ``peer
-    10.0.0.5:41234``. ``sha256`` is the fingerprint of the DER certificate as
-    ``AB:CD:...`` (what ``openssl x509 -fingerprint -sha256`` prints).
-    """
-
-    source: str
-    subject: str
-    issuer: str
-    common_name: str | None
-    san_dns: tuple[str, ...]
-    san_ips: tuple[str, ...]
-    not_before: datetime
-    not_after: datetime
-    sha256: str
-
-    @classmethod
-    def from_certificate(cls, cert: x509.Certificate, source: str) -> CertificateInfo:
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            dns = tuple(san.get_values_for_type(x509.DNSName))
-            ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
-        except x509.ExtensionNotFound:
-            dns, ips = (), ()
-        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        common_name = cns[0].value if cns else None
-        return cls(
-            source=source,
-            subject=cert.subject.rfc4514_string(),
-            issuer=cert.issuer.rfc4514_string(),
-            common_name=common_name if isinstance(common_name, str) else None,
-            san_dns=dns,
-            san_ips=ips,
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            sha256=cert.fingerprint(hashes.SHA256()).hex(":").upper(),
-        )
-
-    @classmethod
-    def from_der(cls, der: bytes, source: str = "peer certificate") -> CertificateInfo:
-        """Read a DER certificate (what ``getpeercert(binary_form=True)`` returns)."""
-        return cls.from_certificate(x509.load_der_x509_certificate(der), source)
-
-    @classmethod
-    def from_pem_file(cls, path: Path) -> CertificateInfo:
-        """The first certificate in a PEM file (the leaf, in a cert+chain file)."""
-        return load_pem_certificates(path)[0]
-
-    @property
-    def fingerprint(self) -> str:
-        """The fingerprint as a ``permitted_peers`` entry: ``sha256:AB:CD:...``."""
-        return f"sha256:{self.sha256}"
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The identities it presents: SAN DNS names and addresses, else its CN (RFC 6125)."""
-        if self.san_dns:
-            return self.san_dns + self.san_ips
-        cn = (self.common_name,) if self.common_name else ()
-        return cn + self.san_ips
-
-    def describe_names(self) -> str:
-        if not self.names:
-            return "no names"
-        text = ", ".join(_printable(n) for n in self.names)
-        return text if self.san_dns else f"{text} (CN, no subjectAltName DNS names)"
-
-    def seconds_left(self, now: datetime) -> float:
-        """Seconds until it expires (negative once it has): ``tls_cert_expiry_seconds``."""
-        return (self.not_after - now).total_seconds()
-
-
-def load_pem_certificates(path: Path, key: str = "cert") -> list[CertificateInfo]:
-    """Every certificate in a PEM file, in order; a ConfigError naming the file if none."""
-    data = _read(path, key)
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise ConfigError(
-            f"{path}: no PEM certificate in it (-----BEGIN CERTIFICATE-----)", key=key
-        )
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-        return [CertificateInfo.from_certificate(cert, str(path)) for cert in certs]
-    except ValueError as exc:
-        raise ConfigError(f"{path}: a certificate in it cannot be read: {exc}", key=key) from None
-
-
-def expiry_warnings(infos: Iterable[CertificateInfo], now: datetime, days: int) -> list[str]:
-    """One line per certificate that expires within ``days`` of ``now``, or has expired."""
-    lines = []
-    for info in infos:
-        left = info.not_after - now
-        what = f"certificate {info.source} ({_printable(info.subject)})"
-        if left <= timedelta(0):
-            lines.append(f"{what} expired on {_date(info.not_after)}, {_span(-left)} ago")
-        elif left <= timedelta(days=days):
-            lines.append(f"{what} expires on {_date(info.not_after)}, in {_span(left)}")
-    return lines
-
-
-def _date(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _span(delta: timedelta) -> str:
-    if delta >= timedelta(days=1):
-        days = round(delta / timedelta(days=1))
-        return f"{days} day{'s' if days != 1 else ''}"
-    hours = int(delta.total_seconds() // 3600)
-    return f"{hours} hour{'s' if hours != 1 else ''}"
-
-
-def _printable(text: str) -> str:
-    """Certificate names come from peers: never let one break the log line."""
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 # -- contexts ---------------------------------------------------------------
@@ -339,18 +203,18 @@ def _load_own_certificate(
     for info in infos:
         if info.not_after <= now:
             raise ConfigError(
-                f"{cert}: certificate {_printable(info.subject)} expired on "
-                f"{_date(info.not_after)}, {_span(now - info.not_after)} ago: renew it",
+                f"{cert}: certificate {printable(info.subject)} expired on "
+                f"{format_date(info.not_after)}, {format_span(now - info.not_after)} ago: renew it",
                 key="cert",
             )
         if info.not_before > now:
             raise ConfigError(
-                f"{cert}: certificate {_printable(info.subject)} is not valid until "
-                f"{_date(info.not_before)}: is the clock right?",
+                f"{cert}: certificate {printable(info.subject)} is not valid until "
+                f"{format_date(info.not_before)}: is the clock right?",
                 key="cert",
             )
     key_file = key or cert
-    _read(key_file, "key")
+    read_file(key_file, "key")
     try:
         ctx.load_cert_chain(cert, key, password=_refuse_password)
     except _EncryptedKeyError:
@@ -380,15 +244,6 @@ def _load_ca(ctx: ssl.SSLContext, ca: Path) -> list[CertificateInfo]:
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"{ca}: cannot load the CA bundle: {exc}", key="ca") from None
     return infos
-
-
-def _read(path: Path, key: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file", key=key) from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror}", key=key) from None
 
 
 def load_files(profile: TlsProfile, *, now: datetime | None = None) -> list[ConfigError]:
@@ -566,436 +421,4 @@ def check_peer(profile: TlsProfile, peer_cert_der: bytes | None) -> str | None:
     return (
         f"peer not permitted: presented names {info.describe_names()} "
         f"({info.fingerprint}); permitted {allowed}"
-    )
-
-
-# -- handshake failures -----------------------------------------------------
-
-
-class HandshakeCategory(enum.StrEnum):
-    """Why a handshake failed; the label of ``tls_handshake_failures_total{reason}``."""
-
-    UNKNOWN_CA = "unknown_ca"
-    NAME_MISMATCH = "name_mismatch"
-    EXPIRED = "expired"
-    NOT_YET_VALID = "not_yet_valid"
-    NO_CLIENT_CERT = "no_client_cert"
-    PEER_NOT_PERMITTED = "peer_not_permitted"
-    PROTOCOL_MISMATCH = "protocol_mismatch"
-    PLAINTEXT_ON_TLS_PORT = "plaintext_on_tls_port"
-    OTHER = "other"
-
-
-_WORDS = {
-    HandshakeCategory.UNKNOWN_CA: "unknown CA",
-    HandshakeCategory.NAME_MISMATCH: "name mismatch",
-    HandshakeCategory.EXPIRED: "certificate expired",
-    HandshakeCategory.NOT_YET_VALID: "certificate not yet valid",
-    HandshakeCategory.NO_CLIENT_CERT: "no client certificate",
-    HandshakeCategory.PEER_NOT_PERMITTED: "peer not permitted",
-    HandshakeCategory.PROTOCOL_MISMATCH: "protocol mismatch",
-    HandshakeCategory.PLAINTEXT_ON_TLS_PORT: "plaintext on the TLS port",
-    HandshakeCategory.OTHER: "",
-}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HandshakeFailure:
-    """One failed handshake: its category and the line to log."""
-
-    category: HandshakeCategory
-    line: str
-    peer: str
-    role: str
-
-
-# X509_V_ERR_* codes (openssl/x509_vfy.h) as SSLCertVerificationError.verify_code.
-_UNKNOWN_CA_CODES = {2, 18, 19, 20, 21, 24, 27}
-_NOT_YET_VALID, _EXPIRED = 9, 10
-_NAME_MISMATCH_CODES = {62, 63, 64}
-# OpenSSL reasons when the first bytes were not a TLS record.
-_NOT_TLS = {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "UNKNOWN_PROTOCOL"}
-_PROTOCOL = {
-    "UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE",
-    "VERSION_TOO_LOW", "VERSION_TOO_HIGH", "NO_SHARED_CIPHER", "NO_CIPHERS_AVAILABLE",
-    "NO_SHARED_SIGNATURE_ALGORITHMS", "NO_SUITABLE_SIGNATURE_ALGORITHM",
-    "NO_SUITABLE_KEY_SHARE", "TLSV1_ALERT_INSUFFICIENT_SECURITY",
-    "TLSV1_ALERT_INAPPROPRIATE_FALLBACK", "SSLV3_ALERT_HANDSHAKE_FAILURE",
-}  # fmt: skip
-
-
-def looks_like_plaintext(first_bytes: bytes) -> bool:
-    """Whether a connection's first bytes are plaintext rather than a TLS record.
-
-    Syslog starts with ``<`` (PRI) or a digit (RFC 6587 octet count), HTTP or
-    a PROXY header with letters: all printable ASCII. A TLS record starts with
-    its content type, 20-24 (0x16 0x03 for a ClientHello), which never is.
-    """
-    return bool(first_bytes) and 0x20 <= first_bytes[0] <= 0x7E
-
-
-def classify_handshake_error(
-    exc: BaseException,
-    *,
-    role: str,
-    peer: str,
-    profile: TlsProfile,
-    peer_cert_der: bytes | None = None,
-    expected_name: str | None = None,
-    first_bytes: bytes | None = None,
-    now: datetime | None = None,
-) -> HandshakeFailure:
-    """Turn whatever a handshake raised into a category and one line to act on.
-
-    ``role`` is ours ("server" or "client"). Optional evidence sharpens the
-    line: the peer's (unverified) certificate for its names and dates, the
-    name we expected, the first bytes the peer sent (a peek, on a listener).
-    """
-    if role not in ("server", "client"):
-        raise ValueError(f"role must be 'server' or 'client', not {role!r}")
-    facts = _Facts(role, profile, peer_cert_der, expected_name, first_bytes, now)
-    category, specifics = _diagnose(exc, facts)
-    words = f" ({_WORDS[category]})" if _WORDS[category] else ""
-    line = f"TLS {role} handshake with {peer} failed{words}: {specifics}"
-    return HandshakeFailure(category, line, peer, role)
-
-
-class _Facts:
-    """What classification can draw on, read lazily (a failure flood must stay cheap)."""
-
-    def __init__(
-        self,
-        role: str,
-        profile: TlsProfile,
-        peer_cert_der: bytes | None,
-        expected_name: str | None,
-        first_bytes: bytes | None,
-        now: datetime | None,
-    ) -> None:
-        self.role, self.profile, self.expected_name = role, profile, expected_name
-        self.first_bytes, self.now = first_bytes, now or datetime.now(UTC)
-        self.them = "client" if role == "server" else "server"
-        self.peer_cert: CertificateInfo | None = None
-        if peer_cert_der is not None:
-            with contextlib.suppress(ValueError):
-                self.peer_cert = CertificateInfo.from_der(peer_cert_der)
-
-    def own_cert(self) -> CertificateInfo | None:
-        if self.profile.cert is None:
-            return None
-        try:
-            return CertificateInfo.from_pem_file(self.profile.cert)
-        except ConfigError:
-            return None
-
-    def ca_text(self) -> str:
-        return f"our CA bundle {self.profile.ca}" if self.profile.ca else "the system CA store"
-
-    def versions(self) -> str:
-        return f"TLS {self.profile.min_version} to 1.3"
-
-
-def _causes(exc: BaseException) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _diagnose(exc: BaseException, f: _Facts) -> tuple[HandshakeCategory, str]:
-    causes = list(_causes(exc))
-    for cause in causes:
-        if isinstance(cause, PeerNotPermittedError):
-            return HandshakeCategory.PEER_NOT_PERMITTED, cause.reason.removeprefix(
-                "peer not permitted: "
-            )
-    if f.role == "server" and f.first_bytes and looks_like_plaintext(f.first_bytes):
-        return HandshakeCategory.PLAINTEXT_ON_TLS_PORT, _plaintext_hint(f.first_bytes)
-    for cause in causes:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return _verify_failure(cause, f)
-        if isinstance(cause, ssl.SSLEOFError):
-            break
-        if isinstance(cause, ssl.SSLError) and cause.reason:
-            return _ssl_failure(cause.reason, f)
-    if any(isinstance(c, trio.TooSlowError) for c in causes):
-        return HandshakeCategory.OTHER, "it did not finish in time"
-    if any(isinstance(c, ssl.SSLEOFError | trio.BrokenResourceError) for c in causes):
-        return HandshakeCategory.OTHER, _silent_close(f)
-    return HandshakeCategory.OTHER, _printable(str(exc) or type(exc).__name__)
-
-
-def _silent_close(f: _Facts) -> str:
-    # What rsyslog 8.2302 (ossl) was seen to do: it closes without an alert when
-    # the peer is not among its permitted peers, and over TLS 1.3 also when it
-    # rejects a client certificate (after the client finished its handshake).
-    if f.role == "server":
-        return (
-            "the client closed the connection without a TLS alert: a port probe, or a "
-            "client that refused us silently (rsyslog does when our certificate's names "
-            "are not among its permitted peers): its log says why"
-        )
-    ours = f" or rejects our certificate {f.profile.cert}" if f.profile.cert else ""
-    return (
-        "the server closed the connection without a TLS alert: it refused us silently "
-        f"(rsyslog does when we are not among its permitted peers{ours}): its log says why"
-    )
-
-
-def _shown(first_bytes: bytes) -> str:
-    return repr(first_bytes[:PEEK_SIZE])[2:-1] + ("..." if len(first_bytes) >= PEEK_SIZE else "")
-
-
-def _plaintext_hint(first_bytes: bytes) -> str:
-    return (
-        f"the peer sent plaintext (starts with '{_shown(first_bytes)}'): is it configured for TLS?"
-    )
-
-
-def _verify_failure(err: ssl.SSLCertVerificationError, f: _Facts) -> tuple[HandshakeCategory, str]:
-    code, message = err.verify_code, err.verify_message
-    leaf = f.peer_cert
-    theirs = f"the {f.them}'s certificate" + (f" {_printable(leaf.subject)}" if leaf else "")
-    if code in _UNKNOWN_CA_CODES:
-        if leaf and leaf.issuer == leaf.subject:
-            how = "is self-signed"
-        elif leaf:
-            how = f"is issued by {_printable(leaf.issuer)}"
-        else:
-            how = "is issued by a CA"
-        return HandshakeCategory.UNKNOWN_CA, (
-            f"{theirs} {how}, which is not in {f.ca_text()} ({message})"
-        )
-    if code == _EXPIRED:
-        if leaf and leaf.not_after <= f.now:
-            return HandshakeCategory.EXPIRED, (
-                f"{theirs} expired on {_date(leaf.not_after)}, {_span(f.now - leaf.not_after)} "
-                f"ago (valid from {_date(leaf.not_before)})"
-            )
-        if leaf:
-            return HandshakeCategory.EXPIRED, (
-                f"a CA certificate in the {f.them}'s chain has expired ({theirs} itself is "
-                f"valid until {_date(leaf.not_after)})"
-            )
-        return HandshakeCategory.EXPIRED, (
-            f"{theirs} (or a CA certificate in its chain) has expired; OpenSSL does not "
-            f"keep a rejected certificate, so see the dates in the {f.them}'s files"
-        )
-    if code == _NOT_YET_VALID:
-        when = f" is not valid until {_date(leaf.not_before)}" if leaf else " is not valid yet"
-        return HandshakeCategory.NOT_YET_VALID, f"{theirs}{when}: is its or our clock wrong?"
-    if code in _NAME_MISMATCH_CODES:
-        quoted = re.search(r"'(.*)'", message)
-        expected = f.expected_name or (quoted.group(1) if quoted else "?")
-        presented = leaf.describe_names() if leaf else "names not available"
-        return HandshakeCategory.NAME_MISMATCH, (
-            f"expected {_printable(expected)}, the {f.them} presented {presented}"
-        )
-    return HandshakeCategory.OTHER, f"{theirs} was rejected: {message} (X509 error {code})"
-
-
-def _ssl_failure(reason: str, f: _Facts) -> tuple[HandshakeCategory, str]:
-    # Alerts the peer sent us: it rejected *our* certificate (RFC 8446 §6.2).
-    ours = f"our certificate {f.profile.cert}" if f.profile.cert else "our certificate"
-    if reason == "TLSV1_ALERT_UNKNOWN_CA":
-        own = f.own_cert()
-        issuer = f" ({_printable(own.issuer)})" if own else ""
-        return HandshakeCategory.UNKNOWN_CA, (
-            f"the {f.them} does not trust the CA that issued {ours}{issuer}: add it to the "
-            f"{f.them}'s CA bundle"
-        )
-    if reason == "SSLV3_ALERT_CERTIFICATE_EXPIRED":
-        own = f.own_cert()
-        dates = (
-            f": it is valid from {_date(own.not_before)} to {_date(own.not_after)}" if own else ""
-        )
-        return HandshakeCategory.EXPIRED, f"the {f.them} says {ours} has expired{dates}"
-    if reason == "SSLV3_ALERT_BAD_CERTIFICATE":
-        return _bad_certificate_alert(f, ours)
-    if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
-        return HandshakeCategory.NO_CLIENT_CERT, (
-            "the client sent no certificate and this listener requires one: give the client "
-            "a cert and key"
-        )
-    # TLS 1.2 has no "certificate required" alert: a server missing our certificate
-    # sends "handshake failure", as it does for no common cipher. We have its
-    # certificate only if the negotiation got that far: then it is ours it wanted.
-    late_refusal = f.role == "client" and f.peer_cert is not None and not f.profile.cert
-    if reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED" or (
-        reason == "SSLV3_ALERT_HANDSHAKE_FAILURE" and late_refusal
-    ):
-        have = f"sent {ours}" if f.profile.cert else "has none configured (set cert and key)"
-        return HandshakeCategory.NO_CLIENT_CERT, (
-            f"the server requires a client certificate and this target {have}"
-        )
-    if reason in _NOT_TLS:
-        if f.role == "server" and f.first_bytes:  # not plaintext either: _diagnose saw it
-            return HandshakeCategory.OTHER, (
-                f"the peer sent bytes that are not TLS (starts with '{_shown(f.first_bytes)}')"
-            )
-        if f.role == "server":
-            return HandshakeCategory.PLAINTEXT_ON_TLS_PORT, (
-                f"the peer does not speak TLS ({_reason_words(reason)}): is it configured for TLS?"
-            )
-        return HandshakeCategory.PROTOCOL_MISMATCH, (
-            f"the server did not answer in TLS ({_reason_words(reason)}): is this a TLS port?"
-        )
-    if reason in _PROTOCOL:
-        return HandshakeCategory.PROTOCOL_MISMATCH, _protocol_text(reason, f)
-    return HandshakeCategory.OTHER, _reason_words(reason)
-
-
-def _bad_certificate_alert(f: _Facts, ours: str) -> tuple[HandshakeCategory, str]:
-    # OpenSSL sends "bad certificate" for a name mismatch and for not-yet-valid.
-    own = f.own_cert()
-    if own and own.not_before > f.now:
-        return HandshakeCategory.NOT_YET_VALID, (
-            f"the {f.them} rejected {ours}, which is not valid until {_date(own.not_before)}"
-        )
-    if f.role == "server" and own:
-        return HandshakeCategory.NAME_MISMATCH, (
-            f"the client rejected {ours} (bad certificate), most likely because the name "
-            f"it connects to is not among ours: {own.describe_names()}"
-        )
-    return HandshakeCategory.OTHER, f"the {f.them} rejected {ours} (bad certificate)"
-
-
-def _protocol_text(reason: str, f: _Facts) -> str:
-    if reason in ("UNSUPPORTED_PROTOCOL", "VERSION_TOO_LOW", "NO_PROTOCOLS_AVAILABLE"):
-        return f"the {f.them} offered no TLS version we accept ({f.versions()})"
-    if reason in ("TLSV1_ALERT_PROTOCOL_VERSION", "VERSION_TOO_HIGH"):
-        return f"the {f.them} accepts none of the TLS versions we offer ({f.versions()})"
-    if reason in ("NO_SHARED_CIPHER", "NO_CIPHERS_AVAILABLE"):
-        ours = repr(f.profile.ciphers) if f.profile.ciphers else "OpenSSL's default"
-        return f"no cipher in common with the {f.them} (our list: {ours})"
-    if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
-        return (
-            f"the {f.them} refused the handshake (handshake failure alert): usually no cipher "
-            f"or TLS version in common ({f.versions()})"
-        )
-    return f"{_reason_words(reason)} ({f.versions()})"
-
-
-def _reason_words(reason: str) -> str:
-    return reason.lower().replace("_", " ")
-
-
-# -- the handshake, for transports ------------------------------------------
-
-
-async def peek_first_bytes(stream: trio.SocketStream, size: int = PEEK_SIZE) -> bytes:
-    """The first bytes a peer sent, left in the socket for the TLS handshake to read."""
-    try:
-        return await stream.socket.recv(size, socket.MSG_PEEK)
-    except OSError:
-        return b""
-
-
-def unverified_peer_certificate(stream: trio.SSLStream[Any]) -> bytes | None:
-    """The peer's certificate (DER) even when verification rejected it, if OpenSSL kept it.
-
-    After a failed handshake neither trio nor Python 3.11 hand it out; the
-    private ``get_unverified_chain`` (public on ``SSLObject`` from 3.13) does.
-    A client keeps the server's chain; a server keeps no rejected client one.
-    """
-    ssl_object = getattr(stream, "_ssl_object", None)
-    getter = getattr(ssl_object, "get_unverified_chain", None) or getattr(
-        getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None
-    )
-    if getter is None:
-        return None
-    try:
-        chain = getter()
-    except (ValueError, ssl.SSLError):
-        return None
-    if not chain:
-        return None
-    leaf = chain[0]
-    if isinstance(leaf, bytes):
-        return leaf
-    return ssl.PEM_cert_to_DER_cert(leaf.public_bytes())
-
-
-async def _send_pending_alert(stream: trio.SSLStream[Any]) -> None:
-    # trio drops the alert OpenSSL wrote when the handshake failed, so the peer
-    # would see a bare EOF ("unexpected eof") instead of "unknown ca",
-    # "certificate expired", ...: send it, best effort.
-    outgoing = getattr(stream, "_outgoing", None)
-    if not isinstance(outgoing, ssl.MemoryBIO):
-        return
-    data = outgoing.read()
-    if data:
-        with (
-            trio.move_on_after(ALERT_SEND_TIMEOUT),
-            contextlib.suppress(
-                trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError
-            ),
-        ):
-            await stream.transport_stream.send_all(data)
-
-
-async def handshake_failure(
-    stream: trio.SSLStream[Any],
-    exc: BaseException,
-    profile: TlsProfile,
-    *,
-    peer: str,
-    first_bytes: bytes | None = None,
-    now: datetime | None = None,
-) -> HandshakeFailure:
-    """Classify a failure of ``stream`` (and send the peer our TLS alert, if one is due).
-
-    Also for an error on the first receive after a TLS 1.3 client handshake:
-    the server checks our certificate only after we finished ours.
-    """
-    peer_der = unverified_peer_certificate(stream)
-    if not (first_bytes and looks_like_plaintext(first_bytes)):  # never into a plaintext log
-        await _send_pending_alert(stream)
-    return classify_handshake_error(
-        exc,
-        role="server" if stream.server_side else "client",
-        peer=peer,
-        profile=profile,
-        peer_cert_der=peer_der,
-        expected_name=None if stream.server_side else stream.server_hostname,
-        first_bytes=first_bytes,
-        now=now,
-    )
-
-
-async def handshake(
-    stream: trio.SSLStream[Any],
-    profile: TlsProfile,
-    *,
-    peer: str,
-    now: datetime | None = None,
-) -> HandshakeFailure | None:
-    """Do the handshake and the permitted-peers check; None if the peer may talk.
-
-    On a listener over a socket it peeks at the first bytes first, so a
-    plaintext sender is named as such. The caller bounds the time
-    (``trio.move_on_after``) and closes the stream on failure.
-    """
-    first_bytes = None
-    if stream.server_side and isinstance(stream.transport_stream, trio.SocketStream):
-        first_bytes = await peek_first_bytes(stream.transport_stream)
-    try:
-        await stream.do_handshake()
-    except trio.BrokenResourceError as exc:
-        return await handshake_failure(
-            stream, exc, profile, peer=peer, first_bytes=first_bytes, now=now
-        )
-    der = stream.getpeercert(binary_form=True)
-    reason = check_peer(profile, der)
-    if reason is None:
-        return None
-    return classify_handshake_error(
-        PeerNotPermittedError(reason),
-        role="server" if stream.server_side else "client",
-        peer=peer,
-        profile=profile,
-        peer_cert_der=der,
-        now=now,
     )

@@ -1,11 +1,13 @@
 """TLS on the wire: what the inputs and outputs do around :mod:`relay.tls`.
 
-:mod:`relay.tls` builds contexts and explains failures; this module runs the
+:mod:`relay.tls` builds contexts, :mod:`relay.tlscerts` reads certificates and
+:mod:`relay.tlsfailures` explains failed handshakes; this module runs the
 handshakes for the transports: :class:`TlsAcceptor` for a listener (timeout,
 permitted peers, one rate-limited line per refused peer, counters) and
 :func:`connect` for a target (a failure becomes a :class:`HandshakeError`,
 which the output's retry loop handles like any lost connection). Both warn
-once per peer certificate that expires soon.
+once per peer certificate that expires soon. What the transports then read
+and write is a :class:`TlsStream`.
 """
 
 from __future__ import annotations
@@ -21,15 +23,12 @@ import trio
 
 from relay.errors import ConfigError, StartupError
 from relay.stats import Counters
-from relay.tls import (
-    DEFAULT_EXPIRY_WARNING_DAYS,
-    CertificateInfo,
+from relay.tls import ReloadableContext, TlsProfile
+from relay.tlscerts import DEFAULT_EXPIRY_WARNING_DAYS, CertificateInfo, expiry_warnings
+from relay.tlsfailures import (
     HandshakeCategory,
     HandshakeFailure,
-    ReloadableContext,
-    TlsProfile,
     classify_handshake_error,
-    expiry_warnings,
     handshake,
     handshake_failure,
 )

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import settings
 
 from tests.interop.peers import RsyslogCollector, require_program
+from tests.tlshelpers import Pki
 
 # No per-example deadline: on a busy 2-core CI machine an example can take
 # longer than hypothesis's default 200 ms without anything being wrong; the
@@ -24,7 +25,7 @@ from tests.interop.peers import RsyslogCollector, require_program
 settings.register_profile("relay", deadline=None)
 settings.load_profile("relay")
 
-__all__ = ["require_program", "rsyslog_collector"]
+__all__ = ["pki", "require_program", "rsyslog_collector"]
 
 
 @pytest.fixture
@@ -32,3 +33,9 @@ def rsyslog_collector(tmp_path: Path) -> Iterator[RsyslogCollector]:
     """A started rsyslogd collecting imtcp, imudp and imrelp into its sink.log."""
     with RsyslogCollector(tmp_path) as collector:
         yield collector
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """The relay.tls* tests' certificates (tests/tlshelpers.py); interop has its own."""
+    return Pki.create(tmp_path)

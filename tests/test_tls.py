@@ -1,20 +1,17 @@
-"""relay/tls.py: contexts, peer checks and handshake failures, over real loopback TLS.
+"""relay/tls.py: contexts and permitted peers, over real loopback TLS.
 
 Every handshake here is a real one between two ``trio.SSLStream`` over TCP on
-127.0.0.1, with certificates minted for the test (tests/certs.py). Both ends
-go through ``tls.handshake``, so each failure is checked from both roles: the
-side that rejected, and the side that received the TLS alert.
+127.0.0.1, with certificates minted for the test (tests/certs.py, through
+tests/tlshelpers.py). The failures themselves are tested in
+tests/test_tlsfailures.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,179 +19,24 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives import serialization
 
-from relay import tls
+from relay import tls, tlscerts
 from relay.errors import ConfigError
-from relay.tls import HandshakeCategory as Cat
-from relay.tls import HandshakeFailure, TlsProfile
-from tests.certs import CertFiles, CertificateAuthority
-
-LOOPBACK = "127.0.0.1"
-SERVER = "server.example.net"
-CLIENT = "client.example.net"
-# The client's highest version: TLS 1.2 (a peer that cannot do 1.3) or the default, 1.3.
-# They differ in when a client learns the server refused its certificate.
-BOTH_VERSIONS = pytest.mark.parametrize(
-    "client_max", [ssl.TLSVersion.TLSv1_2, None], ids=["tls1.2", "tls1.3"]
+from relay.tls import TlsProfile
+from relay.tlsfailures import HandshakeCategory as Cat
+from tests.certs import CertFiles
+from tests.tlshelpers import (
+    BOTH_VERSIONS,
+    CLIENT,
+    LOOPBACK,
+    SERVER,
+    Pki,
+    assert_failed,
+    connect,
+    handshake_pair,
+    listener,
+    target,
+    tls_client,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Pki:
-    ca: CertificateAuthority
-    server: CertFiles
-    client: CertFiles
-    other_ca: CertificateAuthority
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    ca = CertificateAuthority.create(tmp_path / "pki")
-    other = CertificateAuthority.create(tmp_path / "other", "Other CA")
-    return Pki(ca, ca.issue(SERVER), ca.issue(CLIENT), other)
-
-
-def listener(files: CertFiles, **settings: object) -> TlsProfile:
-    return TlsProfile(cert=files.cert, key=files.key, ca=files.ca, **settings)  # type: ignore[arg-type]
-
-
-def target(ca: Path, files: CertFiles | None = None, **settings: object) -> TlsProfile:
-    cert, key = (files.cert, files.key) if files else (None, None)
-    return TlsProfile(cert=cert, key=key, ca=ca, **settings)  # type: ignore[arg-type]
-
-
-# -- one connection, both ends ----------------------------------------------
-
-
-@dataclasses.dataclass
-class Side:
-    failure: HandshakeFailure | None = None
-    version: str | None = None
-    peer_cert: bytes | None = None
-    received: bytes | bytearray = b""
-
-
-ClientFn = Callable[[int], Awaitable[Side]]
-
-
-async def connect(
-    server_ctx: ssl.SSLContext, server: TlsProfile, client: ClientFn
-) -> tuple[Side, Side]:
-    """Serve one connection with ``tls.handshake``; run ``client`` against it."""
-    done = trio.Event()
-    result = Side()
-
-    async def serve(tcp: trio.SocketStream) -> None:
-        host, port = tcp.socket.getpeername()[:2]
-        stream = trio.SSLStream(tcp, server_ctx, server_side=True)
-        result.failure = await tls.handshake(stream, server, peer=f"{host}:{port}")
-        assert result.failure is None or result.failure.role == "server"
-        if result.failure is None:
-            result.version = stream.version()
-            result.peer_cert = stream.getpeercert(binary_form=True)
-            with contextlib.suppress(trio.BrokenResourceError):  # a client that refused us
-                await stream.send_all(b"ok")
-                result.received = await stream.receive_some(100)
-        done.set()
-        await trio.aclose_forcefully(stream)
-
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host=LOOPBACK))
-            client_side = await client(listeners[0].socket.getsockname()[1])
-            await done.wait()
-            nursery.cancel_scope.cancel()
-    return result, client_side
-
-
-def tls_client(ctx: ssl.SSLContext, profile: TlsProfile, hostname: str = SERVER) -> ClientFn:
-    async def run(port: int) -> Side:
-        side = Side()
-        stream = trio.SSLStream(
-            await trio.open_tcp_stream(LOOPBACK, port), ctx, server_hostname=hostname
-        )
-        peer = f"{LOOPBACK}:{port}"
-        side.failure = await tls.handshake(stream, profile, peer=peer)
-        if side.failure is None:
-            side.version = stream.version()
-            side.peer_cert = stream.getpeercert(binary_form=True)
-            try:
-                # In TLS 1.3 the server judges our certificate after our handshake
-                # is done: its verdict (an alert) arrives with the first read.
-                side.received = await stream.receive_some(100)
-                await stream.send_all(b"hi")
-            except trio.BrokenResourceError as exc:
-                side.failure = await tls.handshake_failure(stream, exc, profile, peer=peer)
-        await trio.aclose_forcefully(stream)
-        assert side.failure is None or side.failure.role == "client"
-        return side
-
-    return run
-
-
-def raw_client(data: bytes) -> ClientFn:
-    async def run(port: int) -> Side:
-        tcp = await trio.open_tcp_stream(LOOPBACK, port)
-        await tcp.send_all(data)
-        side = Side(received=await tcp.receive_some(100))
-        await tcp.aclose()
-        return side
-
-    return run
-
-
-async def handshake_pair(
-    server: TlsProfile,
-    client: TlsProfile,
-    hostname: str = SERVER,
-    *,
-    client_max: ssl.TLSVersion | None = None,
-    now: datetime | None = None,
-) -> tuple[Side, Side]:
-    """A relay listener and a relay target; ``now`` lets a context hold a dated cert."""
-    ctx = tls.client_context(client, hostname, now=now)
-    if client_max is not None:
-        ctx.maximum_version = client_max
-    return await connect(
-        tls.server_context(server, now=now), server, tls_client(ctx, client, hostname)
-    )
-
-
-# The category in words, as the log line says it.
-WORDS = {
-    Cat.UNKNOWN_CA: "unknown CA",
-    Cat.NAME_MISMATCH: "name mismatch",
-    Cat.EXPIRED: "certificate expired",
-    Cat.NOT_YET_VALID: "certificate not yet valid",
-    Cat.NO_CLIENT_CERT: "no client certificate",
-    Cat.PEER_NOT_PERMITTED: "peer not permitted",
-    Cat.PROTOCOL_MISMATCH: "protocol mismatch",
-    Cat.PLAINTEXT_ON_TLS_PORT: "plaintext on the TLS port",
-    Cat.OTHER: "",
-}
-
-
-def assert_failed(side: Side, category: Cat, *texts: str) -> None:
-    """The failure is ``category``, and its one line names peer, role, category and ``texts``."""
-    failure = side.failure
-    assert failure is not None, "the handshake should have failed"
-    assert failure.category == category, failure.line
-    assert "\n" not in failure.line
-    words = f" ({WORDS[category]})" if WORDS[category] else ""
-    assert failure.line.startswith(
-        f"TLS {failure.role} handshake with {failure.peer} failed{words}: "
-    )
-    assert failure.peer.startswith(f"{LOOPBACK}:")
-    for text in texts:
-        assert text in failure.line
-
-
-def day(when: datetime) -> str:
-    return when.strftime("%Y-%m-%d")
-
-
-def stamp(when: datetime) -> str:
-    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
-
 
 # -- success ----------------------------------------------------------------
 
@@ -225,7 +67,7 @@ async def test_mutual_tls(pki: Pki, client_max: ssl.TLSVersion | None) -> None:
     )
     assert server.failure is None and client.failure is None
     assert server.peer_cert is not None
-    assert tls.CertificateInfo.from_der(server.peer_cert).common_name == CLIENT
+    assert tlscerts.CertificateInfo.from_der(server.peer_cert).common_name == CLIENT
     assert server.received == b"hi"
 
 
@@ -271,12 +113,12 @@ async def test_verify_false_connects_and_warns_once(
 
 async def test_verify_false_with_a_pinned_fingerprint(pki: Pki) -> None:
     stranger = pki.other_ca.issue(SERVER, stem="stranger")
-    pinned = tls.CertificateInfo.from_pem_file(stranger.cert).fingerprint
+    pinned = tlscerts.CertificateInfo.from_pem_file(stranger.cert).fingerprint
     server, client = await handshake_pair(
         listener(stranger), TlsProfile(verify=False, permitted_peers=(pinned,))
     )
     assert server.failure is None and client.failure is None
-    other = tls.CertificateInfo.from_pem_file(pki.server.cert).fingerprint
+    other = tlscerts.CertificateInfo.from_pem_file(pki.server.cert).fingerprint
     _, client = await handshake_pair(
         listener(stranger), TlsProfile(verify=False, permitted_peers=(other,))
     )
@@ -289,233 +131,6 @@ async def test_key_and_certificate_in_one_file(pki: Pki, tmp_path: Path) -> None
     profile = TlsProfile(cert=combined, ca=pki.ca.cert_path)
     server, client = await handshake_pair(profile, target(pki.ca.cert_path))
     assert server.failure is None and client.failure is None
-
-
-# -- each failure, from both ends -------------------------------------------
-
-
-@BOTH_VERSIONS
-async def test_unknown_ca_of_the_server(pki: Pki, client_max: ssl.TLSVersion | None) -> None:
-    stranger = pki.other_ca.issue(SERVER, stem="stranger")
-    server, client = await handshake_pair(
-        listener(stranger), target(pki.ca.cert_path), client_max=client_max
-    )
-    assert_failed(
-        client,
-        Cat.UNKNOWN_CA,
-        "TLS client handshake with 127.0.0.1:",
-        "issued by CN=Other CA",
-        str(pki.ca.cert_path),
-    )
-    assert_failed(
-        server,
-        Cat.UNKNOWN_CA,
-        "TLS server handshake with 127.0.0.1:",
-        "does not trust",
-        str(stranger.cert),
-        "CN=Other CA",
-    )
-
-
-@BOTH_VERSIONS
-async def test_unknown_ca_of_the_client(pki: Pki, client_max: ssl.TLSVersion | None) -> None:
-    stranger = pki.other_ca.issue(CLIENT, stem="stranger")
-    server, client = await handshake_pair(
-        listener(pki.server, require_client_cert=True),
-        target(pki.ca.cert_path, stranger),
-        client_max=client_max,
-    )
-    assert_failed(server, Cat.UNKNOWN_CA, "the client's certificate", str(pki.ca.cert_path))
-    assert_failed(client, Cat.UNKNOWN_CA, "the server does not trust", str(stranger.cert))
-
-
-@pytest.mark.parametrize(
-    ("hostname", "expected"),
-    [("wrong.example.net", "expected wrong.example.net"), ("127.0.0.2", "expected 127.0.0.2")],
-)
-async def test_name_mismatch(pki: Pki, hostname: str, expected: str) -> None:
-    server, client = await handshake_pair(listener(pki.server), target(pki.ca.cert_path), hostname)
-    presented = "presented server.example.net, localhost, 127.0.0.1"
-    assert_failed(client, Cat.NAME_MISMATCH, expected, presented)
-    assert_failed(
-        server,
-        Cat.NAME_MISMATCH,
-        "the client rejected our certificate",
-        "server.example.net, localhost",
-    )
-
-
-async def test_expired_server_certificate(pki: Pki) -> None:
-    now = datetime.now(UTC)
-    old = pki.ca.issue(
-        SERVER, stem="old", not_before=now - timedelta(days=400), not_after=now - timedelta(days=3)
-    )
-    # The listener was configured while its certificate was still valid.
-    ctx = tls.server_context(listener(old), now=now - timedelta(days=10))
-    client_profile = target(pki.ca.cert_path)
-    server, client = await connect(
-        ctx, listener(old), tls_client(tls.client_context(client_profile, SERVER), client_profile)
-    )
-    assert_failed(
-        client,
-        Cat.EXPIRED,
-        "the server's certificate CN=server.example.net expired on",
-        day(old.not_after),
-        "3 days ago",
-    )
-    assert_failed(
-        server,
-        Cat.EXPIRED,
-        f"the client says our certificate {old.cert} has expired",
-        day(old.not_after),
-    )
-
-
-@BOTH_VERSIONS
-async def test_expired_client_certificate(pki: Pki, client_max: ssl.TLSVersion | None) -> None:
-    now = datetime.now(UTC)
-    old = pki.ca.issue(
-        CLIENT, stem="old", not_before=now - timedelta(days=400), not_after=now - timedelta(days=1)
-    )
-    client_profile = target(pki.ca.cert_path, old)
-    ctx = tls.client_context(client_profile, SERVER, now=now - timedelta(days=10))
-    if client_max is not None:
-        ctx.maximum_version = client_max
-    server_profile = listener(pki.server, require_client_cert=True)
-    server, client = await connect(
-        tls.server_context(server_profile), server_profile, tls_client(ctx, client_profile)
-    )
-    # OpenSSL keeps no client certificate it rejected: the server cannot say the dates.
-    assert_failed(server, Cat.EXPIRED, "the client's certificate", "has expired")
-    assert_failed(
-        client,
-        Cat.EXPIRED,
-        f"the server says our certificate {old.cert} has expired",
-        day(old.not_after),
-    )
-
-
-async def test_not_yet_valid_server_certificate(pki: Pki) -> None:
-    now = datetime.now(UTC)
-    early = pki.ca.issue(
-        SERVER, stem="early", not_before=now + timedelta(days=2), not_after=now + timedelta(days=90)
-    )
-    ctx = tls.server_context(listener(early), now=now + timedelta(days=3))
-    client_profile = target(pki.ca.cert_path)
-    server, client = await connect(
-        ctx, listener(early), tls_client(tls.client_context(client_profile, SERVER), client_profile)
-    )
-    assert_failed(client, Cat.NOT_YET_VALID, "is not valid until", day(early.not_before))
-    assert_failed(
-        server, Cat.NOT_YET_VALID, str(early.cert), "not valid until", day(early.not_before)
-    )
-
-
-@BOTH_VERSIONS
-async def test_no_client_certificate(pki: Pki, client_max: ssl.TLSVersion | None) -> None:
-    server, client = await handshake_pair(
-        listener(pki.server, require_client_cert=True),
-        target(pki.ca.cert_path),
-        client_max=client_max,
-    )
-    assert_failed(server, Cat.NO_CLIENT_CERT, "the client sent no certificate")
-    assert_failed(
-        client, Cat.NO_CLIENT_CERT, "the server requires a client certificate", "none configured"
-    )
-
-
-async def test_min_version_13_refuses_a_12_only_peer(pki: Pki) -> None:
-    server, client = await handshake_pair(
-        listener(pki.server, min_version="1.3"),
-        target(pki.ca.cert_path),
-        client_max=ssl.TLSVersion.TLSv1_2,
-    )
-    assert_failed(
-        server, Cat.PROTOCOL_MISMATCH, "offered no TLS version we accept (TLS 1.3 to 1.3)"
-    )
-    assert_failed(client, Cat.PROTOCOL_MISMATCH, "accepts none of the TLS versions we offer")
-
-
-async def test_no_shared_cipher(pki: Pki) -> None:
-    cipher = "ECDHE-ECDSA-AES128-GCM-SHA256"
-    server, client = await handshake_pair(
-        listener(pki.server, ciphers=cipher),
-        target(pki.ca.cert_path, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384"),
-        client_max=ssl.TLSVersion.TLSv1_2,
-    )
-    assert_failed(server, Cat.PROTOCOL_MISMATCH, "no cipher in common", cipher)
-    assert_failed(client, Cat.PROTOCOL_MISMATCH, "handshake failure alert")
-
-
-@pytest.mark.parametrize(
-    ("data", "shown"),
-    [
-        (b"<13>Nov 22 10:00:00 host app: hello\n", "starts with '<13>Nov 22 10:00...'"),
-        (b"31 <13>1 - host app - - - hello", "starts with '31 <13>1 - host ...'"),
-        (b"GET / HTTP/1.1\r\n\r\n", "starts with 'GET / HTTP/1.1\\r\\n...'"),
-    ],
-)
-async def test_plaintext_on_the_tls_port(pki: Pki, data: bytes, shown: str) -> None:
-    server, client = await connect(
-        tls.server_context(listener(pki.server)), listener(pki.server), raw_client(data)
-    )
-    assert_failed(
-        server,
-        Cat.PLAINTEXT_ON_TLS_PORT,
-        "the peer sent plaintext",
-        shown,
-        "is it configured for TLS?",
-    )
-    assert client.received == b""  # closed, and no TLS alert written into a plaintext log
-
-
-async def test_garbage_is_not_called_plaintext(pki: Pki) -> None:
-    server, _ = await connect(
-        tls.server_context(listener(pki.server)),
-        listener(pki.server),
-        raw_client(b"\x00\x01\x02\x03garbage"),
-    )
-    assert_failed(server, Cat.OTHER, "not TLS", "\\x00\\x01")
-
-
-async def test_tls_target_on_a_plaintext_port(pki: Pki) -> None:
-    async def plaintext_server(tcp: trio.SocketStream) -> None:
-        await tcp.send_all(b"<13>hello, I only speak plaintext\n")
-        await tcp.receive_some(1000)
-        await tcp.aclose()
-
-    profile = target(pki.ca.cert_path)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, plaintext_server, 0, host=LOOPBACK))
-        port = listeners[0].socket.getsockname()[1]
-        client = await tls_client(tls.client_context(profile, SERVER), profile)(port)
-        nursery.cancel_scope.cancel()
-    assert_failed(
-        client, Cat.PROTOCOL_MISMATCH, "the server did not answer in TLS", "is this a TLS port?"
-    )
-
-
-def test_looks_like_plaintext() -> None:
-    assert tls.looks_like_plaintext(b"<13>Nov")
-    assert tls.looks_like_plaintext(b"123 <13>1")
-    assert tls.looks_like_plaintext(b"GET /")
-    assert not tls.looks_like_plaintext(b"\x16\x03\x01\x02\x00")  # a ClientHello
-    assert not tls.looks_like_plaintext(b"")
-
-
-def test_other_failures() -> None:
-    profile = TlsProfile()
-    slow = tls.classify_handshake_error(
-        trio.TooSlowError(), role="server", peer="10.0.0.1:5", profile=profile
-    )
-    assert slow.category == Cat.OTHER and "did not finish in time" in slow.line
-    assert slow.line.startswith("TLS server handshake with 10.0.0.1:5 failed: it did not")
-    eof = trio.BrokenResourceError()
-    eof.__cause__ = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
-    probe = tls.classify_handshake_error(eof, role="server", peer="10.0.0.1:5", profile=profile)
-    assert probe.category == Cat.OTHER and "without a TLS alert" in probe.line
-    with pytest.raises(ValueError, match="role"):
-        tls.classify_handshake_error(eof, role="listener", peer="x", profile=profile)
 
 
 # -- permitted peers --------------------------------------------------------
@@ -535,7 +150,7 @@ def test_other_failures() -> None:
     ],
 )
 async def test_permitted_peer_is_allowed(pki: Pki, permitted: list[str]) -> None:
-    info = tls.CertificateInfo.from_pem_file(pki.client.cert)
+    info = tlscerts.CertificateInfo.from_pem_file(pki.client.cert)
     forms = {
         "fingerprint": info.fingerprint.lower(),
         "bare-fingerprint": info.sha256.replace(":", ""),
@@ -558,11 +173,11 @@ async def test_permitted_peer_is_allowed(pki: Pki, permitted: list[str]) -> None
     ],
 )
 async def test_permitted_peer_is_refused(pki: Pki, permitted: list[str]) -> None:
-    other = tls.CertificateInfo.from_pem_file(pki.server.cert)
+    other = tlscerts.CertificateInfo.from_pem_file(pki.server.cert)
     peers = tuple(other.fingerprint if p == "fingerprint" else p for p in permitted)
     profile = listener(pki.server, permitted_peers=peers)
     server, client = await handshake_pair(profile, target(pki.ca.cert_path, pki.client))
-    client_print = tls.CertificateInfo.from_pem_file(pki.client.cert).fingerprint
+    client_print = tlscerts.CertificateInfo.from_pem_file(pki.client.cert).fingerprint
     assert_failed(
         server,
         Cat.PEER_NOT_PERMITTED,
@@ -647,6 +262,10 @@ def encrypted_key(files: CertFiles, path: Path) -> Path:
     return path
 
 
+def stamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def test_load_errors_name_the_file(pki: Pki, tmp_path: Path) -> None:
     now = datetime.now(UTC)
     garbage = tmp_path / "garbage.pem"
@@ -723,38 +342,6 @@ def test_bad_profile(settings: dict[str, object], key: str) -> None:
     assert caught.value.key == key
 
 
-# -- certificates and expiry ------------------------------------------------
-
-
-def test_certificate_info(pki: Pki) -> None:
-    info = tls.CertificateInfo.from_pem_file(pki.server.cert)
-    assert info.source == str(pki.server.cert)
-    assert info.subject == "CN=server.example.net" and info.issuer == "CN=Relay Test CA"
-    assert info.san_dns == (SERVER, "localhost") and info.san_ips == (LOOPBACK,)
-    assert info.not_after == pki.server.not_after.replace(microsecond=0)
-    der = ssl.PEM_cert_to_DER_cert(pki.server.cert.read_text())
-    assert tls.CertificateInfo.from_der(der, "peer x").sha256 == info.sha256
-    assert len(info.sha256) == 95 and info.fingerprint.startswith("sha256:")
-
-
-def test_expiry_warning_names_file_and_date(pki: Pki) -> None:
-    now = datetime.now(UTC).replace(microsecond=0)
-    soon = pki.ca.issue("soon.example.net", now=now, valid_for=timedelta(days=10))
-    gone = pki.ca.issue(
-        "gone.example.net", not_before=now - timedelta(days=90), not_after=now - timedelta(days=5)
-    )
-    infos = [tls.CertificateInfo.from_pem_file(p) for p in (soon.cert, pki.server.cert, gone.cert)]
-    lines = tls.expiry_warnings(infos, now, 30)
-    assert lines == [
-        f"certificate {soon.cert} (CN=soon.example.net) expires on {day(soon.not_after)} "
-        f"{soon.not_after:%H:%M:%S} UTC, in 10 days",
-        f"certificate {gone.cert} (CN=gone.example.net) expired on {day(gone.not_after)} "
-        f"{gone.not_after:%H:%M:%S} UTC, 5 days ago",
-    ]
-    assert tls.expiry_warnings(infos[:1], now, 9) == []
-    assert infos[0].seconds_left(now) == 10 * 86400
-
-
 # -- reloading ----------------------------------------------------------------
 
 
@@ -770,7 +357,7 @@ async def test_reload_keeps_old_context_on_bad_material_and_switches_on_good(pki
             reloadable.context, profile, tls_client(client_ctx, client_profile)
         )
         assert client.failure is None and client.peer_cert is not None
-        return tls.CertificateInfo.from_der(client.peer_cert).sha256
+        return tlscerts.CertificateInfo.from_der(client.peer_cert).sha256
 
     before = await presented()
     assert not reloadable.files_changed()
@@ -798,7 +385,7 @@ async def test_reload_keeps_old_context_on_bad_material_and_switches_on_good(pki
     assert reloadable.context is not first and not reloadable.files_changed()
     assert reloadable.last_error is None
     after = await presented()
-    assert after != before and after == tls.CertificateInfo.from_pem_file(renewed.cert).sha256
+    assert after != before and after == tlscerts.CertificateInfo.from_pem_file(renewed.cert).sha256
 
 
 async def test_established_connection_survives_reload(pki: Pki) -> None:

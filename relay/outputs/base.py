@@ -26,7 +26,8 @@ from relay.message import Batch
 from relay.policy.backoff import Backoff
 from relay.spool.spool import Spool
 from relay.stats import Counters
-from relay.tls import DEFAULT_EXPIRY_WARNING_DAYS, ReloadableContext
+from relay.tls import ReloadableContext
+from relay.tlscerts import DEFAULT_EXPIRY_WARNING_DAYS
 from relay.tlswire import (
     ByteStream,
     HandshakeError,
