@@ -215,3 +215,33 @@ def test_answered_batches_survive_a_loss_that_comes_before_confirm() -> None:
     assert output.unconfirmed() == 2
     assert output.counters["resent"] == 4
     assert output.confirm(0.0) == 2
+
+
+async def test_a_proxy_that_accepts_then_closes_gets_one_open_per_connection() -> None:
+    """Behind a proxy whose collector is down, each connection is accepted and
+    closed at once (PAIN-POINTS 4.1: librelp once queued another unanswered
+    ``open`` per attempt, and the collector later refused the session). Each
+    connection carries exactly one ``open`` and nothing else; once the
+    collector is there, every message arrives once."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    output = make_output(listeners[0].socket.getsockname()[1])
+    output.spool.put_nowait(batch(0, 1, 2))
+    attempts: list[list[type]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.run)
+        for _ in range(3):  # the proxy: read what comes until the open is whole, close
+            stream = await listeners[0].accept()
+            server = RelpServer()
+            events: list[object] = []
+            while not events:
+                events = server.receive_data(await stream.receive_some(65536))
+            attempts.append([type(e) for e in events])
+            await stream.aclose()
+        collector = Collector(await listeners[0].accept())
+        await collector.serve(until=3)
+        await output.spool.wait_empty()
+        nursery.cancel_scope.cancel()
+    await collector.stream.aclose()
+    await listeners[0].aclose()
+    assert attempts == [[SessionOpened]] * 3
+    assert [seq(m) for m in collector.got] == [0, 1, 2]
