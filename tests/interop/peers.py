@@ -804,6 +804,43 @@ def outage(
     collector.start()
 
 
+def feed_through_outage(
+    relay: RelayProcess, collector: RsyslogCollector, port: int, count: int, timeout: float = 90
+) -> float:
+    """Send ``count`` numbered messages (``relay send``, 50,000 msg/s) to the
+    relay's TCP input on ``port``; SIGKILL ``collector`` once it has 30% of them
+    and start it again 5 s later; wait until every number has arrived, then
+    stop the relay (it must exit 0). Returns the seconds all that took.
+    ``timeout`` bounds the sending, and then the wait for the rest."""
+    started = time.monotonic()
+    with RelaySendProcess(port, count, size=200, rate=50_000) as feed:
+        outage(collector, seqs=lambda: len(collector.seqs()), after=count * 3 // 10)
+        feed.finish(timeout=timeout)
+    wait_until(
+        lambda: set(range(count)) <= set(collector.seqs()),
+        timeout,
+        message=lambda: f"missing {count - len(set(collector.seqs()) & set(range(count)))}",
+    )
+    took = time.monotonic() - started
+    assert relay.terminate(timeout=30) == 0, relay.log_tail()
+    return took
+
+
+def assert_each_arrived(
+    collector: RsyslogCollector, relay: RelayProcess, count: int, *, what: str, took: float
+) -> None:
+    """Numbers 0..count-1 arrived, nothing else; duplicates are at most what the
+    relay's output "central" counted as ``resent`` (and said so in its log)."""
+    seqs = collector.seqs()
+    duplicates = sum(n - 1 for n in seqs.values())
+    log = relay.log()
+    resent = relay_counters(log, "output", "central").get("resent", 0)
+    print(f"{what}: {count} in {took:.1f} s, {duplicates} duplicates, {resent} resent")
+    assert set(seqs) == set(range(count))
+    assert resent == 0 or "messages not all acknowledged" in log
+    assert duplicates <= resent, (duplicates, resent)
+
+
 def relay_counters(log: str, kind: str, name: str) -> dict[str, int]:
     """The counters a relay logs for one component when it stops."""
     line = next(x for x in log.splitlines() if f"relay: {kind} {name}: " in x)

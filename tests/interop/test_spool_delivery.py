@@ -15,8 +15,8 @@ from tests.interop.peers import (
     RelayProcess,
     RelaySendProcess,
     RsyslogCollector,
+    feed_through_outage,
     free_port,
-    outage,
     relay_counters,
     relay_send,
     wait_until,
@@ -148,15 +148,7 @@ def test_collector_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path)
     relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
     with collector, relay.start():
         relay.wait_for_tcp(port)
-        with RelaySendProcess(port, count, size=200, rate=50_000) as sender:
-            outage(collector, seqs=lambda: len(collector.seqs()), after=count * 3 // 10)
-            sender.finish(timeout=120)
-        wait_until(
-            lambda: set(range(count)) <= set(collector.seqs()),
-            120,
-            message=lambda: f"missing {count - len(set(collector.seqs()) & set(range(count)))}",
-        )
-        assert relay.terminate(timeout=30) == 0, relay.log_tail()
+        feed_through_outage(relay, collector, port, count, timeout=120)
     seqs = collector.seqs()
     duplicates = sum(n - 1 for n in seqs.values())
     log = relay.log()

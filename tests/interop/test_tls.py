@@ -24,14 +24,13 @@ from tests.certs import CertFiles, CertificateAuthority
 from tests.interop.peers import (
     LOOPBACK,
     RelayProcess,
-    RelaySendProcess,
     RsyslogCollector,
     RsyslogSender,
+    assert_each_arrived,
+    feed_through_outage,
     free_port,
     omfwd_action,
     omrelp_action,
-    outage,
-    relay_counters,
     wait_until,
 )
 
@@ -93,6 +92,17 @@ def sender_preamble(cert: CertFiles) -> str:
         f'DefaultNetstreamDriverKeyFile="{cert.key}")\n'
         'module(load="omrelp" tls.tlslib="openssl")'
     )
+
+
+def omrelp_tls_sender(tmp_path: Path, cert: CertFiles, port: int) -> RsyslogSender:
+    """rsyslog omrelp over TLS (librelp's openssl) to the relay on ``port``,
+    mutual TLS, permitting only RELAY."""
+    action = omrelp_action(
+        port,
+        extra=f'tls="on" tls.caCert="{cert.ca}" tls.myCert="{cert.cert}" '
+        f'tls.myPrivKey="{cert.key}" tls.authMode="name" tls.permittedPeer=["{RELAY}"]',
+    )
+    return RsyslogSender(tmp_path, action, preamble=sender_preamble(cert))
 
 
 def relay_config(
@@ -356,13 +366,7 @@ def test_relp_output_refused_by_imrelp_says_so_and_keeps_retrying(tmp_path: Path
         target=f"relp+tls://127.0.0.1:{collector.relp_port}",
     )
     relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
-    s = pki.sender
-    action = omrelp_action(
-        port,
-        extra=f'tls="on" tls.caCert="{s.ca}" tls.myCert="{s.cert}" tls.myPrivKey="{s.key}" '
-        f'tls.authMode="name" tls.permittedPeer=["{RELAY}"]',
-    )
-    sender = RsyslogSender(tmp_path, action, preamble=sender_preamble(s))
+    sender = omrelp_tls_sender(tmp_path, pki.sender, port)
     with collector, relay.start():
         relay.wait_for_tcp(port)
         with sender:
@@ -429,13 +433,7 @@ def test_omrelp_tls_to_relay_to_imrelp_tls_every_message_once(tmp_path: Path, pk
         target=f"relp+tls://127.0.0.1:{collector.relp_port}",
     )
     relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
-    s = pki.sender
-    action = omrelp_action(
-        port,
-        extra=f'tls="on" tls.caCert="{s.ca}" tls.myCert="{s.cert}" tls.myPrivKey="{s.key}" '
-        f'tls.authMode="name" tls.permittedPeer=["{RELAY}"]',
-    )
-    sender = RsyslogSender(tmp_path, action, preamble=sender_preamble(s))
+    sender = omrelp_tls_sender(tmp_path, pki.sender, port)
     with collector, relay.start():
         relay.wait_for_tcp(port)
         with sender:
@@ -448,13 +446,8 @@ def test_omrelp_tls_to_relay_to_imrelp_tls_every_message_once(tmp_path: Path, pk
             )
             took = time.monotonic() - started
         assert relay.terminate(timeout=30) == 0, relay.log_tail()
-    seqs = collector.seqs()
-    duplicates = sum(n - 1 for n in seqs.values())
-    resent = relay_counters(relay.log(), "output", "central").get("resent", 0)
-    print(f"omrelp TLS -> relay -> imrelp TLS: {count} in {took:.1f} s,", end=" ")
-    print(f"{duplicates} duplicates, {resent} resent")
-    assert set(seqs) == set(range(count))
-    assert duplicates <= resent, (duplicates, resent)
+    what = "omrelp TLS -> relay -> imrelp TLS"
+    assert_each_arrived(collector, relay, count, what=what, took=took)
 
 
 def test_imrelp_tls_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path, pki: Pki) -> None:
@@ -474,22 +467,5 @@ def test_imrelp_tls_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path
     relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
     with collector, relay.start():
         relay.wait_for_tcp(port)
-        started = time.monotonic()
-        with RelaySendProcess(port, count, size=200, rate=50_000) as feed:
-            outage(collector, seqs=lambda: len(collector.seqs()), after=count * 3 // 10)
-            feed.finish(timeout=60)
-        wait_until(
-            lambda: set(range(count)) <= set(collector.seqs()),
-            90,
-            message=lambda: f"missing {count - len(set(collector.seqs()) & set(range(count)))}",
-        )
-        took = time.monotonic() - started
-        assert relay.terminate(timeout=30) == 0, relay.log_tail()
-    seqs = collector.seqs()
-    duplicates = sum(n - 1 for n in seqs.values())
-    log = relay.log()
-    resent = relay_counters(log, "output", "central").get("resent", 0)
-    print(f"imrelp TLS killed at 30%: {count} in {took:.1f} s,", end=" ")
-    print(f"{duplicates} duplicates, {resent} resent")
-    assert resent == 0 or "messages not all acknowledged" in log
-    assert duplicates <= resent, (duplicates, resent)
+        took = feed_through_outage(relay, collector, port, count)
+    assert_each_arrived(collector, relay, count, what="imrelp TLS killed at 30%", took=took)
