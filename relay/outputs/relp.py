@@ -216,9 +216,10 @@ class RelpOutput(Output):
         by_txnr = self._by_txnr
         for event in events:
             if isinstance(event, Acked):
-                sent = by_txnr.pop(event.txnr, None)
-                if sent is not None:
-                    sent.pending -= 1
+                for txnr in event.txnrs:
+                    sent = by_txnr.pop(txnr, None)
+                    if sent is not None:
+                        sent.pending -= 1
             elif isinstance(event, Rejected):
                 sent = by_txnr.pop(event.txnr, None)
                 if sent is not None:

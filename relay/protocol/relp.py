@@ -36,6 +36,7 @@ from relay.errors import LocalProtocolError
 from relay.protocol.relpframe import (
     DEFAULT_MAX_DATA,
     MAX_TXNR,
+    NUMBER_DIGITS,
     RELP_VERSION,
     SOFTWARE,
     Frame,
@@ -102,9 +103,14 @@ class Opened:
 
 @dataclass(frozen=True, slots=True)
 class Acked:
-    """Client: the server took the message sent as ``txnr`` (rsp 200)."""
+    """Client: the server took the messages sent as ``txnrs`` (rsp 200), in
+    the order it answered them.
 
-    txnr: int
+    One event for the answers of one read: a server answers every message,
+    and an event per answer cost more than relaying the message.
+    """
+
+    txnrs: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,6 +514,24 @@ class RelpClient(_Endpoint[ClientEvent]):
         self._close_txnr = self._take_txnr()
         return b"%d close 0\n" % self._close_txnr
 
+    def receive_data(self, data: bytes) -> list[ClientEvent | ProtocolViolation | ConnectionClosed]:
+        """As :meth:`_Endpoint.receive_data`; a run of plain ``200 OK`` answers
+        to messages in flight, the bulk of what a server sends, is read on a
+        fast path (:func:`_scan_acks`) and becomes one :class:`Acked`."""
+        decoder = self._decoder
+        if not data or self._failed or decoder.error is not None or self.state not in _ACKING:
+            return super().receive_data(data)
+        data = decoder.take_buffered() + data
+        txnrs, pos = _scan_acks(data, self._inflight)
+        events: list[ClientEvent | ProtocolViolation | ConnectionClosed] = []
+        if txnrs:
+            # The table's own transition for each of them, a loop onto this state.
+            self._machine.process(Input.RECV_RSP_SYSLOG)
+            events.append(Acked(tuple(txnrs)))
+        if pos < len(data):
+            events = _merge_acks([*events, *super().receive_data(data[pos:])])
+        return events
+
     def _classify(self, frame: Frame) -> Input:
         if frame.command == "serverclose":
             return Input.RECV_SERVERCLOSE
@@ -536,7 +560,7 @@ class RelpClient(_Endpoint[ClientEvent]):
         if what is Input.RECV_RSP_SYSLOG:
             code, text, _ = _parse_rsp(frame.data)
             del self._inflight[frame.txnr]
-            return Acked(frame.txnr) if code == 200 else Rejected(frame.txnr, code, text)
+            return Acked((frame.txnr,)) if code == 200 else Rejected(frame.txnr, code, text)
         if what is Input.RECV_RSP_OPEN:
             self._open_txnr = 0
             return self._opened(frame.data)
@@ -559,3 +583,53 @@ class RelpClient(_Endpoint[ClientEvent]):
         if not offers_syslog(offers):  # "this command MUST NOT be used"
             raise RelpProtocolError("server does not accept syslog")
         return Opened(offers)
+
+
+# Where a client takes answers to messages; in both, such an answer leaves the
+# state as it is (TRANSITIONS), so a run of them is one transition.
+_ACKING = frozenset({State.OPEN, State.CLOSING})
+# librelp's answer to a message it took (relpSessSendResponse "200 OK").
+_ACK_TAIL = b" rsp 6 200 OK\n"
+
+
+def _scan_acks(data: bytes, inflight: dict[int, bytes]) -> tuple[list[int], int]:
+    """The txnrs of the ``TXNR rsp 6 200 OK`` frames at the start of ``data``
+    that answer messages in ``inflight`` (removed from it), and where the
+    first other frame, or an unfinished one, starts."""
+    txnrs: list[int] = []
+    pos = 0
+    end = len(data)
+    find = data.find
+    startswith = data.startswith
+    while pos < end:
+        sp = find(b" ", pos, pos + NUMBER_DIGITS + 1)
+        if sp <= pos or not startswith(_ACK_TAIL, sp):
+            break
+        field = data[pos:sp]
+        if not field.isdigit():
+            break
+        txnr = int(field)
+        if inflight.pop(txnr, None) is None:
+            break  # not in flight: the general path says what is wrong
+        txnrs.append(txnr)
+        pos = sp + len(_ACK_TAIL)
+    return txnrs, pos
+
+
+def _merge_acks(
+    events: list[ClientEvent | ProtocolViolation | ConnectionClosed],
+) -> list[ClientEvent | ProtocolViolation | ConnectionClosed]:
+    """``events`` with each run of :class:`Acked` made one."""
+    merged: list[ClientEvent | ProtocolViolation | ConnectionClosed] = []
+    run: list[int] = []
+    for event in events:
+        if isinstance(event, Acked):
+            run.extend(event.txnrs)
+            continue
+        if run:
+            merged.append(Acked(tuple(run)))
+            run = []
+        merged.append(event)
+    if run:
+        merged.append(Acked(tuple(run)))
+    return merged

@@ -37,7 +37,7 @@ MAX_TXNR = 999_999_999  # TXNR = 1*9DIGIT, "latched at 999,999,999"
 RELP_VERSION = 0  # what librelp sends and accepts; see the module docstring
 SOFTWARE = ("relay", __version__)  # relp_software: name, version[, URL]
 
-_DIGITS = 9  # NUMBER = 1*9DIGIT
+NUMBER_DIGITS = 9  # NUMBER = 1*9DIGIT
 _MAX_COMMAND = 32  # COMMAND = 1*32ALPHA
 _HINTS = frozenset({"serverclose"})  # the only hint the spec defines
 
@@ -173,11 +173,17 @@ class RelpDecoder:
         self._buf = buf[pos:]
         return frames
 
+    def take_buffered(self) -> bytes:
+        """Hand back the start of an unfinished frame, to be fed again in front
+        of the bytes that follow it (a caller with a faster path of its own)."""
+        buf, self._buf = self._buf, b""
+        return buf
+
     def _parse(self, buf: bytes, pos: int) -> tuple[Frame, int] | None:
         # Fast path: a well-formed header of a frame with data, in three finds.
-        sp1 = buf.find(b" ", pos, pos + _DIGITS + 1)
+        sp1 = buf.find(b" ", pos, pos + NUMBER_DIGITS + 1)
         sp2 = buf.find(b" ", sp1 + 1, sp1 + _MAX_COMMAND + 2) if sp1 > pos else -1
-        sp3 = buf.find(b" ", sp2 + 1, sp2 + _DIGITS + 2) if sp2 > 0 else -1
+        sp3 = buf.find(b" ", sp2 + 1, sp2 + NUMBER_DIGITS + 2) if sp2 > 0 else -1
         if sp3 > sp2 + 1:
             txnr, command, datalen = buf[pos:sp1], buf[sp1 + 1 : sp2], buf[sp2 + 1 : sp3]
             if txnr.isdigit() and command.isalpha() and datalen.isdigit():
@@ -185,13 +191,13 @@ class RelpDecoder:
         # Anything else, field by field: need more data, DATALEN 0, or an error.
         if pos >= len(buf):
             return None
-        txnr_end = _field_end(buf, pos, _DIGITS, b" ", "txnr")
+        txnr_end = _field_end(buf, pos, NUMBER_DIGITS, b" ", "txnr")
         if txnr_end < 0:
             return None
         cmd_end = _field_end(buf, txnr_end + 1, _MAX_COMMAND, b" ", "command")
         if cmd_end < 0:
             return None
-        len_end = _field_end(buf, cmd_end + 1, _DIGITS, b" \n", "datalen")
+        len_end = _field_end(buf, cmd_end + 1, NUMBER_DIGITS, b" \n", "datalen")
         if len_end < 0:
             return None
         command_s = buf[txnr_end + 1 : cmd_end].decode()

@@ -44,6 +44,11 @@ def queued(spool: Spool) -> list[bytes]:
     return [m for b in spool.peek(1 << 40) for m in b.messages]
 
 
+def acks(events: list[Event]) -> int:
+    """How many messages ``events`` acknowledge."""
+    return sum(len(e.txnrs) for e in events if isinstance(e, Acked))
+
+
 class Peer:
     """Our sans-IO RelpClient on a real connection."""
 
@@ -68,11 +73,11 @@ class Peer:
                 return events
 
     async def acks_until(self, count: int) -> int:
-        acked = sum(isinstance(e, Acked) for e in self.events)
+        acked = acks(self.events)
         while acked < count:
             events = await self.next_events()
             assert events, "connection ended"
-            acked += sum(isinstance(e, Acked) for e in events)
+            acked += acks(events)
         return acked
 
 
@@ -155,7 +160,7 @@ async def test_stop_acks_what_was_sent_then_serverclose() -> None:
             events += await peer.next_events()
         await peer.stream.aclose()
         nursery.cancel_scope.cancel()
-    assert sum(isinstance(e, Acked) for e in peer.events) == 500
+    assert acks(peer.events) == 500
     assert any(isinstance(e, ServerClosed) for e in peer.events)
     assert len(queued(spool)) == 500
 

@@ -49,7 +49,7 @@ async def send_until_killed(port: int, count: int, acked: set[int]) -> None:
                 if isinstance(event, Opened):
                     opened = True
                 elif isinstance(event, Acked):
-                    acked.add(seqs.pop(event.txnr))
+                    acked.update(seqs.pop(txnr) for txnr in event.txnrs)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return  # the relay was killed
     finally:

@@ -271,14 +271,14 @@ def test_client_session() -> None:
         client.send([b"d"])
     assert client.state is State.OPEN
     events = client.receive_data(b"2 rsp 6 200 OK\n3 rsp 14 500 queue full\n")
-    assert events == [Acked(2), Rejected(3, 500, "queue full")]
+    assert events == [Acked((2,)), Rejected(3, 500, "queue full")]
     assert client.unacked() == [(4, b"c")]
     assert client.room() == 2
     assert client.close() == b"5 close 0\n"
     assert client.room() == 0
     # librelp: the rsp to close is empty, and serverclose follows it
     events = client.receive_data(b"4 rsp 6 200 OK\n5 rsp 0\n0 serverclose 0\n")
-    assert events == [Acked(4), Closed()]
+    assert events == [Acked((4,)), Closed()]
     assert client.state is State.CLOSED
     assert client.receive_data(b"") == []
 
@@ -332,14 +332,41 @@ def test_client_rsp_for_acked_txnr_is_a_violation() -> None:
     client = open_client()
     client.send([b"a"])
     events = client.receive_data(b"2 rsp 6 200 OK\n2 rsp 6 200 OK\n")
-    assert events[0] == Acked(2)
+    assert events[0] == Acked((2,))
     assert events[1] == ProtocolViolation(500, "rsp for txnr 2, which is not in flight")
+
+
+def test_client_takes_a_run_of_200_answers_as_one_event() -> None:
+    """librelp answers every message; a run of plain 200s read at once is one
+    Acked, whatever else comes between runs keeps its own event and order."""
+    client = open_client()
+    client.send([b"a", b"b", b"c", b"d", b"e"])
+    wire = b"2 rsp 6 200 OK\n3 rsp 6 200 OK\n4 rsp 8 500 full\n5 rsp 6 200 OK\n6 rsp 6 200 OK\n"
+    assert client.receive_data(wire) == [
+        Acked((2, 3)),
+        Rejected(4, 500, "full"),
+        Acked((5, 6)),
+    ]
+    assert client.unacked() == []
+
+
+@pytest.mark.parametrize("cut", range(1, 45))
+def test_client_answers_split_anywhere_are_each_taken_once(cut: int) -> None:
+    client = open_client()
+    client.send([b"a", b"b", b"c"])
+    wire = b"2 rsp 6 200 OK\n3 rsp 6 200 OK\n4 rsp 6 200 OK\n"
+    events = client.receive_data(wire[:cut]) + client.receive_data(wire[cut:])
+    assert [t for e in events if isinstance(e, Acked) for t in e.txnrs] == [2, 3, 4]
+    assert client.unacked() == []
 
 
 def test_client_serverclose_and_eof_keep_unacked() -> None:
     client = open_client()
     client.send([b"a", b"b"])
-    assert client.receive_data(b"2 rsp 6 200 OK\n0 serverclose 0\n") == [Acked(2), ServerClosed()]
+    assert client.receive_data(b"2 rsp 6 200 OK\n0 serverclose 0\n") == [
+        Acked((2,)),
+        ServerClosed(),
+    ]
     assert client.unacked() == [(3, b"b")]
     client = open_client()
     client.send([b"a"])
@@ -427,7 +454,7 @@ class Pair:
             return []
         events = self.client.receive_data(wire)
         assert all(isinstance(e, Acked) for e in events)
-        return [e.txnr for e in events if isinstance(e, Acked)]
+        return [t for e in events if isinstance(e, Acked) for t in e.txnrs]
 
 
 def test_pair_10000_messages_window_128() -> None:
