@@ -795,26 +795,41 @@ def outage(
     seqs: Callable[[], int],
     after: int,
     seconds: float = 5.0,
+    hang: float = 0.0,
 ) -> None:
     """Once ``seqs()`` reaches ``after``, SIGKILL ``collector`` (it dies with
-    whatever it held) and start it again ``seconds`` later, on the same ports."""
+    whatever it held) and start it again ``seconds`` later, on the same ports.
+
+    ``hang``: first SIGSTOP it for that long, so that it dies with messages
+    in flight for certain (it reads and answers nothing meanwhile): without
+    it, a collector that keeps up may die between two batches, and the
+    resend after a loss goes untested."""
     wait_until(lambda: seqs() >= after, 60, message=f"the collector never got {after} messages")
+    if hang:
+        os.kill(collector.pid, signal.SIGSTOP)
+        time.sleep(hang)  # the hang under test, not synchronisation
     collector.kill()
     time.sleep(seconds)  # the outage under test, not synchronisation
     collector.start()
 
 
 def feed_through_outage(
-    relay: RelayProcess, collector: RsyslogCollector, port: int, count: int, timeout: float = 90
+    relay: RelayProcess,
+    collector: RsyslogCollector,
+    port: int,
+    count: int,
+    timeout: float = 90,
+    hang: float = 0.0,
 ) -> float:
     """Send ``count`` numbered messages (``relay send``, 50,000 msg/s) to the
     relay's TCP input on ``port``; SIGKILL ``collector`` once it has 30% of them
     and start it again 5 s later; wait until every number has arrived, then
     stop the relay (it must exit 0). Returns the seconds all that took.
-    ``timeout`` bounds the sending, and then the wait for the rest."""
+    ``timeout`` bounds the sending, and then the wait for the rest; ``hang``
+    is :func:`outage`'s."""
     started = time.monotonic()
     with RelaySendProcess(port, count, size=200, rate=50_000) as feed:
-        outage(collector, seqs=lambda: len(collector.seqs()), after=count * 3 // 10)
+        outage(collector, seqs=lambda: len(collector.seqs()), after=count * 3 // 10, hang=hang)
         feed.finish(timeout=timeout)
     wait_until(
         lambda: set(range(count)) <= set(collector.seqs()),

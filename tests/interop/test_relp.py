@@ -15,6 +15,7 @@ from tests.interop.peers import (
     feed_through_outage,
     free_port,
     omrelp_action,
+    relay_counters,
     wait_until,
 )
 
@@ -68,8 +69,9 @@ def test_omrelp_to_relay_to_imrelp_every_message_once(tmp_path: Path) -> None:
 
 
 def test_imrelp_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path) -> None:
-    """SIGKILL of the imrelp collector at ~30%, restarted 5 s later: every number
-    arrives; duplicates are at most what the relay counted as resent."""
+    """The imrelp collector hangs (SIGSTOP) at ~30% for 0.5 s, with messages in
+    flight, is SIGKILLed and restarted 5 s later: every number arrives; the
+    relay sent the unanswered ones again, and duplicates are at most that."""
     count = 200_000
     collector = RsyslogCollector(tmp_path, direct=True)
     relp_port, tcp_port = free_port(), free_port()
@@ -77,5 +79,7 @@ def test_imrelp_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path) ->
     relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
     with collector, relay.start():
         relay.wait_for_tcp(tcp_port)
-        took = feed_through_outage(relay, collector, tcp_port, count)
+        took = feed_through_outage(relay, collector, tcp_port, count, hang=0.5)
     assert_each_arrived(collector, relay, count, what="imrelp killed at 30%", took=took)
+    resent = relay_counters(relay.log(), "output", "central").get("resent", 0)
+    assert resent > 0, "nothing was in flight when the collector died: the test proved nothing"

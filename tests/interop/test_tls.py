@@ -31,6 +31,7 @@ from tests.interop.peers import (
     free_port,
     omfwd_action,
     omrelp_action,
+    relay_counters,
     wait_until,
 )
 
@@ -451,9 +452,10 @@ def test_omrelp_tls_to_relay_to_imrelp_tls_every_message_once(tmp_path: Path, pk
 
 
 def test_imrelp_tls_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path, pki: Pki) -> None:
-    """The RELP+TLS upstream SIGKILLed at ~30% and restarted 5 s later: every
-    number arrives (over a new TLS session); duplicates are at most what the
-    relay counted as resent."""
+    """The RELP+TLS upstream hangs (SIGSTOP) at ~30% for 0.5 s, with messages in
+    flight, is SIGKILLed and restarted 5 s later: every number arrives (over a
+    new TLS session); the relay sent the unanswered ones again, and duplicates
+    are at most that."""
     count = 200_000
     collector = TlsCollector(tmp_path, pki.collector, permitted=RELAY, direct=True)
     port = free_port()
@@ -467,5 +469,7 @@ def test_imrelp_tls_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path
     relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
     with collector, relay.start():
         relay.wait_for_tcp(port)
-        took = feed_through_outage(relay, collector, port, count)
+        took = feed_through_outage(relay, collector, port, count, hang=0.5)
     assert_each_arrived(collector, relay, count, what="imrelp TLS killed at 30%", took=took)
+    resent = relay_counters(relay.log(), "output", "central").get("resent", 0)
+    assert resent > 0, "nothing was in flight when the collector died: the test proved nothing"
