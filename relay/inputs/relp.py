@@ -44,7 +44,7 @@ from relay.protocol.relp import (
     ServerEvent,
     SessionOpened,
     State,
-    SyslogMessage,
+    SyslogMessages,
     violation_reply,
 )
 from relay.tlswire import ByteStream
@@ -119,9 +119,9 @@ class RelpInput(TcpInput):
             txnrs: list[int] = []
             last: ServerEvent | ProtocolViolation | ConnectionClosed | None = None
             for event in server.receive_data(data):
-                if isinstance(event, SyslogMessage):
-                    messages.append(event.data)
-                    txnrs.append(event.txnr)
+                if isinstance(event, SyslogMessages):
+                    messages.extend(event.messages)
+                    txnrs.extend(event.txnrs)
                 elif isinstance(event, SessionOpened):
                     out.append(server.accept_open())  # comes before any message
                 else:  # close, a violation or EOF: the last event of the session
@@ -139,7 +139,7 @@ class RelpInput(TcpInput):
                     messages = self._limit(messages, peer)
                 if messages:
                     await self._queue(messages, peer)
-                out.extend([server.send_rsp(txnr) for txnr in txnrs])
+                out.append(server.send_ok(txnrs))
             if isinstance(last, CloseRequested):
                 out.append(server.send_rsp(last.txnr))
             replies.add(out)

@@ -80,11 +80,16 @@ class SessionOpened:
 
 
 @dataclass(frozen=True, slots=True)
-class SyslogMessage:
-    """Server: a message; answer ``send_rsp(txnr)`` once it is safely queued."""
+class SyslogMessages:
+    """Server: messages (``syslog`` commands) sent as ``txnrs``, in order;
+    answer them (:meth:`RelpServer.send_ok`) once they are safely queued.
 
-    txnr: int
-    data: bytes
+    One event for the messages of one read: an event per message cost more
+    than relaying the message.
+    """
+
+    txnrs: tuple[int, ...]
+    messages: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +160,7 @@ class ProtocolViolation:
 
 
 # what each side's receive_data returns, besides ConnectionClosed and ProtocolViolation
-ServerEvent = SessionOpened | SyslogMessage | CloseRequested
+ServerEvent = SessionOpened | SyslogMessages | CloseRequested
 ClientEvent = Opened | Acked | Rejected | Closed | ServerClosed
 
 
@@ -389,7 +394,7 @@ class RelpServer(_Endpoint[ServerEvent]):
             if len(self._owed) >= self.max_unanswered:
                 raise RelpProtocolError(f"client exceeds {self.max_unanswered} unanswered frames")
             self._owed.append((txnr, Input.SEND_RSP))
-            return SyslogMessage(txnr, frame.data)
+            return SyslogMessages((txnr,), (frame.data,))
         if what is Input.RECV_CLOSE:
             self._owed.append((txnr, Input.SEND_CLOSE_RSP))
             return CloseRequested(txnr)
@@ -400,6 +405,61 @@ class RelpServer(_Endpoint[ServerEvent]):
             raise RelpProtocolError("required command not supported by client", txnr=txnr)
         self._open_txnr = txnr
         return SessionOpened(offers)
+
+    def receive_data(self, data: bytes) -> list[ServerEvent | ProtocolViolation | ConnectionClosed]:
+        """As :meth:`_Endpoint.receive_data`; a run of well-formed ``syslog``
+        commands in sequence, the bulk of what a client sends, is read on a
+        fast path (:meth:`_scan_syslog`) and becomes one :class:`SyslogMessages`."""
+        decoder = self._decoder
+        if not data or self._failed or decoder.error is not None or self.state is not State.OPEN:
+            return super().receive_data(data)
+        data = decoder.take_buffered() + data
+        txnrs, messages, pos = self._scan_syslog(data)
+        events: list[ServerEvent | ProtocolViolation | ConnectionClosed] = []
+        if txnrs:
+            # The table's own transition for each of them, a loop onto OPEN.
+            self._machine.process(Input.RECV_SYSLOG, txnr=txnrs[-1])
+            events.append(SyslogMessages(tuple(txnrs), tuple(messages)))
+        if pos < len(data):
+            events = _merge_messages([*events, *super().receive_data(data[pos:])])
+        return events
+
+    def _scan_syslog(self, data: bytes) -> tuple[list[int], list[bytes], int]:
+        """The ``TXNR syslog DATALEN DATA LF`` frames (DATALEN > 0, txnrs in
+        sequence, within limits) at the start of ``data``, now owed an answer,
+        and where the first other frame, or an unfinished one, starts."""
+        txnrs: list[int] = []
+        messages: list[bytes] = []
+        expect = self._expect
+        max_data = self._decoder.max_data
+        room = self.max_unanswered - len(self._owed)
+        pos = 0
+        end = len(data)
+        find = data.find
+        while pos < end and len(txnrs) < room:
+            sp = find(b" ", pos, pos + NUMBER_DIGITS + 1)
+            if sp <= pos or not data.startswith(b" syslog ", sp):
+                break
+            field = data[pos:sp]
+            if not field.isdigit() or int(field) != expect:
+                break
+            start = sp + 8
+            sp = find(b" ", start, start + NUMBER_DIGITS + 1)
+            field = data[start:sp]
+            if sp < 0 or not field.isdigit():
+                break  # DATALEN 0 (no SP), or not a number: the general path
+            size = int(field)
+            stop = sp + 1 + size
+            if not 0 < size <= max_data or stop >= end or data[stop] != 0x0A:
+                break  # unfinished, or wrong: the general path says which
+            txnrs.append(expect)
+            messages.append(data[sp + 1 : stop])
+            expect = 1 if expect >= MAX_TXNR else expect + 1
+            pos = stop + 1
+        if txnrs:
+            self._expect = expect
+            self._owed.extend([(txnr, Input.SEND_RSP) for txnr in txnrs])
+        return txnrs, messages, pos
 
     def _on_fail(self) -> None:
         self._owed.clear()
@@ -422,6 +482,26 @@ class RelpServer(_Endpoint[ServerEvent]):
         self._machine.process(self._owed[0][1])
         self._owed.popleft()
         return encode_parts(txnr, b"rsp", data)
+
+    def send_ok(self, txnrs: Sequence[int]) -> bytes:
+        """``200 OK`` to the next ``syslog`` commands owed, ``txnrs``, in one
+        buffer. Raises ``LocalProtocolError`` (changing nothing) unless they
+        are the next ones owed, in order, and none is a ``close``."""
+        owed = self._owed
+        if len(txnrs) > len(owed):
+            raise LocalProtocolError(f"{len(txnrs)} rsps, but {len(owed)} are owed")
+        for i, txnr in enumerate(txnrs):
+            if owed[i] != (txnr, Input.SEND_RSP):
+                raise LocalProtocolError(
+                    f"rsp 200 for txnr {txnr}, but the one owed is {owed[i][0]} "
+                    f"({owed[i][1].value})"
+                )
+        if not txnrs:
+            return b""
+        self._machine.process(Input.SEND_RSP)  # a loop onto OPEN or CLOSING
+        for _ in txnrs:
+            owed.popleft()
+        return b"".join([b"%d rsp 6 200 OK\n" % txnr for txnr in txnrs])
 
     def server_close(self) -> bytes:
         """The ``serverclose`` hint, sent before the server closes the connection."""
@@ -632,4 +712,25 @@ def _merge_acks(
         merged.append(event)
     if run:
         merged.append(Acked(tuple(run)))
+    return merged
+
+
+def _merge_messages(
+    events: list[ServerEvent | ProtocolViolation | ConnectionClosed],
+) -> list[ServerEvent | ProtocolViolation | ConnectionClosed]:
+    """``events`` with each run of :class:`SyslogMessages` made one."""
+    merged: list[ServerEvent | ProtocolViolation | ConnectionClosed] = []
+    txnrs: list[int] = []
+    messages: list[bytes] = []
+    for event in events:
+        if isinstance(event, SyslogMessages):
+            txnrs.extend(event.txnrs)
+            messages.extend(event.messages)
+            continue
+        if txnrs:
+            merged.append(SyslogMessages(tuple(txnrs), tuple(messages)))
+            txnrs, messages = [], []
+        merged.append(event)
+    if txnrs:
+        merged.append(SyslogMessages(tuple(txnrs), tuple(messages)))
     return merged

@@ -14,7 +14,7 @@ from relay.protocol.relp import (
     ConnectionClosed,
     RelpServer,
     SessionOpened,
-    SyslogMessage,
+    SyslogMessages,
 )
 from relay.spool.spool import memory_spool
 from relay.stats import Counters
@@ -45,9 +45,9 @@ class Collector:
         for event in self.server.receive_data(data):
             if isinstance(event, SessionOpened):
                 await self.stream.send_all(self.server.accept_open())
-            elif isinstance(event, SyslogMessage):
-                self.got.append(event.data)
-                txnrs.append(event.txnr)
+            elif isinstance(event, SyslogMessages):
+                self.got.extend(event.messages)
+                txnrs.extend(event.txnrs)
             elif isinstance(event, CloseRequested):
                 for txnr in self.server.unanswered():
                     await self.stream.send_all(self.server.send_rsp(txnr))

@@ -31,7 +31,7 @@ from relay.protocol.relp import (
     SessionOpened,
     State,
     StateMachine,
-    SyslogMessage,
+    SyslogMessages,
     violation_reply,
 )
 from relay.protocol.relpframe import MAX_TXNR, Frame, RelpProtocolError, encode_frame, parse_offers
@@ -104,7 +104,7 @@ def open_server() -> RelpServer:
 def test_server_session() -> None:
     server = open_server()
     events = server.receive_data(b"2 syslog 1 a\n3 syslog 1 b\n4 close 0\n")
-    assert events == [SyslogMessage(2, b"a"), SyslogMessage(3, b"b"), CloseRequested(4)]
+    assert events == [SyslogMessages((2, 3), (b"a", b"b")), CloseRequested(4)]
     assert server.state is State.CLOSING
     assert server.unanswered() == [2, 3, 4]
     # answers go out in the order the commands came, close last
@@ -122,7 +122,7 @@ def test_server_session() -> None:
 
 def test_server_does_not_answer_syslog_by_itself() -> None:
     server = open_server()
-    assert server.receive_data(b"2 syslog 1 a\n") == [SyslogMessage(2, b"a")]
+    assert server.receive_data(b"2 syslog 1 a\n") == [SyslogMessages((2,), (b"a",))]
     assert server.unanswered() == [2]
 
 
@@ -174,6 +174,60 @@ def test_server_bounds_unanswered_frames() -> None:
     assert server.unanswered() == []
 
 
+def test_server_bounds_unanswered_frames_on_the_fast_path() -> None:
+    server = RelpServer(max_unanswered=2)
+    server.receive_data(LIBRELP_OPEN)
+    server.accept_open()
+    events = server.receive_data(b"2 syslog 1 a\n3 syslog 1 b\n4 syslog 1 c\n")
+    assert events[0] == SyslogMessages((2, 3), (b"a", b"b"))
+    assert events[-1] == ProtocolViolation(500, "client exceeds 2 unanswered frames", None)
+
+
+def test_server_takes_a_run_of_messages_as_one_event() -> None:
+    """What the fast path leaves to the general one (DATALEN 0 here) joins the run."""
+    server = open_server()
+    events = server.receive_data(b"2 syslog 1 a\n3 syslog 0\n4 syslog 2 bc\n5 close 0\n")
+    assert events == [SyslogMessages((2, 3, 4), (b"a", b"", b"bc")), CloseRequested(5)]
+    assert server.send_ok([2, 3, 4]) == b"2 rsp 6 200 OK\n3 rsp 6 200 OK\n4 rsp 6 200 OK\n"
+    assert server.unanswered() == [5]
+
+
+@pytest.mark.parametrize("cut", range(1, 39))
+def test_server_messages_split_anywhere_are_each_taken_once(cut: int) -> None:
+    server = open_server()
+    wire = b"2 syslog 3 abc\n3 syslog 3 def\n4 syslog 3 ghi\n"
+    events = server.receive_data(wire[:cut]) + server.receive_data(wire[cut:])
+    assert all(isinstance(e, SyslogMessages) for e in events)
+    assert [m for e in events if isinstance(e, SyslogMessages) for m in e.messages] == [
+        b"abc",
+        b"def",
+        b"ghi",
+    ]
+    assert server.unanswered() == [2, 3, 4]
+
+
+def test_server_out_of_sequence_after_a_run() -> None:
+    server = open_server()
+    events = server.receive_data(b"2 syslog 1 a\n3 syslog 1 b\n5 syslog 1 c\n")
+    assert events == [
+        SyslogMessages((2, 3), (b"a", b"b")),
+        ProtocolViolation(500, "txnr 5 out of sequence, expected 4", None),
+    ]
+
+
+def test_server_send_ok_answers_only_what_is_owed_in_order() -> None:
+    server = open_server()
+    server.receive_data(b"2 syslog 1 a\n3 syslog 1 b\n4 close 0\n")
+    with pytest.raises(LocalProtocolError):
+        server.send_ok([3])  # 2 comes first
+    with pytest.raises(LocalProtocolError):
+        server.send_ok([2, 3, 4])  # 4 is a close: send_rsp answers it
+    assert server.unanswered() == [2, 3, 4]  # nothing changed
+    assert server.send_ok([2, 3]) == b"2 rsp 6 200 OK\n3 rsp 6 200 OK\n"
+    server.send_rsp(4)
+    assert server.state is State.CLOSED
+
+
 def test_server_local_errors() -> None:
     server = RelpServer()
     with pytest.raises(LocalProtocolError):
@@ -193,7 +247,7 @@ def test_server_local_errors() -> None:
 
 def test_server_eof() -> None:
     server = open_server()
-    assert server.receive_data(b"2 syslog 0\n") == [SyslogMessage(2, b"")]
+    assert server.receive_data(b"2 syslog 0\n") == [SyslogMessages((2,), (b"",))]
     assert server.receive_data(b"") == [ConnectionClosed()]
     assert server.state is State.CLOSED
 
@@ -443,9 +497,9 @@ class Pair:
     def to_server(self, wire: bytes, cut: int) -> None:
         for part in filter(None, (wire[:cut], wire[cut:])):  # b"" would mean EOF
             for event in self.server.receive_data(part):
-                assert isinstance(event, SyslogMessage), event
-                self.received.append(event.data)
-                self.owed.append(event.txnr)
+                assert isinstance(event, SyslogMessages), event
+                self.received.extend(event.messages)
+                self.owed.extend(event.txnrs)
 
     def ack(self, count: int) -> list[int]:
         wire = b"".join(self.server.send_rsp(txnr) for txnr in self.owed[:count])
