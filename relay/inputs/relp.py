@@ -91,7 +91,7 @@ class RelpInput(TcpInput):
                 await stream.aclose()
 
     async def _session(self, stream: trio.SocketStream | ByteStream, peer: str) -> None:
-        replies = Replies(stream)
+        replies = Replies(stream, REPLY_BACKLOG)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(replies.write)
             if await self._converse(RelpServer(), stream, peer, replies):
@@ -107,7 +107,17 @@ class RelpInput(TcpInput):
         replies: Replies,
     ) -> bool:
         """Read, queue, answer until the session ends; True if it owes final answers."""
+        told = False
         while True:
+            if replies.full() and not told:
+                told = True  # once a session: it says what is wrong, not how often
+                log.warning(
+                    "input %s: %s does not read our answers (%d bytes of them wait); "
+                    "not reading from it until it does",
+                    self.config.name,
+                    peer,
+                    replies.waiting(),
+                )
             await replies.wait_room()
             data = await self._read(stream, peer)
             if not data and self.stopping.is_set() and server.state is State.OPEN:
@@ -236,8 +246,16 @@ class Replies:
         self._finished = True
         self._added.set()
 
+    def waiting(self) -> int:
+        """Bytes of answers added and not yet written."""
+        return self._size
+
+    def full(self) -> bool:
+        """Whether :meth:`wait_room` would wait."""
+        return self._size > self._backlog
+
     async def wait_room(self) -> None:
-        while self._size > self._backlog:
+        while self.full():
             self._written = trio.Event()
             await self._written.wait()
 

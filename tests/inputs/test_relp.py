@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
+import pytest
 import trio
 import trio.testing
 
@@ -213,6 +215,37 @@ async def test_reading_goes_on_while_the_client_does_not_read_its_answers() -> N
         await peer.stream.aclose()
         nursery.cancel_scope.cancel()
     assert queued(spool) == [b"<13>seq=%d" % i for i in range(count)]
+
+
+async def test_a_client_that_does_not_read_its_answers_is_named_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past REPLY_BACKLOG the input stops reading and says why, once; when the
+    client reads again, everything is queued and answered."""
+    monkeypatch.setattr(relp, "REPLY_BACKLOG", 4096)
+    spool = memory_spool()
+    relp_input = await start_input(spool)
+    count = 20_000
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relp_input.serve)
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port_of(relp_input)))
+        peer = Peer(trio.SocketStream(sock), window=count)
+        await peer.stream.send_all(peer.client.open())
+        assert isinstance((await peer.next_events())[0], Opened)
+        data, _ = peer.client.send([b"<13>seq=%d" % i for i in range(count)])
+        with caplog.at_level(logging.WARNING, "relay.input"):
+            nursery.start_soon(peer.stream.send_all, data)  # blocks: the input stops reading
+            with trio.fail_after(10):
+                while "does not read our answers" not in caplog.text:
+                    await trio.sleep(0.01)
+            assert len(queued(spool)) < count
+            assert await peer.acks_until(count) == count  # reading again: all of them
+        await peer.stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert queued(spool) == [b"<13>seq=%d" % i for i in range(count)]
+    assert caplog.text.count("does not read our answers") == 1
 
 
 async def test_answers_waiting_past_the_backlog_stop_the_reading(
