@@ -51,11 +51,13 @@ from relay.tlswire import ByteStream
 
 log = logging.getLogger("relay.input")
 
-# Answers waiting to be written, past which the connection is not read until
-# the client reads. A client keeping to its window never has more than
-# ``window`` answers waiting, about 20 bytes each: 1 MiB is over 40,000, far
-# above omrelp's default window (128) or the 4096 we suggest for it.
-REPLY_BACKLOG = 1 << 20
+# Answers waiting to be written (beyond what the kernel took), past which the
+# connection is not read until the client reads. A client keeping to its
+# window never has more than ``window`` answers waiting, at most 24 bytes each
+# ("999999999 rsp 6 200 OK\n"): 2 MiB covers a window of 65,536 (the largest
+# relay's own RELP output takes; omrelp's default is 128, PEERS.md suggests
+# 4096) and bounds what a client that never reads can cost.
+REPLY_BACKLOG = 2 << 20
 # At the end of a session (its close answered, a protocol error, the stop),
 # how long the last answers may take to write before the connection is closed.
 FINAL_REPLY_TIMEOUT = 10.0
