@@ -60,8 +60,14 @@ class Peer:
         self.events: list[Event] = []
 
     @classmethod
-    async def connect(cls, port: int, window: int = 1024) -> Peer:
-        peer = cls(await trio.open_tcp_stream("127.0.0.1", port), window)
+    async def connect(cls, port: int, window: int = 1024, rcvbuf: int = 0) -> Peer:
+        """An open session; ``rcvbuf``: a receive buffer this small (a client
+        that reads its answers late fills it at once)."""
+        sock = trio.socket.socket()
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        await sock.connect(("127.0.0.1", port))
+        peer = cls(trio.SocketStream(sock), window)
         await peer.stream.send_all(peer.client.open())
         assert isinstance((await peer.next_events())[0], Opened)
         return peer
@@ -201,12 +207,7 @@ async def test_reading_goes_on_while_the_client_does_not_read_its_answers() -> N
     count = 20_000
     async with trio.open_nursery() as nursery:
         nursery.start_soon(relp_input.serve)
-        sock = trio.socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        await sock.connect(("127.0.0.1", port_of(relp_input)))
-        peer = Peer(trio.SocketStream(sock), window=count)
-        await peer.stream.send_all(peer.client.open())
-        assert isinstance((await peer.next_events())[0], Opened)
+        peer = await Peer.connect(port_of(relp_input), window=count, rcvbuf=4096)
         data, _ = peer.client.send([b"<13>seq=%d" % i for i in range(count)])
         with trio.fail_after(10):  # the input reads all of it, answered or not
             await peer.stream.send_all(data)
@@ -228,12 +229,7 @@ async def test_a_client_that_does_not_read_its_answers_is_named_once(
     count = 20_000
     async with trio.open_nursery() as nursery:
         nursery.start_soon(relp_input.serve)
-        sock = trio.socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        await sock.connect(("127.0.0.1", port_of(relp_input)))
-        peer = Peer(trio.SocketStream(sock), window=count)
-        await peer.stream.send_all(peer.client.open())
-        assert isinstance((await peer.next_events())[0], Opened)
+        peer = await Peer.connect(port_of(relp_input), window=count, rcvbuf=4096)
         data, _ = peer.client.send([b"<13>seq=%d" % i for i in range(count)])
         with caplog.at_level(logging.WARNING, "relay.input"):
             nursery.start_soon(peer.stream.send_all, data)  # blocks: the input stops reading
