@@ -8,6 +8,7 @@ import trio
 
 from relay import app, config
 from relay.protocol.framing import encode_octet_counted
+from tests.waiting import await_until
 
 
 async def test_received_equals_delivered_plus_dropped_plus_queued(tmp_path: Path) -> None:
@@ -51,9 +52,9 @@ async def test_received_equals_delivered_plus_dropped_plus_queued(tmp_path: Path
         )
         await stream.aclose()
         received = relay.stats._components[("input", "t")]
-        with trio.fail_after(10):
-            while received["received"] < 5000 or len(relay.outputs[0].spool):
-                await trio.sleep(0.01)  # polling counters with a deadline
+        await await_until(
+            lambda: received["received"] >= 5000 and not len(relay.outputs[0].spool), 10
+        )
         snapshot = relay.stats.snapshot()
         nursery.cancel_scope.cancel()
     total = snapshot["input"]["t"]["received"]

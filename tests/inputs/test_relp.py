@@ -26,6 +26,7 @@ from relay.protocol.relp import (
 from relay.routing import Route, Router
 from relay.spool.spool import Spool, memory_spool
 from relay.stats import Counters
+from tests.waiting import await_until
 
 Event = ClientEvent | ProtocolViolation | ConnectionClosed
 
@@ -191,11 +192,6 @@ async def test_oversize_messages_are_truncated_and_counted() -> None:
     assert relp_input.counters["truncated"] == 1
 
 
-async def wait_queued(spool: Spool, count: int) -> None:
-    while len(queued(spool)) < count:
-        await trio.sleep(0.01)
-
-
 async def test_reading_goes_on_while_the_client_does_not_read_its_answers() -> None:
     """librelp (omrelp) reads answers only when it sends: once its queue is empty
     it reads nothing. Its last messages must still be read and queued, although
@@ -211,7 +207,7 @@ async def test_reading_goes_on_while_the_client_does_not_read_its_answers() -> N
         data, _ = peer.client.send([b"<13>seq=%d" % i for i in range(count)])
         with trio.fail_after(10):  # the input reads all of it, answered or not
             await peer.stream.send_all(data)
-            await wait_queued(spool, count)  # without reading a single answer
+        await await_until(lambda: len(queued(spool)) >= count, 10)  # no answer read yet
         assert await peer.acks_until(count) == count
         await peer.stream.aclose()
         nursery.cancel_scope.cancel()
@@ -233,9 +229,7 @@ async def test_a_client_that_does_not_read_its_answers_is_named_once(
         data, _ = peer.client.send([b"<13>seq=%d" % i for i in range(count)])
         with caplog.at_level(logging.WARNING, "relay.input"):
             nursery.start_soon(peer.stream.send_all, data)  # blocks: the input stops reading
-            with trio.fail_after(10):
-                while "does not read our answers" not in caplog.text:
-                    await trio.sleep(0.01)
+            await await_until(lambda: "does not read our answers" in caplog.text, 10)
             assert len(queued(spool)) < count
             assert await peer.acks_until(count) == count  # reading again: all of them
         await peer.stream.aclose()

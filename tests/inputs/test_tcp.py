@@ -12,6 +12,7 @@ from relay.protocol.framing import encode_lines, encode_octet_counted
 from relay.routing import Route, Router
 from relay.spool.spool import Spool, memory_spool
 from relay.stats import Counters
+from tests.waiting import await_until
 
 
 async def start_input(spool: Spool, **settings: object) -> tcp.TcpInput:
@@ -124,9 +125,9 @@ async def test_malformed_input_does_not_cost_the_next_good_message() -> None:
         for i in range(0, len(wire), 7):  # arbitrary read boundaries
             await stream.send_all(wire[i : i + 7])
         await stream.aclose()
-        with trio.fail_after(10):
-            while tcp_input.counters["connections"] < 1 or tcp_input.active:
-                await trio.sleep(0.01)  # polling a condition with a deadline
+        await await_until(
+            lambda: tcp_input.counters["connections"] >= 1 and not tcp_input.active, 10
+        )
         nursery.cancel_scope.cancel()
     got = queued(spool)
     assert [m for m in got if b"good" in m] == good
@@ -147,9 +148,6 @@ async def test_stop_takes_in_what_senders_already_wrote() -> None:
         stream = await trio.open_tcp_stream("127.0.0.1", port_of(tcp_input))
         await stream.send_all(encode_octet_counted([b"<13>seq=%d" % i for i in range(count)]))
         await tcp_input.stop()  # the sender's data may not have been read yet
-        with trio.fail_after(5):
-            while tcp_input.active:  # connections end once quiet
-                await tcp_input.stopping.wait()
-                await trio.sleep(0.01)  # polling a condition with a deadline
+        await await_until(lambda: not tcp_input.active, 5)  # connections end once quiet
         await stream.aclose()
     assert queued(spool) == [b"<13>seq=%d" % i for i in range(count)]

@@ -16,7 +16,6 @@ never a bare sleep: ``wait_until`` / ``await_until`` for anything,
 from __future__ import annotations
 
 import collections
-import inspect
 import os
 import re
 import shutil
@@ -25,13 +24,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self, TypeVar, overload
+from typing import IO, Any, Self, TypeVar
 
 import pytest
-import trio
+
+from tests.waiting import wait_until
 
 T = TypeVar("T")
 
@@ -162,77 +162,6 @@ def udp_port_bound(port: int) -> bool:
         if any(row.split()[1].endswith(suffix) for row in rows if row.strip()):
             return True
     return False
-
-
-Message = str | Callable[[], str]
-
-
-def _timeout_message(message: Message, timeout: float, last: object) -> str:
-    text = message() if callable(message) else message
-    prefix = f"{text}: " if text else ""
-    return f"{prefix}timed out after {timeout}s; last value: {last!r}"
-
-
-def wait_until(
-    predicate: Callable[[], T],
-    timeout: float,
-    interval: float = 0.02,
-    message: Message = "",
-) -> T:
-    """Call ``predicate`` every ``interval`` s until it returns something truthy.
-
-    Returns that value; raises AssertionError with ``message`` and the last
-    value seen when ``timeout`` s pass first. ``message`` may be a callable,
-    called only then (to show state at the time of failure).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(_timeout_message(message, timeout, value))
-        time.sleep(interval)
-
-
-@overload
-async def await_until(
-    predicate: Callable[[], Awaitable[T]],
-    timeout: float,
-    interval: float = ...,
-    message: Message = ...,
-) -> T: ...
-
-
-@overload
-async def await_until(
-    predicate: Callable[[], T],
-    timeout: float,
-    interval: float = ...,
-    message: Message = ...,
-) -> T: ...
-
-
-async def await_until(
-    predicate: Callable[[], Any],
-    timeout: float,
-    interval: float = 0.02,
-    message: Message = "",
-) -> Any:
-    """The trio twin of ``wait_until``; ``predicate`` may be sync or async.
-
-    Uses trio's clock, so under ``autojump_clock`` the deadline is virtual.
-    """
-    deadline = trio.current_time() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if trio.current_time() >= deadline:
-            raise AssertionError(_timeout_message(message, timeout, value))
-        await trio.sleep(interval)
 
 
 # -- subprocess handling shared by rsyslogd and the relay -------------------

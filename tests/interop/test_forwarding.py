@@ -21,8 +21,8 @@ from tests.interop.peers import (
     RsyslogCollector,
     free_port,
     require_program,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.interop
 

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.peers import RelayProcess, RsyslogCollector, free_port, relay_send, wait_until
+from tests.interop.peers import (
+    RelayProcess,
+    RsyslogCollector,
+    free_port,
+    relay_send,
+)
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.interop
 

@@ -19,13 +19,12 @@ import trio
 from tests.interop.peers import (
     RsyslogCollector,
     RsyslogSender,
-    await_until,
     free_port,
     omfwd_action,
     omrelp_action,
     require_program,
-    wait_until,
 )
+from tests.waiting import await_until, wait_until
 
 pytestmark = pytest.mark.interop
 

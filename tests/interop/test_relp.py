@@ -16,8 +16,8 @@ from tests.interop.peers import (
     free_port,
     omrelp_action,
     relay_counters,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.interop
 

@@ -18,7 +18,12 @@ import pytest
 import trio
 
 from relay.protocol.relp import Acked, Opened, RelpClient
-from tests.interop.peers import RelayProcess, RsyslogCollector, free_port, wait_until
+from tests.interop.peers import (
+    RelayProcess,
+    RsyslogCollector,
+    free_port,
+)
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.interop
 

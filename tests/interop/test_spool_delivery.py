@@ -19,8 +19,8 @@ from tests.interop.peers import (
     free_port,
     relay_counters,
     relay_send,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.interop
 

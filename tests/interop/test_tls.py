@@ -32,8 +32,8 @@ from tests.interop.peers import (
     omfwd_action,
     omrelp_action,
     relay_counters,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.interop
 

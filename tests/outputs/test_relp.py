@@ -18,6 +18,7 @@ from relay.protocol.relp import (
 )
 from relay.spool.spool import memory_spool
 from relay.stats import Counters
+from tests.waiting import await_until
 
 
 def make_output(port: int, window: int = 1024) -> RelpOutput:
@@ -197,8 +198,7 @@ async def test_refused_open_is_a_failure_with_the_servers_text(
         stream = await listeners[0].accept()
         await stream.receive_some(65536)
         await stream.send_all(b"1 rsp 22 500 go away, not today\n")
-        while output.counters["failures"] == 0:
-            await trio.sleep(0.01)
+        await await_until(lambda: output.counters["failures"] > 0, 10)
         nursery.cancel_scope.cancel()
     await stream.aclose()
     await listeners[0].aclose()

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from relay.policy.backoff import Backoff
 from relay.protocol.framing import FrameDecoder
 from relay.spool.spool import memory_spool
 from relay.stats import Counters
+from tests.waiting import await_until
 
 A, B, C = (Endpoint("tcp", host, 514) for host in ("a", "b", "c"))
 
@@ -205,12 +206,6 @@ def seq_of(frame: bytes) -> int:
     return int(frame.split(b"seq=", 1)[1].split(b" ", 1)[0])
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.002)
-
-
 async def feed(output: TcpOutput, seqs: Iterable[int], timeout: float = 5.0) -> None:
     """Queue one batch per seq, each once the one before is delivered (one write each)."""
     for seq in seqs:
@@ -253,7 +248,7 @@ class Collector:
         """Close every connection (FIN), as an idle timeout does; keep listening."""
         for scope in self.connections.values():
             scope.cancel()
-        await wait_until(lambda: not self.connections)
+        await await_until(lambda: not self.connections, 5, interval=0.002)
 
     async def _serve(self, listener: trio.SocketListener) -> None:
         try:
@@ -314,14 +309,14 @@ async def test_failover_to_the_second_target_and_back(caplog: pytest.LogCaptureF
         nursery.start_soon(output.run)
 
         await feed(output, range(20))
-        await wait_until(lambda: len(a.seqs) == 20)
+        await await_until(lambda: len(a.seqs) == 20, 5, interval=0.002)
         assert b.seqs == []
 
         # A reads the first frames of a write too big for the socket buffers,
         # then stops listening and resets the connection while the write runs.
         output.spool.put_nowait(batch(big, PAD))
         await feed(output, range(20, 40))
-        await wait_until(lambda: set(range(20, 40)) <= set(b.seqs))
+        await await_until(lambda: set(range(20, 40)) <= set(b.seqs), 5, interval=0.002)
         assert output.counters["target_failures"] >= 1
         assert output.counters["failures"] == 0  # B took over: the output never waited
 
@@ -334,7 +329,7 @@ async def test_failover_to_the_second_target_and_back(caplog: pytest.LogCaptureF
                 seq += 1
                 await trio.sleep(0.01)  # real time passes: A's back-off runs out
         await feed(output, range(seq, seq + 20))
-        await wait_until(lambda: set(range(seq, seq + 20)) <= set(a.seqs))
+        await await_until(lambda: set(range(seq, seq + 20)) <= set(a.seqs), 5, interval=0.002)
         nursery.cancel_scope.cancel()
 
     sent = set(range(seq + 20)) | set(big)
@@ -359,13 +354,13 @@ async def test_loadbalance_shares_and_survives_one_target() -> None:
         nursery.start_soon(output.run)
 
         await feed(output, range(60))
-        await wait_until(lambda: len(a.seqs) + len(b.seqs) == 60)
+        await await_until(lambda: len(a.seqs) + len(b.seqs) == 60, 5, interval=0.002)
         assert len(a.seqs) >= 20 and len(b.seqs) >= 20  # round-robin, per write
         assert output.targets.state(0) is output.targets.state(1) is State.UP  # both kept open
 
         await b.stop()
         await feed(output, range(60, 100))
-        await wait_until(lambda: set(range(60, 100)) <= set(a.seqs))
+        await await_until(lambda: set(range(60, 100)) <= set(a.seqs), 5, interval=0.002)
         nursery.cancel_scope.cancel()
 
     assert set(a.seqs) | set(b.seqs) == set(range(100))
@@ -394,7 +389,7 @@ async def test_all_targets_down_waits_then_delivers(
         assert output.last_error == f"all targets down ({urls})"
         b = Collector(nursery)
         await b.start(ports[1])
-        await wait_until(lambda: len(b.seqs) == 2)
+        await await_until(lambda: len(b.seqs) == 2, 5, interval=0.002)
         nursery.cancel_scope.cancel()
     assert b.seqs == [0, 1]
 
@@ -430,11 +425,13 @@ async def test_a_target_that_hangs_never_holds_up_delivery(
             # to time out (virtual time also moves while the window is polled).
             assert trio.current_time() - start < tcp.CONNECT_TIMEOUT / 2
             # The probe times out, and A is down until its back-off runs out again.
-            await wait_until(
-                lambda: output.targets.state(0) is State.DOWN, timeout=2 * tcp.CONNECT_TIMEOUT
+            await await_until(
+                lambda: output.targets.state(0) is State.DOWN,
+                2 * tcp.CONNECT_TIMEOUT,
+                interval=0.002,
             )
             await feed(output, range(25, 30))
-            await wait_until(lambda: len(b.seqs) == 30)
+            await await_until(lambda: len(b.seqs) == 30, 5, interval=0.002)
             nursery.cancel_scope.cancel()
     assert b.seqs == list(range(30))
 
@@ -503,7 +500,7 @@ async def test_dns_outage_uses_the_last_good_address(
         resolver.failing = False
         await collector.drop_connections()
         await feed(output, range(40, 50))
-        await wait_until(lambda: len(collector.seqs) == 50)
+        await await_until(lambda: len(collector.seqs) == 50, 5, interval=0.002)
         nursery.cancel_scope.cancel()
 
     assert collector.seqs == list(range(50))
@@ -532,7 +529,7 @@ async def test_dns_never_resolved_waits_for_the_name(
             "cannot resolve collector.test: Temporary failure in name resolution"
         )
         resolver.failing = False
-        await wait_until(lambda: collector.seqs == [0])
+        await await_until(lambda: collector.seqs == [0], 5, interval=0.002)
         nursery.cancel_scope.cancel()
 
 
@@ -550,7 +547,7 @@ async def test_dns_that_does_not_answer_counts_as_failed(
         start = trio.current_time()
         await feed(output, [1], timeout=2 * tcp.RESOLVE_TIMEOUT)
         assert trio.current_time() - start == pytest.approx(tcp.RESOLVE_TIMEOUT)
-        await wait_until(lambda: len(collector.seqs) == 2)
+        await await_until(lambda: len(collector.seqs) == 2, 5, interval=0.002)
         nursery.cancel_scope.cancel()
     assert collector.seqs == [0, 1]
     assert output.counters["dns_failures"] == 1
@@ -573,6 +570,6 @@ async def test_a_dead_address_of_a_name_is_passed_over(
             start = trio.current_time()
             await feed(output, [0])
             assert trio.current_time() - start == pytest.approx(tcp.HAPPY_EYEBALLS_DELAY)
-            await wait_until(lambda: collector.seqs == [0])
+            await await_until(lambda: collector.seqs == [0], 5, interval=0.002)
             assert output.counters["failures"] == 0
             nursery.cancel_scope.cancel()
