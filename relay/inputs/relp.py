@@ -1,7 +1,7 @@
 """RELP input: syslog over RELP (rsyslog omrelp's protocol), plain TCP or TLS.
 
-The listener, ``max_connections`` and the stop are the TCP input's
-(:class:`relay.inputs.tcp.TcpInput`); only a connection is served differently.
+The listener, ``max_connections``, the stop, the reads and the close are the
+TCP input's (:class:`relay.inputs.tcp.TcpInput`); only the session differs.
 Each read is fed to a sans-IO :class:`RelpServer`; the messages it held become
 ONE batch, which is queued (:meth:`Router.put`, which waits while the spools
 are full) and only then answered: one ``rsp 200`` per message. So an
@@ -33,7 +33,7 @@ import time
 
 import trio
 
-from relay.inputs.tcp import RECV_SIZE, STOP_IDLE, TcpInput, _stream_peer
+from relay.inputs.tcp import TcpInput
 from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, utf8_cut
 from relay.protocol.relp import (
@@ -77,20 +77,6 @@ COUNTERS = (
 
 class RelpInput(TcpInput):
     """A relp:// listener: :class:`TcpInput`'s accept loop, a RELP session per connection."""
-
-    async def _connection(
-        self, stream: trio.SocketStream | ByteStream, slots: trio.Semaphore, peer: str = ""
-    ) -> None:
-        peer = peer or _stream_peer(stream)
-        self.counters.add("connections")
-        self.active += 1
-        try:
-            await self._session(stream, peer)
-        finally:
-            self.active -= 1
-            slots.release()
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
 
     async def _session(self, stream: trio.SocketStream | ByteStream, peer: str) -> None:
         replies = Replies(stream, REPLY_BACKLOG)
@@ -159,22 +145,6 @@ class RelpInput(TcpInput):
                 return False
             if last is not None:
                 return True
-
-    async def _read(self, stream: trio.SocketStream | ByteStream, peer: str) -> bytes:
-        try:
-            if self.stopping.is_set():
-                with trio.move_on_after(STOP_IDLE):
-                    return await stream.receive_some(RECV_SIZE)
-                return b""
-            return await self._receive_until_stop(stream)
-        except trio.BrokenResourceError as exc:
-            log.info(
-                "input %s: connection from %s broken: %s",
-                self.config.name,
-                peer,
-                exc.__cause__ or exc,
-            )
-            return b""
 
     def _limit(self, messages: list[bytes], peer: str) -> list[bytes]:
         """Apply ``max_message_size`` and ``oversize`` (a dropped message is still

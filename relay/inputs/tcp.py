@@ -33,6 +33,7 @@ from relay.protocol.framing import FrameDecoder
 from relay.routing import Router
 from relay.stats import Counters
 from relay.tlswire import ByteStream, TlsAcceptor, TlsStream, as_byte_stream
+from relay.tlswire import aclose as tls_aclose
 
 log = logging.getLogger("relay.input")
 
@@ -156,30 +157,30 @@ class TcpInput:
     async def _connection(
         self, stream: trio.SocketStream | ByteStream, slots: trio.Semaphore, peer: str = ""
     ) -> None:
+        """One connection's bookkeeping around :meth:`_session`; the close is
+        bounded (a TLS peer that does not read must not hold up a stop)."""
+        peer = peer or _stream_peer(stream)
+        self.counters.add("connections")
+        self.active += 1
+        try:
+            await self._session(stream, peer)
+        finally:
+            self.active -= 1
+            slots.release()
+            await tls_aclose(stream)
+
+    async def _session(self, stream: trio.SocketStream | ByteStream, peer: str) -> None:
+        """Frames in, batches queued, until the connection ends (or the stop)."""
         config = self.config
         counters = self.counters
-        peer = peer or _stream_peer(stream)
         decoder = FrameDecoder(
             framing=config.framing, max_frame=config.max_message_size, oversize=config.oversize
         )
-        counters.add("connections")
-        self.active += 1
         put = self.router.put
         name = config.name
         try:
             while True:
-                try:
-                    if self.stopping.is_set():
-                        data = b""
-                        with trio.move_on_after(STOP_IDLE):
-                            data = await stream.receive_some(RECV_SIZE)
-                    else:
-                        data = await self._receive_until_stop(stream)
-                except trio.BrokenResourceError as exc:
-                    log.info(
-                        "input %s: connection from %s broken: %s", name, peer, exc.__cause__ or exc
-                    )
-                    data = b""
+                data = await self._read(stream, peer)
                 frames = decoder.receive_data(data)
                 if frames:
                     batch = Batch(
@@ -202,8 +203,6 @@ class TcpInput:
                 if not data:
                     break
         finally:
-            self.active -= 1
-            slots.release()
             truncated, dropped, errors = decoder.statistics()
             if truncated or dropped or errors:
                 counters.add("truncated", truncated)
@@ -219,8 +218,22 @@ class TcpInput:
                     config.max_message_size,
                     errors,
                 )
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+
+    async def _read(self, stream: trio.SocketStream | ByteStream, peer: str) -> bytes:
+        """The next read, ``b""`` at the end: EOF, a broken connection, or (at
+        stop) once the sender has been quiet for STOP_IDLE."""
+        try:
+            if self.stopping.is_set():
+                return await _read_until_quiet(stream)
+            return await self._receive_until_stop(stream)
+        except trio.BrokenResourceError as exc:
+            log.info(
+                "input %s: connection from %s broken: %s",
+                self.config.name,
+                peer,
+                exc.__cause__ or exc,
+            )
+            return b""
 
     async def _receive_until_stop(self, stream: trio.SocketStream | ByteStream) -> bytes:
         """The next read; when the stop begins while waiting, the rest of the
@@ -233,9 +246,14 @@ class TcpInput:
                 return await stream.receive_some(RECV_SIZE)
             finally:
                 self._reads.discard(scope)
-        with trio.move_on_after(STOP_IDLE):
-            return await stream.receive_some(RECV_SIZE)
-        return b""
+        return await _read_until_quiet(stream)
+
+
+async def _read_until_quiet(stream: trio.SocketStream | ByteStream) -> bytes:
+    """At stop: what the sender already wrote, ``b""`` after STOP_IDLE of quiet."""
+    with trio.move_on_after(STOP_IDLE):
+        return await stream.receive_some(RECV_SIZE)
+    return b""
 
 
 def _stream_peer(stream: Any) -> str:
