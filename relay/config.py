@@ -189,6 +189,7 @@ class Config:
     log_level: str = "info"
     source: str = "<built-in default>"
     tls: Mapping[str, TlsProfile] = dataclasses.field(default_factory=dict)  # [tls.NAME]
+    path: Path | None = None  # the file it was read from (``source`` may say more)
 
 
 def default_state_dir() -> Path:
@@ -277,7 +278,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigErrors([ConfigError(f"cannot read: {reason}", source=source)]) from None
-    return loads(text, source=source)
+    return dataclasses.replace(loads(text, source=source), path=Path(source))
 
 
 def loads(text: str, *, source: str = "<string>") -> Config:
@@ -755,16 +756,17 @@ def check_files(config: Config) -> list[ConfigError]:
     Each profile is loaded as a listener would (cert and key must be there and
     match) if it has a cert, and as a target otherwise.
     """
+    source = os.fspath(config.path) if config.path else config.source
     try:
-        text = Path(config.source).read_text(encoding="utf-8")
+        text = Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         text = ""
-    lines = _Validator(text, config.source)
+    lines = _Validator(text, source)
     errors = []
     for name, profile in config.tls.items():
         for problem in load_files(profile):
             key = f"tls.{name}.{problem.key}"
             errors.append(
-                ConfigError(problem.message, key=key, source=config.source, line=lines.line_of(key))
+                ConfigError(problem.message, key=key, source=source, line=lines.line_of(key))
             )
     return errors

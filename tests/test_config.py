@@ -337,6 +337,17 @@ def test_check_files_reports_each_missing_file() -> None:
     assert all("no such file" in p.message for p in problems)
 
 
+def test_check_files_points_at_the_file_line_with_command_line_endpoints(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text(TLS_CONFIG.format(fp="ab" * 32))
+    cfg = config.with_endpoints(config.load(path), ["udp://127.0.0.1:5514"], [], replace=False)
+    problems = config.check_files(cfg)
+    assert [p.source for p in problems] == [str(path), str(path)]
+    assert all(p.line is not None for p in problems)
+
+
 def test_example_tls_config_is_valid_with_its_certificates(tmp_path: Path) -> None:
     ca = CertificateAuthority.create(tmp_path)
     relay = ca.issue("relay.example.net")
