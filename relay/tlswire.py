@@ -145,6 +145,12 @@ def _ssl_stream(stream: object) -> trio.SSLStream[Any] | None:
     return stream if isinstance(stream, trio.SSLStream) else None
 
 
+def count_failure(counters: Counters, failure: HandshakeFailure) -> None:
+    """``tls_failures`` and ``tls_<category>``, for inputs and outputs alike."""
+    counters.add("tls_failures")
+    counters.add(f"tls_{failure.category.value}")
+
+
 class HandshakeError(ConnectionError):
     """A target's handshake failed; ``str()`` is the classified one-line reason."""
 
@@ -236,8 +242,7 @@ class TlsAcceptor:
         if failure is None:
             self.peers.saw(ssl_stream.getpeercert(binary_form=True), peer)
             return ssl_stream
-        self.counters.add("tls_failures")
-        self.counters.add(f"tls_{failure.category.value}")
+        count_failure(self.counters, failure)
         address = peer.rpartition(":")[0] or peer
         key = f"{address} {failure.category.value}"
         line = self.failures.line(key, failure.line, trio.current_time())

@@ -34,6 +34,7 @@ from relay.tlswire import (
     PeerCertificates,
     as_byte_stream,
     context_for,
+    count_failure,
 )
 from relay.tlswire import connect as tls_connect
 
@@ -126,11 +127,15 @@ class Output:
                 verdict_wait=verdict_wait,
             )
         except HandshakeError as exc:
-            self.counters.add("tls_failures")
-            self.counters.add(f"tls_{exc.failure.category.value}")
+            self.tls_failed(exc)
             raise
         self.tls_peers.saw(ssl_stream.getpeercert(binary_form=True), peer)
         return as_byte_stream(ssl_stream)
+
+    def tls_failed(self, error: HandshakeError) -> HandshakeError:
+        """Count a failed handshake with a target; returns ``error``, to raise."""
+        count_failure(self.counters, error.failure)
+        return error
 
     async def deliver(self, batches: list[Batch]) -> None:
         """Write ``batches``; return only once they are safe. Raise to retry."""

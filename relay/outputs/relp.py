@@ -171,9 +171,7 @@ class RelpOutput(Output):
                 late = await late_failure(stream, exc, self.config.tls, peer)
             await tls_aclose(stream)
             if late is not None:
-                self.counters.add("tls_failures")
-                self.counters.add(f"tls_{late.failure.category.value}")
-                raise late from None
+                raise self.tls_failed(late) from None
             raise
         self._session = session
         log.info("output %s: RELP session open to %s", self.name, endpoint.url)
