@@ -35,7 +35,7 @@ import trio
 
 from relay.inputs.tcp import TcpInput
 from relay.message import Batch
-from relay.protocol.framing import OversizePolicy, utf8_cut
+from relay.protocol.framing import OversizePolicy, limit_frames
 from relay.protocol.relp import (
     CloseRequested,
     ConnectionClosed,
@@ -150,13 +150,11 @@ class RelpInput(TcpInput):
         """Apply ``max_message_size`` and ``oversize`` (a dropped message is still
         answered: it was handled as configured, and counted)."""
         limit = self.config.max_message_size
-        long = sum(1 for m in messages if len(m) > limit)
+        kept, long = limit_frames(messages, limit, self.config.oversize)
         if self.config.oversize is OversizePolicy.DROP:
             self.counters.add("dropped_oversize", long)
-            kept = [m for m in messages if len(m) <= limit]
         else:
             self.counters.add("truncated", long)
-            kept = [utf8_cut(m, limit) if len(m) > limit else m for m in messages]
         log.warning(
             "input %s: %d messages from %s over %d bytes %s",
             self.config.name,

@@ -34,6 +34,7 @@ import trio
 from relay.message import Batch
 from relay.outputs.base import COUNTERS as BASE_COUNTERS
 from relay.outputs.base import RETRYABLE, Output, Rewind
+from relay.protocol.framing import OversizePolicy, limit_frames
 from relay.protocol.relp import (
     Acked,
     Closed,
@@ -136,7 +137,7 @@ class RelpOutput(Output):
 
     def _truncate(self, messages: list[bytes], limit: int) -> list[bytes]:
         """RELP servers refuse frames over their maximum (imrelp ends the session)."""
-        long = sum(1 for m in messages if len(m) > limit)
+        kept, long = limit_frames(messages, limit, OversizePolicy.TRUNCATE)
         self.counters.add("truncated", long)
         log.warning(
             "output %s: %d messages longer than %d octets truncated (RELP frame limit)",
@@ -144,7 +145,7 @@ class RelpOutput(Output):
             long,
             limit,
         )
-        return [m[:limit] for m in messages]
+        return kept
 
     async def _wait_room(self, session: _Session) -> None:
         with trio.fail_after(ACK_TIMEOUT):

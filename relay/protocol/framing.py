@@ -52,6 +52,24 @@ class OversizePolicy(enum.StrEnum):
     DROP = "drop"  # discard the whole frame, count it
 
 
+def limit_frames(
+    frames: list[bytes], limit: int, policy: OversizePolicy
+) -> tuple[list[bytes], int]:
+    """``frames`` with each one over ``limit`` bytes truncated (at a UTF-8
+    boundary) or dropped, as ``policy`` says; and how many were over."""
+    kept: list[bytes] = []
+    over = 0
+    truncate = policy is OversizePolicy.TRUNCATE
+    for frame in frames:
+        if len(frame) <= limit:
+            kept.append(frame)
+            continue
+        over += 1
+        if truncate:
+            kept.append(utf8_cut(frame, limit))
+    return kept, over
+
+
 def utf8_cut(data: bytes, limit: int) -> bytes:
     """Return at most ``limit`` bytes of ``data`` without splitting a UTF-8 sequence.
 
@@ -157,15 +175,11 @@ class FrameDecoder:
         return frames
 
     def _limit(self, frames: list[bytes]) -> list[bytes]:
-        kept = []
-        for frame in frames:
-            if len(frame) <= self.max_frame:
-                kept.append(frame)
-            elif self.oversize is OversizePolicy.TRUNCATE:
-                self.truncated += 1
-                kept.append(utf8_cut(frame, self.max_frame))
-            else:
-                self.dropped += 1
+        kept, over = limit_frames(frames, self.max_frame, self.oversize)
+        if self.oversize is OversizePolicy.TRUNCATE:
+            self.truncated += over
+        else:
+            self.dropped += over
         return kept
 
     # -- octet counting, RFC 6587 §3.4.1 --------------------------------------

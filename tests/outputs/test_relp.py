@@ -245,3 +245,10 @@ async def test_a_proxy_that_accepts_then_closes_gets_one_open_per_connection() -
     await listeners[0].aclose()
     assert attempts == [[SessionOpened]] * 3
     assert [seq(m) for m in collector.got] == [0, 1, 2]
+
+
+def test_messages_over_the_relp_limit_are_cut_at_a_utf8_boundary() -> None:
+    output = make_output(1)
+    long = "x" + "é" * 10
+    assert output._truncate([b"short", long.encode()], 6) == [b"short", "xéé".encode()]
+    assert output.counters["truncated"] == 1

@@ -12,6 +12,7 @@ from relay.protocol.framing import (
     OversizePolicy,
     encode_lines,
     encode_octet_counted,
+    limit_frames,
     utf8_cut,
 )
 
@@ -258,3 +259,15 @@ def test_good_message_survives_any_garbage_before_a_newline(garbage: bytes, chun
     wire = _framed(b"<13>first") + garbage + b"\n" + _framed(GOOD)
     frames, _ = decode(wire, chunk)
     assert frames[-1] == GOOD
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept"),
+    [
+        (OversizePolicy.TRUNCATE, [b"ok", b"ab", "é".encode()]),  # not half of an é
+        (OversizePolicy.DROP, [b"ok"]),
+    ],
+)
+def test_limit_frames(policy: OversizePolicy, kept: list[bytes]) -> None:
+    frames = [b"ok", b"abc", "éé".encode()]
+    assert limit_frames(frames, 2, policy) == (kept, 2)
