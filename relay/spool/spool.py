@@ -63,7 +63,6 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_DISK_MAX_BYTES = 1024**3
 
 META = "spool.meta"
-HEADER = 8  # offset of the first record in a segment (after its file header)
 # A segment is closed and a new one begun past this size: small enough that
 # drop_oldest frees space in useful steps and a drained segment is deleted
 # soon, large enough that an outage does not make thousands of files.
@@ -147,8 +146,8 @@ class _Segment:
     id: int
     path: Path
     size: int  # bytes in the file
-    start: int = HEADER  # first record not yet acked (saved in the metadata)
-    read: int = HEADER  # next record to read into memory
+    start: int = segment.FIRST_RECORD  # first record not yet acked (saved in the metadata)
+    read: int = segment.FIRST_RECORD  # next record to read into memory
     messages: int = 0  # messages in records at or after ``start`` when opened/written
     read_messages: int = 0  # of those, read into memory (or kept there when written)
     acked_messages: int = 0  # of those, acked
@@ -166,7 +165,7 @@ class Spool:
         self.name = name
         self.settings = settings
         self.counters = counters
-        self.directory = directory if settings.disk_max_bytes or directory else None
+        self.directory = directory
         self._memory: collections.deque[_Entry] = collections.deque()
         self._memory_messages = 0
         self._memory_bytes = 0
@@ -199,7 +198,7 @@ class Spool:
         missing = sum(recorded[i] for i in recorded if i not in ids)
         for seg_id in ordered:
             seg, report = await trio.to_thread.run_sync(
-                self._adopt, seg_id, starts.get(seg_id, HEADER)
+                self._adopt, seg_id, starts.get(seg_id, segment.FIRST_RECORD)
             )
             found = seg.messages if seg is not None else 0
             missing += max(0, recorded.get(seg_id, 0) - found)
@@ -290,11 +289,7 @@ class Spool:
         let it in before them.)
         """
         settings = self.settings
-        memory_room = (
-            self._memory_messages < settings.max_messages
-            and self._memory_bytes < settings.max_bytes
-        )
-        to_memory = memory_room and self._disk_messages == 0
+        to_memory = not self.memory_full() and self._disk_messages == 0
         if not to_memory and not spill and not self._disk_messages and self.directory:
             return Admission.WOULD_SPILL
         write_through = settings.durability is not Durability.MEMORY
@@ -619,7 +614,7 @@ class Spool:
 
     def _path(self, seg_id: int) -> Path:
         assert self.directory is not None
-        return self.directory / f"{seg_id:016d}.seg"
+        return segment.segment_path(self.directory, seg_id)
 
     def _read_meta(self) -> list[tuple[int, int, int]]:
         """(segment id, first unacked offset, messages from there) in queue order."""
