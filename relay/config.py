@@ -118,6 +118,11 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (RFC 3986)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
     """Where an input listens or an output sends: ``scheme://host:port`` or a path."""
@@ -133,8 +138,12 @@ class Endpoint:
             return (
                 f"{self.scheme}:{self.path}" if self.path == "-" else f"{self.scheme}://{self.path}"
             )
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{self.address}"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (IPv6 in brackets), for messages about a network peer."""
+        return host_port(self.host, self.port)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

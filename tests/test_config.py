@@ -360,3 +360,9 @@ def test_example_tls_config_is_valid_with_its_certificates(tmp_path: Path) -> No
     cfg = config.load(copy)
     assert config.check_files(cfg) == []
     assert config.check_files(config.load(ROOT / "etc" / "relay-tls.toml"))  # no such files
+
+
+def test_endpoint_address_brackets_ipv6() -> None:
+    """The peer named in an output's messages (TLS failures, RELP)."""
+    assert config.Endpoint("tls", "::1", 6514).address == "[::1]:6514"
+    assert config.Endpoint("tls", "10.0.0.5", 6514).address == "10.0.0.5:6514"

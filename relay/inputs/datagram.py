@@ -19,7 +19,7 @@ import time
 
 import trio
 
-from relay.config import InputConfig
+from relay.config import InputConfig, host_port
 from relay.errors import StartupError
 from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, utf8_cut
@@ -65,7 +65,7 @@ class DatagramInput:
                 self._grow_rcvbuf(sock)
                 sock.bind((endpoint.host, endpoint.port))
                 host, port = sock.getsockname()[:2]
-                self.address = f"udp://[{host}]:{port}" if ":" in host else f"udp://{host}:{port}"
+                self.address = f"udp://{host_port(host, port)}"
             self.sock.setblocking(False)
         except OSError as exc:
             if self.sock is not None:
@@ -159,8 +159,7 @@ class DatagramInput:
 
 def _peer_name(peer: object) -> str:
     if isinstance(peer, tuple):
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return host_port(peer[0], peer[1])
     return str(peer or "")
 
 

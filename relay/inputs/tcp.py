@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 import time
 from typing import Any
 
 import trio
 
-from relay.config import InputConfig
+from relay.config import InputConfig, host_port
 from relay.errors import StartupError
 from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
@@ -88,7 +87,7 @@ class TcpInput:
         sockname = self.listeners[0].socket.getsockname()
         host, port = sockname[0], sockname[1]
         scheme = endpoint.scheme
-        self.address = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+        self.address = f"{scheme}://{host_port(host, port)}"
 
     async def stop(self) -> None:
         """Stop accepting; connections end once they are quiet (see the module doc)."""
@@ -270,6 +269,4 @@ def _peer_name(sock: trio.socket.SocketType) -> str:
         peer = sock.getpeername()
     except OSError:
         return "?"
-    if sock.family == socket.AF_INET6:
-        return f"[{peer[0]}]:{peer[1]}"
-    return f"{peer[0]}:{peer[1]}"
+    return host_port(peer[0], peer[1])

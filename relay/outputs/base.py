@@ -117,7 +117,7 @@ class Output:
             return stream
         if endpoint.host not in self.tls_contexts:
             await Output.open(self)
-        peer = f"{endpoint.host}:{endpoint.port}"
+        peer = endpoint.address
         try:
             ssl_stream = await tls_connect(
                 stream,

@@ -168,7 +168,7 @@ class RelpOutput(Output):
         except BaseException as exc:
             late = None
             if self.config.tls is not None:
-                peer = f"{endpoint.host}:{endpoint.port}"
+                peer = endpoint.address
                 late = await late_failure(stream, exc, self.config.tls, peer)
             await tls_aclose(stream)
             if late is not None:

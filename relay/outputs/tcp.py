@@ -241,9 +241,7 @@ class TcpOutput(Output):
         if not connection.used:
             if self.config.tls is not None:  # TLS 1.3: the server's verdict on us
                 endpoint = self.targets.endpoint(index)
-                raise self.tls_failed(
-                    silent_refusal(self.config.tls, f"{endpoint.host}:{endpoint.port}")
-                )
+                raise self.tls_failed(silent_refusal(self.config.tls, endpoint.address))
             raise ConnectionResetError(closed)
         log.info("output %s: %s: %s; reconnecting", self.name, self._url(index), closed)
         await self._close(index, lost=True)
