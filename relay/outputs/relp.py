@@ -176,9 +176,9 @@ class RelpOutput(Output):
             raise
         self._session = session
         log.info("output %s: RELP session open to %s", self.name, endpoint.url)
-        if self._nursery is not None:
-            session.reader = trio.CancelScope()
-            self._nursery.start_soon(self._read, session)
+        assert self._nursery is not None  # deliver() runs only inside run()
+        session.reader = trio.CancelScope()
+        self._nursery.start_soon(self._read, session)
         return session
 
     async def _wait_opened(self, session: _Session) -> None:

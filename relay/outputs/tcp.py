@@ -88,7 +88,7 @@ class _Connection:
     """An open connection to one target, and a second handle on its socket
     for the non-blocking peek that finds a peer close."""
 
-    __slots__ = ("address", "closed", "probe", "stream", "used", "written")
+    __slots__ = ("address", "closed", "probe", "stream", "written")
 
     def __init__(
         self, stream: trio.SocketStream, address: str, wrapped: ByteStream | None = None
@@ -98,7 +98,6 @@ class _Connection:
         self.stream: trio.SocketStream | ByteStream = wrapped or stream
         self.address = address
         self.probe = socket.fromfd(stream.socket.fileno(), stream.socket.family, socket.SOCK_STREAM)
-        self.used = False  # whether a batch was written on it
         self.written = 0  # bytes written on it
         self.closed = False  # closed by us, in order (the kernel still sends what it holds)
 
@@ -208,7 +207,6 @@ class TcpOutput(Output):
                         # duplicate it, like the window (counted alike).
                         self.counters.add("resent", sum([len(b.messages) for b in batches]))
                         raise
-                    connection.used = True
                     connection.written += len(data)
                     self._last = connection
                     await self._delivered(index)
@@ -238,7 +236,7 @@ class TcpOutput(Output):
         closed = connection.peer_closed()
         if not closed:
             return False
-        if not connection.used:
+        if not connection.written:  # no batch went over it
             if self.config.tls is not None:  # TLS 1.3: the server's verdict on us
                 endpoint = self.targets.endpoint(index)
                 raise self.tls_failed(silent_refusal(self.config.tls, endpoint.address))
@@ -277,10 +275,8 @@ class TcpOutput(Output):
         self._report(self.targets.connected(index))
 
     async def _probe(self, index: int) -> None:
-        """Connect to ``index`` in the background (inline if the output is not running)."""
-        if self._nursery is None:
-            await self._try_connect(index)
-            return
+        """Connect to ``index`` in the background (the output's nursery)."""
+        assert self._nursery is not None  # deliver() runs only inside run()
         self.targets.connecting(index)  # at once, so the next plan does not probe it again
         self._nursery.start_soon(self._try_connect, index)
 

@@ -273,13 +273,17 @@ def _parse_rsp(data: bytes) -> tuple[int, str, bytes]:
     return int(code), text.decode("utf-8", "replace"), body
 
 
+# The only hint the spec defines, always with txnr 0 and no data.
+SERVERCLOSE = b"0 serverclose 0\n"
+
+
 def violation_reply(violation: ProtocolViolation) -> bytes:
     """A server's last words after ``violation``: the error rsp if one is owed, then serverclose."""
     out = b""
     if violation.txnr is not None:
         text = violation.text.replace("\n", " ").encode("utf-8")[:_MAX_RSP_TEXT]
         out = encode_parts(violation.txnr, b"rsp", b"%d %s" % (violation.rsp_code, text))
-    return out + b"0 serverclose 0\n"
+    return out + SERVERCLOSE
 
 
 _E = TypeVar("_E")
@@ -507,7 +511,7 @@ class RelpServer(_Endpoint[ServerEvent]):
         """The ``serverclose`` hint, sent before the server closes the connection."""
         self._machine.process(Input.SEND_SERVERCLOSE)
         self._owed.clear()
-        return b"0 serverclose 0\n"
+        return SERVERCLOSE
 
 
 class RelpClient(_Endpoint[ClientEvent]):

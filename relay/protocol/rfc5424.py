@@ -27,7 +27,6 @@ from relay.protocol.syslog import SDElement, SyslogMessage, parse_pri, split_pri
 __all__ = ["format", "format_timestamp", "parse", "parse_timestamp"]
 
 NILVALUE = b"-"
-BOM = b"\xef\xbb\xbf"
 
 # Field length limits, RFC 5424 §6 ABNF (octets; the header is ASCII only).
 MAX_HOSTNAME = 255
