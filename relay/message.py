@@ -98,9 +98,14 @@ class Message:
             return None
 
     def parsed(self) -> SyslogMessage:
-        """The full RFC 5424 / RFC 3164 parse; raises ParseError if impossible."""
+        """The full RFC 5424 / RFC 3164 parse; raises ParseError if impossible.
+
+        A BSD timestamp has no year: it is the one that puts the timestamp
+        nearest the receive time (not the time of this parse, which for a
+        message replayed from the spool may be in the next year)."""
         if self._parsed is None:
-            self._parsed = parse_any(self.raw)
+            received = dt.datetime.fromtimestamp(self.received, dt.UTC)
+            self._parsed = parse_any(self.raw, now=received)
         return self._parsed
 
 

@@ -43,3 +43,12 @@ def test_message_without_pri() -> None:
 
 def test_format_received_has_microseconds() -> None:
     assert format_received(1_700_000_000.123456) == "2023-11-14T22:13:20.123456Z"
+
+
+def test_bsd_timestamp_year_comes_from_the_receive_time() -> None:
+    """A message received in June 2020 and parsed now (say, replayed from an
+    old spool) is from 2020, whatever today's date."""
+    received = 1_591_012_800.0  # 2020-06-01T12:00:00Z
+    message = Message(b"<13>Jun  1 11:59:59 host app: old", received=received)
+    timestamp = message.parsed().timestamp
+    assert timestamp is not None and timestamp.year == 2020
