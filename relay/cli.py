@@ -24,7 +24,9 @@ log = logging.getLogger("relay")
 ENDPOINT_HELP = (
     "Endpoint URLs: udp://HOST:PORT, tcp://HOST:PORT, relp://HOST:PORT (RELP, "
     "port required), unix:///PATH (inputs), file:///PATH or file:- for standard "
-    "output (outputs)."
+    "output (outputs), tls://HOST[:PORT] and relp+tls://HOST:PORT (outputs here, "
+    "checked against the system's CAs; a TLS input needs a certificate, so a "
+    "config file: relay.toml(5))."
 )
 
 
