@@ -112,27 +112,26 @@ class RelpInput(TcpInput):
                 # Quiet at stop: all it wrote is answered; tell it we are going.
                 replies.add([server.server_close()])
                 return True
+            events = server.receive_data(data)
+            if events and isinstance(events[-1], ProtocolViolation):
+                # A violation ends the session (it is the last event). What the
+                # same read held before it (an open, messages) is not answered:
+                # unacknowledged, the sender sends those messages again.
+                self._violation(events[-1], peer, replies)
+                return True
             out: list[bytes] = []
             messages: list[bytes] = []
             txnrs: list[int] = []
             last: ServerEvent | ProtocolViolation | ConnectionClosed | None = None
-            for event in server.receive_data(data):
+            for event in events:
                 if isinstance(event, SyslogMessages):
                     messages.extend(event.messages)
                     txnrs.extend(event.txnrs)
                 elif isinstance(event, SessionOpened):
                     out.append(server.accept_open())  # comes before any message
-                else:  # close, a violation or EOF: the last event of the session
+                else:  # close or EOF: the last event of the session
                     last = event
-            if isinstance(last, ProtocolViolation):
-                # The session is dead and owes nothing; the messages of this read
-                # are not queued: unacknowledged, the sender sends them again.
-                self.counters.add("protocol_errors")
-                log.warning(
-                    "input %s: RELP error from %s: %s; closing", self.config.name, peer, last.text
-                )
-                out.append(violation_reply(last))
-            elif txnrs:
+            if txnrs:
                 if max(map(len, messages)) > self.config.max_message_size:
                     messages = self._limit(messages, peer)
                 if messages:
@@ -145,6 +144,14 @@ class RelpInput(TcpInput):
                 return False
             if last is not None:
                 return True
+
+    def _violation(self, violation: ProtocolViolation, peer: str, replies: Replies) -> None:
+        """The peer broke RELP: the error rsp if one is owed, serverclose, one line."""
+        self.counters.add("protocol_errors")
+        log.warning(
+            "input %s: RELP error from %s: %s; closing", self.config.name, peer, violation.text
+        )
+        replies.add([violation_reply(violation)])
 
     def _limit(self, messages: list[bytes], peer: str) -> list[bytes]:
         """Apply ``max_message_size`` and ``oversize`` (a dropped message is still

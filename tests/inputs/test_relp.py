@@ -26,15 +26,21 @@ from relay.protocol.relp import (
 from relay.routing import Route, Router
 from relay.spool.spool import Spool, memory_spool
 from relay.stats import Counters
+from relay.tls import TlsProfile, client_context
+from relay.tlswire import COUNTERS as TLS_COUNTERS
+from tests.protocol.relpwire import decode
+from tests.tlshelpers import SERVER, Pki, listener, target
 from tests.waiting import await_until
 
 Event = ClientEvent | ProtocolViolation | ConnectionClosed
 
 
-async def start_input(spool: Spool) -> relp.RelpInput:
-    config = InputConfig("r", Endpoint("relp", "127.0.0.1", 0))
+async def start_input(spool: Spool, tls: TlsProfile | None = None) -> relp.RelpInput:
+    scheme = "relp" if tls is None else "relp+tls"
+    config = InputConfig("r", Endpoint(scheme, "127.0.0.1", 0), tls=tls)
     router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
-    relp_input = relp.RelpInput(config, router, Counters("input", "r", relp.COUNTERS))
+    names = relp.COUNTERS + (TLS_COUNTERS if tls else ())
+    relp_input = relp.RelpInput(config, router, Counters("input", "r", names))
     await relp_input.open()
     return relp_input
 
@@ -55,7 +61,7 @@ def acks(events: list[Event]) -> int:
 class Peer:
     """Our sans-IO RelpClient on a real connection."""
 
-    def __init__(self, stream: trio.SocketStream, window: int = 1024) -> None:
+    def __init__(self, stream: trio.abc.Stream, window: int = 1024) -> None:
         self.stream = stream
         self.client = RelpClient(window=window)
         self.events: list[Event] = []
@@ -257,3 +263,114 @@ async def test_answers_waiting_past_the_backlog_stop_the_reading(
         await replies.wait_room()  # 60 left: room
         replies.finish()
         assert await right.receive_some() == b"y" * 60
+
+
+# -- a peer that breaks RELP closes its own session, never the relay -------------
+
+OPEN = b"1 open 46 relp_version=0\nrelp_software=x\ncommands=syslog\n"
+# What an attacker tried (one write each, and every split into two): each broke
+# the whole relay once, because the open and the violation came in one read.
+BAD_SESSIONS = {
+    "unknown command": OPEN + b"2 frobnicate 1 x\n",
+    "txnr out of sequence": OPEN + b"7 syslog 5 hello\n",
+    "huge txnr": OPEN + b"999999999 syslog 5 hello\n",
+    "datalen past the data": OPEN + b"2 syslog 999999999 hello\n",
+    "missing trailer": OPEN + b"2 syslog 5 helloX\n",
+    "rsp from a client": OPEN + b"2 rsp 6 200 OK\n",
+    "negative datalen": OPEN + b"2 syslog -5 hello\n",
+    "second open": OPEN + OPEN.replace(b"1 open", b"2 open"),
+    "syslog before open": b"1 syslog 5 hello\n" + OPEN,
+    "close then more": OPEN + b"2 close 0\n3 syslog 5 hello\n",
+}
+
+
+def splits(wire: bytes) -> list[list[bytes]]:
+    """``wire`` in one write, then in two at every position."""
+    return [[wire]] + [[wire[:i], wire[i:]] for i in range(1, len(wire))]
+
+
+async def answers_until_closed(stream: trio.abc.Stream, writes: list[bytes]) -> tuple[bytes, bool]:
+    """Send ``writes`` one by one, then read what the input answers until it
+    closes: (the answers, whether the close was orderly rather than a reset)."""
+    reply = b""
+    try:
+        for data in writes:
+            await stream.send_all(data)
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                reply += chunk
+    except trio.BrokenResourceError:
+        # The input closed with our second write unread: its kernel sends a
+        # reset, which may discard its answers before we read them. A close.
+        return reply, False
+    return reply, True
+
+
+def assert_refused_as_relp_says(reply: bytes, orderly: bool, wire: bytes) -> None:
+    """Answers to what came before the fault, then the error rsp if one is owed,
+    then serverclose (unless reset): nothing else, never a message acknowledged."""
+    frames, error = decode(reply)
+    assert error is None or not orderly, reply
+    if orderly:
+        assert frames, "the input closed without serverclose"
+        assert (frames[-1].txnr, frames[-1].command) == (0, "serverclose"), reply
+        frames = frames[:-1]
+    for frame in frames:
+        if frame.command == "serverclose":
+            continue
+        assert frame.command == "rsp", reply
+        code = int(frame.data[:3])
+        if frame.txnr == 1 and wire.startswith(b"1 open") and code == 200:
+            continue  # the open was answered before the fault was read
+        assert code >= 400, reply
+
+
+async def good_sender(port: int, tls: TlsProfile | None, count: int, done: trio.Event) -> None:
+    """A well-behaved client on its own connection: every message acked."""
+    peer = Peer(await open_client(port, tls))
+    await peer.stream.send_all(peer.client.open())
+    assert isinstance((await peer.next_events())[0], Opened)
+    for start in range(0, count, 100):
+        data, _ = peer.client.send([b"<13>good seq=%d" % i for i in range(start, start + 100)])
+        await peer.stream.send_all(data)
+        await peer.acks_until(start + 100)
+    await peer.stream.aclose()
+    done.set()
+
+
+async def open_client(port: int, tls: TlsProfile | None) -> trio.abc.Stream:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is None:
+        return stream
+    ssl_stream = trio.SSLStream(stream, client_context(tls, SERVER), server_hostname=SERVER)
+    await ssl_stream.do_handshake()
+    return ssl_stream
+
+
+@pytest.mark.parametrize("scheme", ["relp", "relp+tls"])
+@pytest.mark.parametrize("name", sorted(BAD_SESSIONS))
+async def test_a_broken_session_closes_alone_in_one_write_and_every_split(
+    name: str, scheme: str, pki: Pki
+) -> None:
+    wire = BAD_SESSIONS[name]
+    spool = memory_spool()
+    server_tls = client_tls = None
+    if scheme == "relp+tls":
+        server_tls, client_tls = listener(pki.server), target(pki.ca.cert_path)
+    relp_input = await start_input(spool, server_tls)
+    port = port_of(relp_input)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relp_input.serve)
+        done = trio.Event()
+        nursery.start_soon(good_sender, port, client_tls, 5000, done)
+        for writes in splits(wire):
+            stream = await open_client(port, client_tls)
+            reply, orderly = await answers_until_closed(stream, writes)
+            assert_refused_as_relp_says(reply, orderly, wire)
+            await stream.aclose()
+        with trio.fail_after(30):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert queued(spool) == [b"<13>good seq=%d" % i for i in range(5000)]
+    assert relp_input.counters["protocol_errors"] == len(wire)  # every split, and whole
