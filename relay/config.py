@@ -55,6 +55,13 @@ DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
 # Past this many, the listener stops accepting until one closes (no unbounded
 # file descriptors, no OOM under a connection storm).
 DEFAULT_MAX_CONNECTIONS = 4096
+# A stream connection that sends nothing for this long is closed (0: never).
+# It frees what dead peers (a host that vanished, a NAT that forgot the flow)
+# would hold for ever; a live sender reconnects when it has something to say
+# (rsyslog's omfwd notices the close before its next send, omrelp gets
+# serverclose). rsyslog's imtcp has no such timeout; syslog senders that stay
+# quiet for longer are rare and lose nothing by reconnecting.
+DEFAULT_IDLE_TIMEOUT = 600.0
 # What the UDP input asks the kernel for (SO_RCVBUF). Linux caps an
 # unprivileged request at net.core.rmem_max (208 KiB by default); as root we
 # use SO_RCVBUFFORCE. 8 MiB holds about 25,000 typical datagrams: a few tenths
@@ -76,10 +83,10 @@ _COMMON_INPUT = ("url", "max_message_size", "oversize")
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "udp": (*_COMMON_INPUT, "rcvbuf"),
     "unix": (*_COMMON_INPUT, "rcvbuf"),
-    "tcp": (*_COMMON_INPUT, "framing", "max_connections"),
-    "relp": (*_COMMON_INPUT, "max_connections"),
-    "tls": (*_COMMON_INPUT, "framing", "max_connections", "tls"),
-    "relp+tls": (*_COMMON_INPUT, "max_connections", "tls"),
+    "tcp": (*_COMMON_INPUT, "framing", "max_connections", "idle_timeout"),
+    "relp": (*_COMMON_INPUT, "max_connections", "idle_timeout"),
+    "tls": (*_COMMON_INPUT, "framing", "max_connections", "idle_timeout", "tls"),
+    "relp+tls": (*_COMMON_INPUT, "max_connections", "idle_timeout", "tls"),
 }
 _COMMON_OUTPUT = (
     "url",
@@ -154,6 +161,7 @@ class InputConfig:
     oversize: OversizePolicy = OversizePolicy.TRUNCATE
     framing: Framing = Framing.AUTO
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # stream inputs; 0 = never
     rcvbuf: int = DEFAULT_RCVBUF
     tls: TlsProfile | None = None  # tls:// and relp+tls:// only
     tls_name: str = ""  # the [tls.NAME] it came from, for messages
@@ -483,6 +491,9 @@ class _Validator:
             max_connections=self.get(
                 table, f"{key}.max_connections", _count(1, 1 << 20), DEFAULT_MAX_CONNECTIONS
             ),
+            idle_timeout=self.get(
+                table, f"{key}.idle_timeout", _seconds_or_off, DEFAULT_IDLE_TIMEOUT
+            ),
             rcvbuf=self.get(table, f"{key}.rcvbuf", _size(4096, MAX_RCVBUF), DEFAULT_RCVBUF),
         )
 
@@ -691,6 +702,14 @@ def _seconds(value: Any) -> float:
         raise TypeError(f"must be a number of seconds, not {_kind(value)}")
     if not 0 < value <= MAX_SECONDS:
         raise ValueError(f"must be more than 0 and at most {MAX_SECONDS} seconds, not {value}")
+    return float(value)
+
+
+def _seconds_or_off(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"must be a number of seconds (0: never), not {_kind(value)}")
+    if not 0 <= value <= MAX_SECONDS:
+        raise ValueError(f"must be from 0 (never) to {MAX_SECONDS} seconds, not {value}")
     return float(value)
 
 

@@ -196,11 +196,14 @@ class PeerCertificates:
 
 
 class FailureLog:
-    """At most one line per key (address and category) per FAILURE_LOG_INTERVAL;
-    counts the rest."""
+    """At most one line per key (here: address and category) per ``interval``;
+    counts the rest and says how many with the next line of that key."""
 
-    def __init__(self, interval: float = FAILURE_LOG_INTERVAL) -> None:
+    def __init__(
+        self, interval: float = FAILURE_LOG_INTERVAL, what: str = "failures from this address"
+    ) -> None:
         self.interval = interval
+        self.what = what
         self._last: dict[str, tuple[float, int]] = {}  # address -> (logged at, suppressed)
 
     def line(self, address: str, line: str, now: float) -> str | None:
@@ -213,7 +216,7 @@ class FailureLog:
             self._last.clear()
         self._last[address] = (now, 0)
         if suppressed:
-            return f"{line} ({suppressed} more failures from this address not logged)"
+            return f"{line} ({suppressed} more {self.what} not logged)"
         return line
 
 

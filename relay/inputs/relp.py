@@ -33,7 +33,7 @@ import time
 
 import trio
 
-from relay.inputs.tcp import TcpInput
+from relay.inputs.tcp import CONNECTION_COUNTERS, Connection, TcpInput
 from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, limit_frames
 from relay.protocol.relp import (
@@ -65,7 +65,7 @@ FINAL_REPLY_TIMEOUT = 10.0
 COUNTERS = (
     "received",
     "bytes",
-    "connections",
+    *CONNECTION_COUNTERS,
     "protocol_errors",
     "truncated",
     "dropped_oversize",
@@ -78,11 +78,13 @@ COUNTERS = (
 class RelpInput(TcpInput):
     """A relp:// listener: :class:`TcpInput`'s accept loop, a RELP session per connection."""
 
-    async def _session(self, stream: trio.SocketStream | ByteStream, peer: str) -> None:
+    async def _session(
+        self, stream: trio.SocketStream | ByteStream, connection: Connection
+    ) -> None:
         replies = Replies(stream, REPLY_BACKLOG)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(replies.write)
-            if await self._converse(RelpServer(), stream, peer, replies):
+            if await self._converse(RelpServer(), stream, connection, replies):
                 replies.finish()  # its last answers, then the connection closes
             else:
                 nursery.cancel_scope.cancel()  # gone: nobody reads what is left
@@ -91,10 +93,11 @@ class RelpInput(TcpInput):
         self,
         server: RelpServer,
         stream: trio.SocketStream | ByteStream,
-        peer: str,
+        connection: Connection,
         replies: Replies,
     ) -> bool:
         """Read, queue, answer until the session ends; True if it owes final answers."""
+        peer = connection.peer
         told = False
         while True:
             if replies.full() and not told:
@@ -107,9 +110,11 @@ class RelpInput(TcpInput):
                     replies.waiting(),
                 )
             await replies.wait_room()
-            data = await self._read(stream, peer)
-            if not data and self.stopping.is_set() and server.state is State.OPEN:
-                # Quiet at stop: all it wrote is answered; tell it we are going.
+            data = await self._read(stream, connection)
+            ending = self.stopping.is_set() or connection.closing
+            if not data and ending and server.state is State.OPEN:
+                # Quiet at stop, idle, or evicted: all it wrote is answered;
+                # tell it we are going (it reconnects when it has more).
                 replies.add([server.server_close()])
                 return True
             events = server.receive_data(data)

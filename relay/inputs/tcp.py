@@ -6,9 +6,17 @@ batch. When an output's spool is full, :meth:`Router.put` waits and the
 connection is not read: back-pressure reaches the sender through TCP, so its
 own queue engages rather than ours overflowing.
 
-At most ``max_connections`` connections are served at once; past that the
-listener stops accepting (the kernel's backlog holds the next few) until one
-closes. Nothing is buffered without a bound.
+At most ``max_connections`` connections are open at once. A new one past
+that takes the place of the connection that has sent nothing for longest (at
+least EVICT_IDLE), or, when every connection is busy, is refused at once:
+counted and logged, never left waiting in the kernel's backlog. A connection
+that sends nothing for ``idle_timeout`` is closed. Nothing is buffered
+without a bound.
+
+Each connection (its TLS handshake and its session) runs under one guard:
+an error nobody handled closes that connection only, is counted
+(``session_errors``) and logged, rate-limited; every other connection and
+everything queued carry on.
 
 At stop (:meth:`TcpInput.stop`) the listeners close, and each connection is
 read until it has been quiet for STOP_IDLE or ends: what a sender already
@@ -20,18 +28,18 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import time
-from typing import Any
 
 import trio
 
 from relay.config import InputConfig, host_port
-from relay.errors import StartupError
+from relay.errors import RelayError, StartupError
 from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
 from relay.routing import Router
 from relay.stats import Counters
-from relay.tlswire import ByteStream, TlsAcceptor, TlsStream, as_byte_stream
+from relay.tlswire import ByteStream, FailureLog, TlsAcceptor, as_byte_stream
 from relay.tlswire import aclose as tls_aclose
 
 log = logging.getLogger("relay.input")
@@ -43,16 +51,48 @@ RECV_SIZE = 256 * 1024
 
 # At stop: a connection quiet this long has nothing more in our kernel's buffer.
 STOP_IDLE = 0.1
+# When max_connections are open, a new connection takes the place of the one
+# that has sent nothing for longest, if that has been quiet this long (a sender
+# that is sending is never cut off for one that might); otherwise the new one
+# is refused at once. Never a silent wait in the kernel's backlog.
+EVICT_IDLE = 1.0
+# Log lines about a full input and idle closes: one per this many seconds, the
+# rest counted and given with the next line.
+FULL_LOG_INTERVAL = 10.0
+# Log lines about sessions ended by an error: one per kind of error per input
+# per this many seconds (a flood of bad clients must not flood the log).
+FAULT_LOG_INTERVAL = 60.0
+
+# What every stream input (tcp, tls, relp, relp+tls) counts about its connections.
+CONNECTION_COUNTERS = (
+    "connections",
+    "idle_timeouts",  # closed after idle_timeout with nothing sent
+    "evicted_idle",  # closed, idle, to make room for a new one (max_connections)
+    "refused_connections",  # closed at once: max_connections open, none idle
+    "session_errors",  # closed on an error nobody handled (logged)
+)
 
 COUNTERS = (
     "received",
     "bytes",
-    "connections",
+    *CONNECTION_COUNTERS,
     "truncated",
     "dropped_oversize",
     "framing_errors",
     "lost_at_stop",
 )
+
+
+class Connection:
+    """One accepted connection: who, when it last sent, and its pending read."""
+
+    __slots__ = ("closing", "peer", "read_scope", "waiting_since")
+
+    def __init__(self, peer: str, now: float) -> None:
+        self.peer = peer
+        self.waiting_since = now  # when the pending read began (or the connection came)
+        self.read_scope: trio.CancelScope | None = None  # set while waiting for data
+        self.closing = ""  # why we close it: "idle", "evicted" ("" while it is served)
 
 
 class TcpInput:
@@ -62,11 +102,19 @@ class TcpInput:
         self.counters = counters
         self.listeners: list[trio.SocketListener] = []
         self.address = config.endpoint.url
-        self.active = 0
         self.stopping = trio.Event()
-        self._reads: set[trio.CancelScope] = set()  # connections waiting for data
+        # Every accepted connection (handshaking or in session), oldest first.
+        self._connections: dict[Connection, None] = {}
         # tls:// and relp+tls://: the handshake before the session (open() builds it).
         self.tls: TlsAcceptor | None = None
+        self._full_log = FailureLog(FULL_LOG_INTERVAL, "connections turned away")
+        self._idle_log = FailureLog(FULL_LOG_INTERVAL, "idle connections closed")
+        self._fault_log = FailureLog(FAULT_LOG_INTERVAL, "sessions ended by this error")
+
+    @property
+    def active(self) -> int:
+        """Connections open now (handshaking or in session)."""
+        return len(self._connections)
 
     async def open(self) -> None:
         """Bind and listen; StartupError with one clear line on failure."""
@@ -92,84 +140,113 @@ class TcpInput:
     async def stop(self) -> None:
         """Stop accepting; connections end once they are quiet (see the module doc)."""
         self.stopping.set()
-        for scope in self._reads:
-            scope.cancel()
+        for connection in self._connections:
+            if connection.read_scope is not None:
+                connection.read_scope.cancel()
         for listener in self.listeners:
             await listener.aclose()
 
     async def serve(self) -> None:
         """Accept and serve connections until stopped (and they end) or cancelled."""
-        slots = trio.Semaphore(self.config.max_connections)
         try:
             async with trio.open_nursery() as nursery:
                 for listener in self.listeners:
-                    nursery.start_soon(self._accept, listener, slots, nursery)
+                    nursery.start_soon(self._accept, listener, nursery)
         finally:
             for listener in self.listeners:
                 await listener.aclose()
 
-    async def _accept(
-        self, listener: trio.SocketListener, slots: trio.Semaphore, nursery: trio.Nursery
-    ) -> None:
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
-            if slots.value == 0:
-                log.warning(
-                    "input %s: %d connections open (max_connections); not accepting more "
-                    "until one closes",
-                    self.config.name,
-                    self.config.max_connections,
-                )
-            await slots.acquire()
             try:
                 stream = await listener.accept()
             except trio.ClosedResourceError:
-                slots.release()
                 return  # stop() closed the listener
             except OSError as exc:
-                slots.release()
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.error(
                         "input %s: cannot accept: %s; pausing 1 s", self.config.name, exc.strerror
                     )
                     await trio.sleep(1)  # back-off, not synchronisation
                 continue
-            if self.tls is None:
-                nursery.start_soon(self._connection, stream, slots)
-            else:
-                nursery.start_soon(self._tls_connection, stream, slots)
+            peer = _peer_name(stream.socket)
+            if len(self._connections) >= self.config.max_connections and not self._make_room(peer):
+                self.counters.add("refused_connections")
+                self._say_full(peer, "refused it")
+                await trio.aclose_forcefully(stream)
+                continue
+            connection = Connection(peer, trio.current_time())
+            self._connections[connection] = None
+            nursery.start_soon(self._serve_connection, stream, connection)
 
-    async def _tls_connection(self, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
-        """Handshake, then the same session as plain TCP over the TLS stream."""
-        assert self.tls is not None
-        peer = _peer_name(stream.socket)
-        try:
-            ssl_stream = await self.tls.accept(stream, peer)
-        except BaseException:
-            slots.release()
-            await trio.aclose_forcefully(stream)
-            raise
-        if ssl_stream is None:  # refused: logged and counted, nothing queued
-            slots.release()
-            return
-        await self._connection(as_byte_stream(ssl_stream), slots, peer)
+    def _make_room(self, newcomer: str) -> bool:
+        """Close the connection that has been idle longest, if it has been idle
+        for EVICT_IDLE, to make room for ``newcomer``; False if none has."""
+        waiting = [c for c in self._connections if c.read_scope is not None and not c.closing]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c.waiting_since)
+        idle = trio.current_time() - oldest.waiting_since
+        if idle < EVICT_IDLE:
+            return False
+        oldest.closing = "evicted"
+        assert oldest.read_scope is not None
+        oldest.read_scope.cancel()
+        del self._connections[oldest]  # its slot is the newcomer's; its task ends at once
+        self.counters.add("evicted_idle")
+        self._say_full(newcomer, f"closed {oldest.peer}, idle for {idle:.0f} s, to make room")
+        return True
 
-    async def _connection(
-        self, stream: trio.SocketStream | ByteStream, slots: trio.Semaphore, peer: str = ""
-    ) -> None:
-        """One connection's bookkeeping around :meth:`_session`; the close is
-        bounded (a TLS peer that does not read must not hold up a stop)."""
-        peer = peer or _stream_peer(stream)
-        self.counters.add("connections")
-        self.active += 1
+    def _say_full(self, peer: str, what: str) -> None:
+        line = self._full_log.line(
+            "full",
+            f"input {self.config.name}: {self.config.max_connections} connections open "
+            f"(max_connections); a connection from {peer} came: {what}",
+            trio.current_time(),
+        )
+        if line is not None:
+            log.warning("%s", line)
+
+    async def _serve_connection(self, stream: trio.SocketStream, connection: Connection) -> None:
+        """The TLS handshake (if any) and the session, under the guard: whatever
+        goes wrong closes this connection only (counted, logged), never the input.
+        The close is bounded (a TLS peer that does not read must not hold up a stop)."""
+        byte_stream: trio.SocketStream | ByteStream = stream
         try:
-            await self._session(stream, peer)
+            if self.tls is not None:
+                ssl_stream = await self.tls.accept(stream, connection.peer)
+                if ssl_stream is None:  # refused: logged and counted, nothing queued
+                    return
+                byte_stream = as_byte_stream(ssl_stream)
+            self.counters.add("connections")
+            await self._session(byte_stream, connection)
+        except Exception as exc:
+            self._fault(connection.peer, exc)
         finally:
-            self.active -= 1
-            slots.release()
-            await tls_aclose(stream)
+            self._connections.pop(connection, None)
+            await tls_aclose(byte_stream)
 
-    async def _session(self, stream: trio.SocketStream | ByteStream, peer: str) -> None:
+    def _fault(self, peer: str, exc: Exception) -> None:
+        """A session ended by an error nobody handled: count, one line (rate-limited)."""
+        self.counters.add("session_errors")
+        ours = isinstance(exc, RelayError)  # a protocol error we raised on purpose
+        line = self._fault_log.line(
+            type(exc).__name__,
+            f"input {self.config.name}: connection from {peer} closed on an error: "
+            f"{type(exc).__name__}: {exc}"
+            + ("" if ours else " (a bug in relay; the traceback is logged at debug level)"),
+            trio.current_time(),
+        )
+        if line is not None:
+            log.error("%s", line)
+        if not ours:
+            log.debug("input %s: the error's traceback:", self.config.name, exc_info=exc)
+
+    async def _session(
+        self, stream: trio.SocketStream | ByteStream, connection: Connection
+    ) -> None:
         """Frames in, batches queued, until the connection ends (or the stop)."""
+        peer = connection.peer
         config = self.config
         counters = self.counters
         decoder = FrameDecoder(
@@ -179,7 +256,7 @@ class TcpInput:
         name = config.name
         try:
             while True:
-                data = await self._read(stream, peer)
+                data = await self._read(stream, connection)
                 frames = decoder.receive_data(data)
                 if frames:
                     batch = Batch(
@@ -218,34 +295,53 @@ class TcpInput:
                     errors,
                 )
 
-    async def _read(self, stream: trio.SocketStream | ByteStream, peer: str) -> bytes:
-        """The next read, ``b""`` at the end: EOF, a broken connection, or (at
-        stop) once the sender has been quiet for STOP_IDLE."""
+    async def _read(self, stream: trio.SocketStream | ByteStream, connection: Connection) -> bytes:
+        """The next read, ``b""`` at the end: EOF, a broken connection, the idle
+        timeout or an eviction, or (at stop) once the sender has been quiet for
+        STOP_IDLE."""
         try:
             if self.stopping.is_set():
                 return await _read_until_quiet(stream)
-            return await self._receive_until_stop(stream)
+            return await self._receive(stream, connection)
         except trio.BrokenResourceError as exc:
             log.info(
                 "input %s: connection from %s broken: %s",
                 self.config.name,
-                peer,
+                connection.peer,
                 exc.__cause__ or exc,
             )
             return b""
 
-    async def _receive_until_stop(self, stream: trio.SocketStream | ByteStream) -> bytes:
-        """The next read; when the stop begins while waiting, the rest of the
-        buffered data instead (``b""`` once the connection is quiet)."""
+    async def _receive(
+        self, stream: trio.SocketStream | ByteStream, connection: Connection
+    ) -> bytes:
+        """The next read, within the idle timeout; when the stop begins while
+        waiting, the rest of the buffered data instead (``b""`` once the
+        connection is quiet)."""
         # Only the wait for data is cancelled, never a put: trio's receive_some
         # either returns data or is cancelled having taken none.
-        with trio.CancelScope() as scope:
-            self._reads.add(scope)
+        timeout = self.config.idle_timeout
+        connection.waiting_since = now = trio.current_time()
+        with trio.CancelScope(deadline=now + timeout if timeout else math.inf) as scope:
+            connection.read_scope = scope
             try:
                 return await stream.receive_some(RECV_SIZE)
             finally:
-                self._reads.discard(scope)
-        return await _read_until_quiet(stream)
+                connection.read_scope = None
+        if self.stopping.is_set():
+            return await _read_until_quiet(stream)
+        if not connection.closing:  # not evicted: the idle timeout
+            connection.closing = "idle"
+            self.counters.add("idle_timeouts")
+            line = self._idle_log.line(
+                "idle",
+                f"input {self.config.name}: closed the connection from {connection.peer}: "
+                f"it sent nothing for {timeout:g} s (idle_timeout)",
+                trio.current_time(),
+            )
+            if line is not None:
+                log.info("%s", line)
+        return b""
 
 
 async def _read_until_quiet(stream: trio.SocketStream | ByteStream) -> bytes:
@@ -253,15 +349,6 @@ async def _read_until_quiet(stream: trio.SocketStream | ByteStream) -> bytes:
     with trio.move_on_after(STOP_IDLE):
         return await stream.receive_some(RECV_SIZE)
     return b""
-
-
-def _stream_peer(stream: Any) -> str:
-    """The peer of a socket stream, or of the socket under a TLS stream."""
-    if isinstance(stream, TlsStream):
-        stream = stream.ssl
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    return _peer_name(stream.socket) if isinstance(stream, trio.SocketStream) else "?"
 
 
 def _peer_name(sock: trio.socket.SocketType) -> str:

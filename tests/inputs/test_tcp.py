@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 from relay.config import Endpoint, InputConfig
 from relay.inputs import tcp
+from relay.message import Batch
 from relay.outputs import base
 from relay.protocol.framing import encode_lines, encode_octet_counted
 from relay.routing import Route, Router
@@ -78,23 +80,135 @@ async def test_full_spool_stops_reading_then_delivers_everything() -> None:
     assert most <= 50 + tcp.RECV_SIZE // len(b"<13>seq=0")
 
 
-async def test_max_connections_pauses_accepting() -> None:
+async def eof_within(stream: trio.SocketStream, seconds: float) -> bool:
+    """Whether the input closes ``stream`` (EOF or reset) within ``seconds``."""
+    with trio.move_on_after(seconds):
+        try:
+            while await stream.receive_some(1024):
+                pass
+        except trio.BrokenResourceError:
+            pass
+        return True
+    return False
+
+
+async def test_when_full_a_newcomer_takes_the_place_of_the_longest_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tcp, "EVICT_IDLE", 0.0)  # any quiet connection may make room
     spool = memory_spool()
-    tcp_input = await start_input(spool, max_connections=2)
+    tcp_input = await start_input(spool, max_connections=100)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tcp_input.serve)
         port = port_of(tcp_input)
-        streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
-        await trio.testing.wait_all_tasks_blocked()
-        assert tcp_input.active == 2  # the third waits in the kernel's backlog
-        await streams[2].send_all(b"<13>third\n")
-        await streams[0].aclose()
-        await streams[2].aclose()
-        while len(spool) < 1:
-            await spool.wait_changed()
-        assert queued(spool) == [b"<13>third"]
-        await streams[1].aclose()
+        idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(100)]
+        await await_until(lambda: tcp_input.active == 100, 10)
+        newcomer = await trio.open_tcp_stream("127.0.0.1", port)
+        await newcomer.send_all(b"<13>newcomer\n")
+        await await_until(lambda: len(spool) == 1, 5)  # served at once
+        assert queued(spool) == [b"<13>newcomer"]
+        assert await eof_within(idle[0], 5)  # the oldest made room
+        assert not await eof_within(idle[1], 0.1)
+        assert tcp_input.counters["evicted_idle"] == 1
+        assert tcp_input.counters["refused_connections"] == 0
+        for stream in [*idle, newcomer]:
+            await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_when_full_and_nobody_is_idle_a_newcomer_is_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tcp, "EVICT_IDLE", 3600.0)  # nobody has been quiet that long
+    spool = memory_spool()
+    tcp_input = await start_input(spool, max_connections=100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tcp_input.serve)
+        port = port_of(tcp_input)
+        busy = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(100)]
+        await await_until(lambda: tcp_input.active == 100, 10)
+        for _ in range(3):
+            newcomer = await trio.open_tcp_stream("127.0.0.1", port)
+            assert await eof_within(newcomer, 5)  # refused at once, not left waiting
+            await newcomer.aclose()
+        assert tcp_input.counters["refused_connections"] == 3
+        assert tcp_input.active == 100
+        await busy[0].send_all(b"<13>still served\n")
+        await await_until(lambda: len(spool) == 1, 5)
+        for stream in busy:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    # one line for the first, the rest counted (rate-limited)
+    assert caplog.text.count("max_connections") == 1
+
+
+async def test_idle_timeout_closes_connections_that_send_nothing() -> None:
+    spool = memory_spool()
+    tcp_input = await start_input(spool, idle_timeout=0.3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tcp_input.serve)
+        port = port_of(tcp_input)
+        silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        talker = await trio.open_tcp_stream("127.0.0.1", port)
+        for i in range(10):  # one message every 0.1 s for a second: never idle
+            await talker.send_all(b"<13>%d\n" % i)
+            assert not await eof_within(talker, 0.1)
+        for stream in silent:
+            assert await eof_within(stream, 1)  # closed long before
+        assert await eof_within(talker, 5)  # then quiet: closed too
+        assert tcp_input.counters["idle_timeouts"] == 4
+        assert queued(spool) == [b"<13>%d" % i for i in range(10)]
+        for stream in [*silent, talker]:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_timeout_zero_keeps_quiet_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spool = memory_spool()
+    tcp_input = await start_input(spool, idle_timeout=0.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tcp_input.serve)
+        quiet = await trio.open_tcp_stream("127.0.0.1", port_of(tcp_input))
+        assert not await eof_within(quiet, 86400)  # a day of the mock clock
+        assert tcp_input.counters["idle_timeouts"] == 0
+        await quiet.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_error_in_one_session_closes_that_connection_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spool = memory_spool()
+    tcp_input = await start_input(spool)
+    put = tcp_input.router.put
+
+    async def put_or_fail(batch: Batch) -> None:
+        if b"<13>boom" in batch.messages:
+            raise RuntimeError("injected")
+        await put(batch)
+
+    tcp_input.router.put = put_or_fail  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tcp_input.serve)
+        port = port_of(tcp_input)
+        good = await trio.open_tcp_stream("127.0.0.1", port)
+        await good.send_all(b"<13>before\n")
+        await await_until(lambda: len(spool) == 1, 5)
+        for _ in range(2):
+            bad = await trio.open_tcp_stream("127.0.0.1", port)
+            await bad.send_all(b"<13>boom\n")
+            assert await eof_within(bad, 5)
+            await bad.aclose()
+        await good.send_all(b"<13>after\n")
+        await await_until(lambda: len(spool) == 2, 5)
+        assert queued(spool) == [b"<13>before", b"<13>after"]
+        assert tcp_input.counters["session_errors"] == 2
+        await good.aclose()
+        nursery.cancel_scope.cancel()
+    assert caplog.text.count("closed on an error: RuntimeError: injected") == 1  # rate-limited
+    assert "a bug in relay" in caplog.text
 
 
 async def test_malformed_input_does_not_cost_the_next_good_message() -> None:
