@@ -414,6 +414,8 @@ class _Validator:
         self.profiles = self.tls_profiles(data)
         inputs = tuple(self.endpoints(data, "input", self.input))
         outputs = tuple(self.endpoints(data, "output", self.output))
+        for output in outputs:
+            self.spool_name(output)
         if not self.table(data, "input"):
             self.error("input", "no inputs: add at least one [input.NAME] table with a url")
         if not self.table(data, "output"):
@@ -429,6 +431,15 @@ class _Validator:
             source=self.source,
             tls={k: v for k, v in self.profiles.items() if v is not None},
         )
+
+    def spool_name(self, output: OutputConfig) -> None:
+        """The output's name makes its spool's directory name (one byte a character)."""
+        if output.disk_max_bytes and len(output.name) > NAME_MAX:
+            self.error(
+                f"output.{output.name}",
+                f"the name is {len(output.name)} characters long; it names the spool's "
+                f"directory (state_dir/spool/NAME), so at most {NAME_MAX}",
+            )
 
     def tls_profiles(self, data: Mapping[str, Any]) -> dict[str, TlsProfile | None]:
         """Every [tls.NAME] table; None for one with mistakes (reported once, here)."""

@@ -473,3 +473,15 @@ def test_state_dir_argument() -> None:
         str(caught.value)
         == "--state-dir: '/var/\\x00': a path cannot contain a NUL character (\\u0000)"
     )
+
+
+def test_an_output_name_must_fit_its_spool_directory() -> None:
+    text = '[input.i]\nurl = "udp://127.0.0.1:514"\n[output.{name}]\nurl = "tcp://h:514"\n'
+    assert config.loads(text.format(name="o" * 255)).outputs[0].name == "o" * 255
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(text.format(name="o" * 256))
+    [error] = caught.value.errors
+    assert error.key == "output." + "o" * 256 and error.line == 3
+    assert "at most 255" in error.message
+    # Without disk it has no spool directory.
+    config.loads(text.format(name="o" * 256) + "disk_max_bytes = 0\n")
