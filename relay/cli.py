@@ -10,7 +10,6 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -160,7 +159,10 @@ def run(
     cfg = _load(config_file, inputs, outputs)
     overrides: dict[str, Any] = {}
     if state_dir is not None:
-        overrides["state_dir"] = Path(state_dir).absolute()
+        try:
+            overrides["state_dir"] = config.state_dir_argument(state_dir)
+        except ConfigErrors as exc:
+            _fail("\n".join(f"error: {e}" for e in exc.errors))
     if stop_timeout is not None:
         overrides["stop_timeout"] = stop_timeout
     if log_level is not None:

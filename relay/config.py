@@ -73,6 +73,17 @@ MAX_RCVBUF = 1 << 30
 DEFAULT_STOP_TIMEOUT = 30.0
 # The least disk a spool may have, when it has any.
 MIN_DISK_BYTES = 1024 * 1024
+# What the kernel takes as a path (Linux's limits.h and sys/un.h): at most
+# PATH_MAX bytes counting the terminating NUL, each name in it at most NAME_MAX
+# bytes, and a unix socket's address must fit sockaddr_un.sun_path (108 bytes,
+# NUL included). A configured path is checked against them when the config is
+# read, so `relay check` says what `relay run` would otherwise find out only at
+# start (and a NUL would be a ValueError there, not an OSError).
+PATH_MAX = 4096
+NAME_MAX = 255
+UNIX_PATH_MAX = 108
+# A DNS name (RFC 1035 2.3.4): at most 253 characters, labels of 1 to 63.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
 # Upper bound of every setting in seconds: a day.
 MAX_SECONDS = 86400
 # Longest wait between reconnect attempts to an upstream.
@@ -255,12 +266,22 @@ def parse_endpoint(url: str, role: str) -> Endpoint:
             raise ValueError(f"{url!r}: the path must be absolute")
         if path == "-" and scheme != "file":
             raise ValueError(f"{url!r}: '-' (standard output) is only for file outputs")
+        if path != "-":
+            check_path(path, unix_socket=scheme == "unix")
         return Endpoint(scheme, path=path)
     if not rest.startswith("//"):
         raise ValueError(f"{url!r} is not an endpoint URL (try {scheme}://host:port)")
-    parts = urllib.parse.urlsplit(url)
+    if _control_character(url) is not None or " " in url:
+        # urlsplit would silently drop a tab or newline and keep a NUL.
+        raise ValueError(f"{_shorten(url)}: a URL cannot contain spaces or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL", "An IPv4 address cannot be in brackets"
+        raise ValueError(f"{url!r}: {exc}") from None
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"{url!r}: unexpected path or query after host:port")
+    if "@" in parts.netloc:
+        raise ValueError(f"{url!r}: a user name or password (user@host) means nothing here")
     host = parts.hostname or ""
     if not host:
         raise ValueError(f"{url!r} names no host")
@@ -275,11 +296,43 @@ def parse_endpoint(url: str, role: str) -> Endpoint:
     if port == 0 and role != "input":
         raise ValueError(f"{url!r}: an output needs a port from 1 to 65535")
     if "[" in parts.netloc:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{url!r}: {host!r} is not an IPv6 address") from None
+        host = _ipv6_host(url, parts.netloc, host)
+    else:
+        _check_host_name(url, host)
     return Endpoint(scheme, host, port)
+
+
+def _ipv6_host(url: str, netloc: str, host: str) -> str:
+    """The address in ``[...]``, its zone's ``%25`` decoded (RFC 6874); ValueError if none."""
+    if not re.fullmatch(r"\[[^\[\]]*\](:[^:]*)?", netloc):
+        raise ValueError(f"{url!r}: only an IPv6 address goes in [brackets], then :port")
+    address, percent, zone = host.partition("%")
+    if percent:
+        zone = zone.removeprefix("25")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", zone):  # IFNAMSIZ - 1
+            raise ValueError(f"{url!r}: {zone!r} is not a network interface name")
+        host = f"{address}%{zone}"
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        raise ValueError(f"{url!r}: {address!r} is not an IPv6 address") from None
+    return host
+
+
+def _check_host_name(url: str, host: str) -> None:
+    """ValueError unless ``host`` is an IPv4 address or a DNS name the resolver can take."""
+    if not host.isascii():
+        try:
+            ascii_form = f" (its ASCII form is {host.encode('idna').decode('ascii')!r})"
+        except UnicodeError:
+            ascii_form = ""
+        raise ValueError(f"{url!r}: write an international host name in its ASCII form{ascii_form}")
+    name = host.removesuffix(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(
+            f"{_shorten(url)}: {_shorten(host)} is not a host name or an IP address "
+            "(labels of letters, digits and '-', 1 to 63 long, separated by dots)"
+        )
 
 
 # -- the file --------------------------------------------------------------
@@ -326,8 +379,15 @@ class _Validator:
         self.profiles: dict[str, TlsProfile | None] = {}
 
     def error(self, key: str, message: str) -> None:
+        # A table name or a value quoted back may hold a newline ("\n" in TOML):
+        # escaped, so that each mistake stays one line.
         self.errors.append(
-            ConfigError(message, key=key, source=self.source, line=self.line_of(key))
+            ConfigError(
+                _escape_controls(message),
+                key=_escape_controls(key),
+                source=self.source,
+                line=self.line_of(key),
+            )
         )
 
     def line_of(self, key: str) -> int | None:
@@ -362,6 +422,8 @@ class _Validator:
         self.profiles = self.tls_profiles(data)
         inputs = tuple(self.endpoints(data, "input", self.input))
         outputs = tuple(self.endpoints(data, "output", self.output))
+        for output in outputs:
+            self.spool_name(output)
         if not self.table(data, "input"):
             self.error("input", "no inputs: add at least one [input.NAME] table with a url")
         if not self.table(data, "output"):
@@ -377,6 +439,15 @@ class _Validator:
             source=self.source,
             tls={k: v for k, v in self.profiles.items() if v is not None},
         )
+
+    def spool_name(self, output: OutputConfig) -> None:
+        """The output's name makes its spool's directory name (one byte a character)."""
+        if output.disk_max_bytes and len(output.name) > NAME_MAX:
+            self.error(
+                f"output.{output.name}",
+                f"the name is {len(output.name)} characters long; it names the spool's "
+                f"directory (state_dir/spool/NAME), so at most {NAME_MAX}",
+            )
 
     def tls_profiles(self, data: Mapping[str, Any]) -> dict[str, TlsProfile | None]:
         """Every [tls.NAME] table; None for one with mistakes (reported once, here)."""
@@ -677,8 +748,55 @@ def _absolute_path(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"must be a path in quotes, not {_kind(value)}")
     if not value.startswith("/"):
-        raise ValueError(f"must be an absolute path, not {value!r}")
-    return value
+        raise ValueError(f"must be an absolute path, not {_shorten(value)}")
+    return check_path(value)
+
+
+def check_path(path: str, *, unix_socket: bool = False) -> str:
+    """``path``, if the kernel can take it as a path (a unix socket's, with
+    ``unix_socket``); else ValueError saying why, in one line.
+
+    A control character is refused too: the kernel takes any but NUL, but a
+    newline or an escape in a configured path is a mistake, and would break the
+    one-line messages that name the path.
+    """
+    bad = _control_character(path)
+    if bad == "\0":
+        raise ValueError(f"{_shorten(path)}: a path cannot contain a NUL character (\\u0000)")
+    if bad is not None:
+        raise ValueError(f"{_shorten(path)}: a path cannot contain control characters ({bad!r})")
+    try:
+        data = os.fsencode(path)
+    except UnicodeError:  # a lone surrogate, only from Python
+        raise ValueError(f"{_shorten(path)}: not a path the file system can encode") from None
+    limit = UNIX_PATH_MAX if unix_socket else PATH_MAX
+    if len(data) >= limit:
+        what = "a unix socket path (sun_path)" if unix_socket else "a path (PATH_MAX)"
+        raise ValueError(
+            f"{_shorten(path)}: {len(data)} bytes long; {what} is at most {limit - 1} bytes"
+        )
+    for name in data.split(b"/"):
+        if len(name) > NAME_MAX:
+            raise ValueError(
+                f"{_shorten(path)}: a name in it is {len(name)} bytes long; a file name "
+                f"(NAME_MAX) is at most {NAME_MAX} bytes"
+            )
+    return path
+
+
+def _control_character(text: str) -> str | None:
+    """The first C0 control character or DEL in ``text``, if any."""
+    found = re.search(r"[\x00-\x1f\x7f]", text)
+    return found.group() if found else None
+
+
+def _escape_controls(text: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f]", lambda found: repr(found.group())[1:-1], text)
+
+
+def _shorten(text: str, width: int = 60) -> str:
+    """``text`` quoted for a one-line message (control characters escaped), cut to ``width``."""
+    return repr(text) if len(text) <= width else repr(text[: width - 3]) + "..."
 
 
 def _optional_path(value: Any) -> Path:
@@ -776,6 +894,14 @@ def with_endpoints(
         outputs=(*keep_out, *new_outputs),
         source=config.source if not (inputs or outputs) else f"{config.source} + command line",
     )
+
+
+def state_dir_argument(value: str) -> Path:
+    """``--state-dir``, made absolute and checked as a path; ConfigErrors if unusable."""
+    try:
+        return Path(check_path(str(Path(value).absolute())))
+    except ValueError as exc:
+        raise ConfigErrors([ConfigError(str(exc), key="--state-dir")]) from None
 
 
 def check_files(config: Config) -> list[ConfigError]:

@@ -156,12 +156,7 @@ def _build(
     ctx.minimum_version = MIN_VERSIONS[profile.min_version]
     ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
     if profile.ciphers is not None:
-        try:
-            ctx.set_ciphers(profile.ciphers)
-        except ssl.SSLError:
-            raise ConfigError(
-                f"{profile.ciphers!r}: OpenSSL knows no cipher in this list", key="ciphers"
-            ) from None
+        _set_ciphers(ctx, profile.ciphers)
     infos: list[CertificateInfo] = []
     if profile.cert is not None:
         infos += _load_own_certificate(ctx, profile.cert, profile.key, now)
@@ -185,6 +180,15 @@ def _build(
                 server_hostname or "this target",
             )
     return ctx, tuple(infos)
+
+
+def _set_ciphers(ctx: ssl.SSLContext, ciphers: str) -> None:
+    try:
+        ctx.set_ciphers(ciphers)
+    except (ssl.SSLError, ValueError):  # ValueError: a NUL in it
+        raise ConfigError(
+            f"{ciphers!r}: OpenSSL knows no cipher in this list", key="ciphers"
+        ) from None
 
 
 class _EncryptedKeyError(Exception):
@@ -254,6 +258,11 @@ def load_files(profile: TlsProfile, *, now: datetime | None = None) -> list[Conf
     """
     now = now or datetime.now(UTC)
     errors = []
+    if profile.ciphers is not None:
+        try:
+            _set_ciphers(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), profile.ciphers)
+        except ConfigError as exc:
+            errors.append(exc)
     if profile.cert is not None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:

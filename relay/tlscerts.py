@@ -12,6 +12,8 @@ the ``ssl`` module does the TLS (:mod:`relay.tls`).
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -117,13 +119,48 @@ def load_pem_certificates(path: Path, key: str = "cert") -> list[CertificateInfo
 
 
 def read_file(path: Path, key: str) -> bytes:
-    """The contents of the file config ``key`` names; a ConfigError naming it if unreadable."""
+    """The contents of the file config ``key`` names; a ConfigError naming it if unreadable.
+
+    Every way reading can fail is that one error, with one line why: the OS's
+    refusal, a NUL in the path (ValueError), a name the file system cannot
+    encode (UnicodeError), a FIFO or device (which would block, or never end),
+    a file too large to be a certificate or CA bundle.
+    """
+    where = printable(str(path))
     try:
-        return path.read_bytes()
+        return _read_regular_file(path)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file", key=key) from None
+        raise ConfigError(f"{where}: no such file", key=key) from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror}", key=key) from None
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror or exc}", key=key) from None
+    except Exception as exc:  # ValueError, UnicodeError: whatever it is, one line
+        raise ConfigError(f"{where}: cannot read it: {printable(str(exc))}", key=key) from None
+
+
+# A CA bundle holds a few hundred certificates (Mozilla's: about 220 KiB); a
+# file many times that size is not one, and must not be read into memory whole.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
+
+def _read_regular_file(path: Path) -> bytes:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (no effect on a file).
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ValueError("it is a directory, not a file")
+        if not stat.S_ISREG(mode):
+            raise ValueError("not a regular file")
+        chunks = []
+        left = MAX_FILE_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    if left <= 0:
+        raise ValueError(f"larger than {MAX_FILE_BYTES >> 20} MiB: not a PEM file")
+    return b"".join(chunks)
 
 
 def expiry_warnings(infos: Iterable[CertificateInfo], now: datetime, days: int) -> list[str]:

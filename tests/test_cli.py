@@ -149,3 +149,51 @@ def test_default_run_forwards_to_stdout_and_stops_cleanly(tmp_path: Path) -> Non
     assert proc.returncode == 0, err
     assert sorted(int(line.split(b"seq=")[1]) for line in lines) == [0, 1, 2, 3, 4]
     assert b"Traceback" not in err
+
+
+# Every path the config holds, with a NUL in it (TOML's "\u0000"): the table it
+# goes in, the key the error must name.
+_NUL = "/tmp/relay\\u0000test"
+NUL_PATHS = {
+    "relay.state_dir": f'[relay]\nstate_dir = "{_NUL}"\n',
+    "tls.t.cert": f'[tls.t]\ncert = "{_NUL}"\n',
+    "tls.t.key": f'[tls.t]\ncert = "/etc/relay/tls/relay.pem"\nkey = "{_NUL}"\n',
+    "tls.t.ca": f'[tls.t]\nca = "{_NUL}"\n',
+    "input.nul.url": f'[input.nul]\nurl = "unix://{_NUL}"\n',
+    "output.nul.url": f'[output.nul]\nurl = "file://{_NUL}"\n',
+}
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+@pytest.mark.parametrize("key", list(NUL_PATHS))
+def test_nul_in_a_configured_path_is_one_line(tmp_path: Path, command: str, key: str) -> None:
+    # The [tls.t] profile is in use, so that `relay run` would load its files.
+    output = (
+        'url = "tls://127.0.0.1:6514"\ntls = "t"' if key.startswith("tls.") else 'url = "file:-"'
+    )
+    path = tmp_path / "relay.toml"
+    path.write_text(
+        f'{NUL_PATHS[key]}[input.in]\nurl = "udp://127.0.0.1:0"\n[output.out]\n{output}\n'
+    )
+    args = ["--state-dir", str(tmp_path / "state")] if command == "run" else []
+    result = relay(command, "-c", str(path), *args)
+    assert result.returncode == 1
+    line = 3 if key == "tls.t.key" else 2
+    assert_one_line_error(result, f"{path}:{line}: {key}: ", "NUL")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--state-dir", "/tmp/" + "d" * 300, "NAME_MAX"),
+        ("--state-dir", "/tmp/a\nb", "control characters"),
+        ("--output", "file:///tmp/" + "f/" * 2100, "PATH_MAX"),
+        ("--input", "unix:///tmp/" + "s" * 120, "sun_path"),
+        ("--output", "tcp://bad..host:514", "not a host name"),
+    ],
+    ids=["long-name", "newline", "long-path", "long-socket-path", "bad-host"],
+)
+def test_bad_path_on_the_command_line_is_one_line(option: str, value: str, says: str) -> None:
+    result = relay("run", option, value)
+    assert result.returncode == 1
+    assert_one_line_error(result, option, says)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -366,3 +367,121 @@ def test_endpoint_address_brackets_ipv6() -> None:
     """The peer named in an output's messages (TLS failures, RELP)."""
     assert config.Endpoint("tls", "::1", 6514).address == "[::1]:6514"
     assert config.Endpoint("tls", "10.0.0.5", 6514).address == "10.0.0.5:6514"
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/var/lib/re\0lay", "NUL character"),
+        ("/var/log/a\nb.log", "control characters ('\\n')"),
+        ("/var/lib/" + "x" * 256, "NAME_MAX"),
+        ("/" + "x/" * 2048, "PATH_MAX"),
+        ("/" + "é" * 128, "NAME_MAX"),  # 256 bytes in UTF-8
+    ],
+    ids=["nul", "newline", "long-name", "long-path", "long-utf8-name"],
+)
+def test_check_path_refuses(path: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)) as caught:
+        config.check_path(path)
+    assert "\n" not in str(caught.value) and "\0" not in str(caught.value)
+
+
+def test_check_path_limits_are_the_kernels() -> None:
+    longest = "/" + "/".join(["x" * 255] * 15) + "/" + "y" * 254  # 4095 bytes
+    assert len(longest) == config.PATH_MAX - 1
+    assert config.check_path(longest) == longest
+    assert config.check_path("/run/" + "s" * 102, unix_socket=True)  # 107 bytes
+    with pytest.raises(ValueError, match="sun_path"):
+        config.check_path("/run/" + "s" * 103, unix_socket=True)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[relay]\nstate_dir = "/var/lib/\\u0000"\n', "relay.state_dir"),
+        ('[tls.t]\ncert = "/etc/\\u0000.pem"\n', "tls.t.cert"),
+        ('[tls.t]\ncert = "/etc/c.pem"\nkey = "/etc/\\u0000.key"\n', "tls.t.key"),
+        ('[tls.t]\nca = "/etc/\\u0000.pem"\n', "tls.t.ca"),
+        ('[input.u]\nurl = "unix:///run/\\u0000"\n', "input.u.url"),
+        ('[output.f]\nurl = "file:///var/log/\\u0000"\n', "output.f.url"),
+        ('[input.u]\nurl = "unix:///run/' + "s" * 103 + '"\n', "input.u.url"),
+    ],
+)
+def test_every_configured_path_is_checked(toml: str, key: str) -> None:
+    text = toml + '[input.i]\nurl = "udp://127.0.0.1:514"\n[output.o]\nurl = "file:-"\n'
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(text, source="relay.toml")
+    [error] = caught.value.errors
+    assert error.key == key and error.line == toml.count("\n")
+    assert "\n" not in str(error) and "\0" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("tcp://a..b:514", "not a host name"),
+        ("tcp://" + "a" * 64 + ".net:514", "not a host name"),
+        ("tcp://" + "a." * 127 + "net:514", "not a host name"),
+        ("tcp://a b:514", "spaces or control characters"),
+        ("tcp://ho\nst:514", "spaces or control characters"),
+        ("tcp://ho\0st:514", "spaces or control characters"),
+        ("tcp://a%41:514", "not a host name"),
+        ("tcp://münchen.example:514", "'xn--mnchen-3ya.example'"),
+        ("tcp://user:pw@host:514", "user name or password"),
+        ("tcp://[::1]x:514", "[brackets]"),
+        ("tcp://[fe80::1%25a+b]:514", "not a network interface name"),
+        ("tcp://[1.2.3.4]:514", "cannot be in brackets"),
+        ("tcp://[fe80::1:514", "Invalid IPv6 URL"),
+        ("tcp://[fe80::1%25eth0]:514/x", "unexpected path"),
+    ],
+)
+def test_parse_endpoint_refuses_odd_hosts(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)) as caught:
+        parse_endpoint(url, "output")
+    assert "\n" not in str(caught.value) and "\0" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("tcp://collector-1.example.net.:514", "collector-1.example.net."),
+        ("tcp://_srv.example.net:514", "_srv.example.net"),
+        ("tcp://xn--mnchen-3ya.example:514", "xn--mnchen-3ya.example"),
+        ("tcp://[fe80::1%25eth0]:514", "fe80::1%eth0"),  # RFC 6874: %25 is the %
+        ("tcp://10.0.0.5:514", "10.0.0.5"),
+    ],
+)
+def test_parse_endpoint_hosts(url: str, host: str) -> None:
+    assert parse_endpoint(url, "output").host == host
+
+
+def test_a_newline_in_a_name_stays_one_line() -> None:
+    text = '[input."a\\nb"]\nurl = "udp://127.0.0.1:514"\nrcvbuff = 1\n'
+    text += '[output.o]\nurl = "tls://host"\ntls = "x\\ny"\n'
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(text)
+    assert [e.key for e in caught.value.errors] == ["input.a\\nb.rcvbuff", "output.o.tls"]
+    assert all("\n" not in str(e) for e in caught.value.errors)
+
+
+def test_state_dir_argument() -> None:
+    assert config.state_dir_argument("/var/lib/relay") == Path("/var/lib/relay")
+    assert config.state_dir_argument("state").is_absolute()
+    with pytest.raises(ConfigErrors) as caught:
+        config.state_dir_argument("/var/\0")
+    assert (
+        str(caught.value)
+        == "--state-dir: '/var/\\x00': a path cannot contain a NUL character (\\u0000)"
+    )
+
+
+def test_an_output_name_must_fit_its_spool_directory() -> None:
+    text = '[input.i]\nurl = "udp://127.0.0.1:514"\n[output.{name}]\nurl = "tcp://h:514"\n'
+    assert config.loads(text.format(name="o" * 255)).outputs[0].name == "o" * 255
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(text.format(name="o" * 256))
+    [error] = caught.value.errors
+    assert error.key == "output." + "o" * 256 and error.line == 3
+    assert "at most 255" in error.message
+    # Without disk it has no spool directory.
+    config.loads(text.format(name="o" * 256) + "disk_max_bytes = 0\n")

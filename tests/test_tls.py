@@ -418,3 +418,14 @@ def test_reloadable_expiry_warnings(pki: Pki) -> None:
     ]
     (line,) = reloadable.expiry_warnings(now)
     assert str(soon.cert) in line and "in 10 days" in line
+
+
+def test_load_files_checks_ciphers_like_the_start(pki: Pki) -> None:
+    """`relay check` says what starting the listener or target would."""
+    for ciphers in ("NO-SUCH-CIPHER", "5", "ECDHE\0"):
+        profile = listener(pki.server, ciphers=ciphers)
+        [problem] = tls.load_files(profile)
+        assert problem.key == "ciphers" and "OpenSSL knows no cipher" in problem.message
+        with pytest.raises(ConfigError, match="OpenSSL knows no cipher"):
+            tls.server_context(profile)
+    assert tls.load_files(listener(pki.server, ciphers="ECDHE+AESGCM")) == []

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
 
 from relay import tlscerts
+from relay.errors import ConfigError
 from tests.tlshelpers import LOOPBACK, SERVER, Pki, day
 
 
@@ -38,3 +43,38 @@ def test_expiry_warning_names_file_and_date(pki: Pki) -> None:
     ]
     assert tlscerts.expiry_warnings(infos[:1], now, 9) == []
     assert infos[0].seconds_left(now) == 10 * 86400
+
+
+def test_read_file_reports_every_failure_as_one_line(pki: Pki, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    unreadable = tmp_path / "unreadable.pem"
+    unreadable.write_text("x")
+    unreadable.chmod(0)
+    cases = {
+        tmp_path / "missing.pem": "missing.pem: no such file",
+        tmp_path / "nul\0.pem": "nul\\x00.pem: cannot read it: embedded null byte",
+        tmp_path: f"{tmp_path}: cannot read it: it is a directory, not a file",
+        fifo: "fifo.pem: cannot read it: not a regular file",  # opening it must not block
+        Path("/dev/zero"): "/dev/zero: cannot read it: not a regular file",
+        pki.server.cert / "x": "cannot read it: Not a directory",
+        tmp_path / "a\nb.pem": "a\\nb.pem: no such file",
+    }
+    if os.geteuid() != 0:  # root reads it anyway
+        cases[unreadable] = "cannot read it: Permission denied"
+    for path, says in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            tlscerts.read_file(path, "ca")
+        assert caught.value.key == "ca"
+        assert says in caught.value.message and "\n" not in caught.value.message
+    assert tlscerts.read_file(pki.server.cert, "cert") == pki.server.cert.read_bytes()
+
+
+def test_read_file_refuses_a_huge_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tlscerts, "MAX_FILE_BYTES", 1024 * 1024)
+    big = tmp_path / "big.pem"
+    big.write_bytes(b"x" * (1024 * 1024 + 1))
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        tlscerts.read_file(big, "ca")
+    big.write_bytes(b"x" * (1024 * 1024))
+    assert len(tlscerts.read_file(big, "ca")) == 1024 * 1024
