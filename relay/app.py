@@ -85,6 +85,7 @@ class Relay:
             max_messages=config.queue_max_messages,
             max_bytes=config.queue_max_bytes,
             disk_max_bytes=config.disk_max_bytes,
+            disk_reserve=config.disk_reserve,
             on_full=config.on_full,
             durability=config.durability,
             fsync_interval=config.fsync_interval,

@@ -33,6 +33,7 @@ from typing import Any
 from relay.errors import ConfigError, ConfigErrors
 from relay.protocol.framing import DEFAULT_MAX_FRAME, Framing, OversizePolicy
 from relay.protocol.relp import DEFAULT_WINDOW
+from relay.spool.diskspace import DEFAULT_DISK_RESERVE
 from relay.spool.spool import (
     DEFAULT_DISK_MAX_BYTES,
     DEFAULT_MAX_BYTES,
@@ -105,6 +106,7 @@ _COMMON_OUTPUT = (
     "queue_max_bytes",
     "retry_max",
     "disk_max_bytes",
+    "disk_reserve",
     "on_full",
     "durability",
     "fsync_interval",
@@ -194,6 +196,7 @@ class OutputConfig:
     targets: tuple[Endpoint, ...] = ()  # every target, in order; () means (endpoint,)
     mode: TargetMode = TargetMode.FAILOVER
     disk_max_bytes: int = DEFAULT_DISK_MAX_BYTES
+    disk_reserve: int = DEFAULT_DISK_RESERVE  # free space the spool leaves on its file system
     on_full: OnFull = OnFull.BLOCK
     durability: Durability = Durability.MEMORY
     fsync_interval: float = 0.0  # with durability "fsync": 0 = every batch
@@ -618,6 +621,11 @@ class _Validator:
             )
         if disk_max_bytes == 0 and durability is not Durability.MEMORY:
             self.error(f"{key}.durability", f'"{durability}" needs disk: disk_max_bytes is 0')
+        disk_reserve = self.get(
+            table, f"{key}.disk_reserve", _size(0, 1 << 50), DEFAULT_DISK_RESERVE
+        )
+        if "disk_reserve" in table and disk_max_bytes == 0:
+            self.error(f"{key}.disk_reserve", "only applies with disk: disk_max_bytes is 0")
         return OutputConfig(
             tls=profile,
             tls_name=profile_name,
@@ -626,6 +634,7 @@ class _Validator:
             targets=table.get("_targets", ()),
             mode=self.get(table, f"{key}.mode", _enum(TargetMode), TargetMode.FAILOVER),
             disk_max_bytes=disk_max_bytes,
+            disk_reserve=disk_reserve,
             on_full=self.get(table, f"{key}.on_full", _enum(OnFull), OnFull.BLOCK),
             durability=durability,
             fsync_interval=self.get(table, f"{key}.fsync_interval", _interval, 0.0),

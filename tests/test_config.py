@@ -190,12 +190,14 @@ def test_spool_and_targets_settings() -> None:
         targets = ["tcp://a.example.net:514", "tcp://b.example.net:6514"]
         mode = "loadbalance"
         disk_max_bytes = "2 GiB"
+        disk_reserve = "100 MiB"
         on_full = "drop_oldest"
         durability = "fsync"
         fsync_interval = 0.5
         """)
     )
     (out,) = cfg.outputs
+    assert out.disk_reserve == 100 << 20
     assert [t.url for t in out.all_targets] == [
         "tcp://a.example.net:514",
         "tcp://b.example.net:6514",
@@ -226,6 +228,13 @@ def test_spool_and_targets_settings() -> None:
             "needs disk",
         ),
         ('url = "tcp://a:514"\non_full = "panic"', "on_full", "block, drop_oldest"),
+        ('url = "tcp://a:514"\ndisk_reserve = "lots"', "disk_reserve", "size in bytes"),
+        ('url = "tcp://a:514"\ndisk_reserve = -1', "disk_reserve", "between 0 and"),
+        (
+            'url = "tcp://a:514"\ndisk_max_bytes = 0\ndisk_reserve = "1 GiB"',
+            "disk_reserve",
+            "only applies with disk",
+        ),
         (
             'url = "tcp://a:514"\ndurability = "fsync"\nfsync_interval = 61',
             "fsync_interval",

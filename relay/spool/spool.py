@@ -27,9 +27,16 @@ starts; it is rewritten at stop and at most once a second while acking, so a
 crash can at worst deliver again what was acked in that last second.
 
 At stop, whatever memory holds is written to a new segment placed first, so
-the next start replays it before anything else. At start every segment is
-checked record by record (CRC); damaged records go to a quarantine file and
-are counted, intact ones are kept, and the relay always starts.
+the next start replays it before anything else. For that write to succeed,
+the disk part never fills its file system: it takes a record only while the
+file system keeps free what memory holds plus ``disk_reserve``
+(relay/spool/diskspace.py); short of that, "disk full" is "disk budget
+spent" and ``on_full`` applies, before any write fails. An ENOSPC that
+happens anyway (another process filled the disk) is handled the same way.
+
+At start every segment is checked record by record (CRC); damaged records
+go to a quarantine file and are counted, intact ones are kept, and the relay
+always starts.
 """
 
 from __future__ import annotations
@@ -37,9 +44,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import errno
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -47,7 +56,8 @@ import trio
 from relay.errors import ParseError
 from relay.message import Batch
 from relay.spool import segment
-from relay.spool.record import encode_record
+from relay.spool.diskspace import DEFAULT_DISK_RESERVE, DiskSpace, statvfs_free
+from relay.spool.record import FRAME_HEADER_SIZE, MIN_PAYLOAD, encode_record
 from relay.stats import Counters
 
 log = logging.getLogger("relay.spool")
@@ -71,6 +81,14 @@ SEGMENT_MAX = 16 * 1024 * 1024
 REFILL_BYTES = 4 * 1024 * 1024
 # How often the ack position is saved while acking (what a crash can repeat).
 CHECKPOINT_INTERVAL = 1.0
+# A write error other than a full disk (EIO...) is logged at most this often.
+ERROR_LOG_INTERVAL = 60.0
+# What a record adds to its batch's bytes, beyond 4 bytes per message: frame
+# and payload headers, peer and input names (generously: the reserve takes up
+# what a longer name adds). For the size of what a stop writes.
+RECORD_OVERHEAD = FRAME_HEADER_SIZE + MIN_PAYLOAD + 128
+# Write errors that mean "no room": the disk or the user's quota is full.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
 # An output that has acked nothing for this long while memory holds batches is
 # stalled (its upstream is down or stuck): new batches spill to disk rather
 # than wait for it.
@@ -122,6 +140,7 @@ class SpoolSettings:
     on_full: OnFull = OnFull.BLOCK
     durability: Durability = Durability.MEMORY
     fsync_interval: float = 0.0
+    disk_reserve: int = DEFAULT_DISK_RESERVE  # free space the disk part leaves (diskspace.py)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -158,7 +177,13 @@ class Spool:
     """The queue in front of one output. See the module docstring."""
 
     def __init__(
-        self, name: str, settings: SpoolSettings, counters: Counters, directory: Path | None = None
+        self,
+        name: str,
+        settings: SpoolSettings,
+        counters: Counters,
+        directory: Path | None = None,
+        *,
+        free_space: Callable[[Path], int] = statvfs_free,
     ) -> None:
         if directory is None and settings.durability is not Durability.MEMORY:
             raise ValueError("durability on disk needs a directory")
@@ -166,6 +191,11 @@ class Spool:
         self.settings = settings
         self.counters = counters
         self.directory = directory
+        self._space = (
+            None if directory is None else DiskSpace(directory, settings.disk_reserve, free_space)
+        )
+        self._write_errors = 0  # failed writes not logged yet (ERROR_LOG_INTERVAL)
+        self._error_logged: float | None = None
         self._memory: collections.deque[_Entry] = collections.deque()
         self._memory_messages = 0
         self._memory_bytes = 0
@@ -186,9 +216,10 @@ class Spool:
 
     async def open(self) -> None:
         """Recover and adopt the segments in ``directory``; log what will replay."""
-        if self.directory is None:
+        if self.directory is None or self._space is None:
             return
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._space.refresh()
         order = self._read_meta()
         ids = await trio.to_thread.run_sync(segment.list_segments, self.directory)
         listed = [i for i, _, _ in order if i in ids]
@@ -299,15 +330,22 @@ class Spool:
         if self.directory is None or not settings.disk_max_bytes:
             return self._full(batch, memory_only=True)
         payload = encode_record(batch)
-        if self._disk_bytes + len(payload) > settings.disk_max_bytes and not self._make_room(
-            len(payload)
-        ):
+        need = FRAME_HEADER_SIZE + len(payload)
+        # What a stop writes (all of memory), with this batch if it joins memory.
+        keep = self._save_size() + (need if to_memory else 0)
+        if not self._disk_admits(need, keep):
             return self._full(batch, memory_only=False)
         try:
             end = self._write(payload, batch)
         except OSError as exc:
             self.counters.add("disk_errors")
-            log.error("spool %s: cannot write to %s: %s", self.name, self.directory, exc.strerror)
+            if exc.errno in _NO_ROOM:
+                # Another process filled the disk: the same as no room. Not even
+                # to memory: with write-through, queued means on disk (RELP
+                # answers on it), and what memory holds must still be saved.
+                self._no_room(exc)
+                return self._full(batch, memory_only=False)
+            self._write_failed(exc)
             if to_memory:  # keep it in memory: never lose what fits there
                 self._append_memory(_Entry(batch))
                 return Admission.QUEUED
@@ -346,6 +384,7 @@ class Spool:
                 if self._dirty and self.settings.durability is Durability.FSYNC:
                     writer.fsync()  # the interval's last writes to this segment
                 writer.close()
+                self._writer = None  # also if creating the next one fails
             writer = self._writer = segment.SegmentWriter.create(self.directory, self._next_id)
             self._segments.append(
                 _Segment(
@@ -356,6 +395,8 @@ class Spool:
                 )
             )
             self._disk_bytes += writer.size
+            if self._space is not None:
+                self._space.wrote(writer.size)
             self._next_id += 1
         before = writer.size
         (end,) = writer.append([payload])
@@ -363,6 +404,8 @@ class Spool:
         seg.size = writer.size
         seg.messages += len(batch.messages)
         self._disk_bytes += writer.size - before
+        if self._space is not None:
+            self._space.wrote(writer.size - before)
         if self.settings.durability is Durability.FSYNC and self.settings.fsync_interval == 0:
             writer.fsync()
         else:
@@ -370,7 +413,12 @@ class Spool:
         return end
 
     def _segment_max(self) -> int:
-        return max(64 * 1024, min(SEGMENT_MAX, self.settings.disk_max_bytes // 8))
+        # An eighth of what the disk part may hold: of its budget, or of what the
+        # file system has room for, if that is less (drop_oldest drops segments).
+        room = self.settings.disk_max_bytes
+        if self._space is not None:
+            room = min(room, self._space.free + self._disk_bytes)
+        return max(64 * 1024, min(SEGMENT_MAX, room // 8))
 
     def _full(self, batch: Batch, *, memory_only: bool) -> str:
         """The budget is spent: apply on_full."""
@@ -399,29 +447,101 @@ class Spool:
         self.counters.add("dropped_oldest", dropped)
         return dropped > 0 or not self._memory
 
-    def _make_room(self, need: int) -> bool:
-        """drop_oldest on disk: drop whole segments from the head of the disk part."""
-        if self.settings.on_full is not OnFull.DROP_OLDEST:
-            return False
-        while self._disk_bytes + need > self.settings.disk_max_bytes:
-            victim = next((s for s in self._segments if s.read < s.size), None)
-            if victim is None:
+    def _disk_admits(self, need: int, keep: int) -> bool:
+        """Whether ``need`` bytes may go to disk: within disk_max_bytes, and
+        leaving the file system ``keep`` bytes (what a stop writes) plus the
+        reserve. drop_oldest drops whole segments from the head of the disk
+        part to make room; the other policies refuse."""
+        space = self._space
+        while True:
+            over_budget = self._disk_bytes + need > self.settings.disk_max_bytes
+            no_room = space is not None and not space.admits(need, keep)
+            if not over_budget and not no_room:
+                break
+            if self.settings.on_full is not OnFull.DROP_OLDEST or not self._drop_oldest_segment(
+                over_budget
+            ):
+                if no_room:
+                    self._no_room(None, need, keep)
                 return False
-            if self._writer is not None and victim is self._segments[-1]:
-                self._writer.close()
-                self._writer = None
-            lost = victim.messages - victim.read_messages
-            self._disk_messages -= lost
-            self.counters.add("dropped_oldest", lost)
-            log.warning(
-                "spool %s: disk budget of %d bytes spent; dropped the oldest %d "
-                "messages (on_full = drop_oldest)",
+        if space is not None and space.refusing:
+            space.refusing = False
+            log.info(
+                "spool %s: %.1f MiB free on the file system of %s again: taking on disk again",
                 self.name,
-                self.settings.disk_max_bytes,
-                lost,
+                space.free / 2**20,
+                self.directory,
             )
-            self._delete(victim)
         return True
+
+    def _drop_oldest_segment(self, over_budget: bool) -> bool:
+        """drop_oldest: drop the oldest segment not yet read; False if there is none."""
+        victim = next((s for s in self._segments if s.read < s.size), None)
+        if victim is None:
+            return False
+        if self._writer is not None and victim is self._segments[-1]:
+            self._writer.close()
+            self._writer = None
+        lost = victim.messages - victim.read_messages
+        self._disk_messages -= lost
+        self.counters.add("dropped_oldest", lost)
+        log.warning(
+            "spool %s: %s; dropped the oldest %d messages (on_full = drop_oldest)",
+            self.name,
+            f"disk budget of {self.settings.disk_max_bytes} bytes spent"
+            if over_budget
+            else f"no room on the file system of {self.directory}",
+            lost,
+        )
+        self._delete(victim)
+        return True
+
+    def _save_size(self) -> int:
+        """About what :meth:`save` writes at a stop: all of memory, as records."""
+        return self._memory_bytes + 4 * self._memory_messages + RECORD_OVERHEAD * len(self._memory)
+
+    def _no_room(self, exc: OSError | None, need: int = 0, keep: int = 0) -> None:
+        """Refuse to write for lack of room (``exc``: a write failed so); one
+        line when the spool starts refusing, not one per batch."""
+        space = self._space
+        assert space is not None
+        if exc is not None:
+            space.exhausted()
+        if space.refusing:
+            return
+        space.refusing = True
+        if exc is not None:
+            why = f"cannot write to {self.directory}: {exc.strerror}"
+        else:
+            why = (
+                f"the file system of {self.directory} has {space.free / 2**20:.1f} MiB free, "
+                f"and must keep {keep / 2**20:.1f} MiB to save the memory part at a stop "
+                f"plus disk_reserve = {space.reserve / 2**20:.1f} MiB"
+            )
+        log.warning(
+            "spool %s: %s: taking nothing more on disk until there is room (on_full = %s)",
+            self.name,
+            why,
+            self.settings.on_full,
+        )
+
+    def _write_failed(self, exc: OSError) -> None:
+        """Log a write error (other than no room) at most every ERROR_LOG_INTERVAL."""
+        self._write_errors += 1
+        now = trio.current_time()
+        if self._error_logged is not None and now - self._error_logged < ERROR_LOG_INTERVAL:
+            return
+        log.error(
+            "spool %s: cannot write to %s: %s%s",
+            self.name,
+            self.directory,
+            exc.strerror,
+            f" ({self._write_errors} failed writes since the last such line)"
+            if self._write_errors > 1
+            else "",
+        )
+        self._error_logged = now
+        self._write_errors = 0
 
     # -- the output's side ---------------------------------------------------
 
@@ -532,6 +652,18 @@ class Spool:
         while True:
             await trio.sleep(min(interval, CHECKPOINT_INTERVAL))
             self.sync()
+            self.refresh_space()
+
+    def refresh_space(self) -> None:
+        """Read the free space of the disk's file system again (see diskspace.py).
+
+        While refusing for lack of room, wake those waiting to put: there may
+        be room now (the disk can be freed by others, or by an ack)."""
+        if self._space is None:
+            return
+        self._space.refresh()
+        if self._space.refusing:
+            self._notify()
 
     async def wait_durable(self) -> None:
         """Until what is queued is as safe as ``durability`` promises.
@@ -611,6 +743,8 @@ class Spool:
         self._segments.remove(seg)
         self._disk_bytes -= seg.size
         seg.path.unlink(missing_ok=True)
+        if self._space is not None:
+            self._space.freed(seg.size)
 
     def _path(self, seg_id: int) -> Path:
         assert self.directory is not None

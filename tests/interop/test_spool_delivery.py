@@ -5,8 +5,13 @@ Real relay processes, a real rsyslog collector, counting by sequence number.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -352,3 +357,93 @@ retry_max = 1
     duplicates = sum(n - 1 for n in both.values())
     resent = relay_counters(log, "output", "central")["resent"]
     assert duplicates <= resent, (duplicates, resent)
+
+
+@contextlib.contextmanager
+def small_file_system(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (created), unmounted on leaving."""
+    if os.geteuid() != 0:
+        pytest.fail(
+            "this test mounts a small tmpfs as the state directory and needs root "
+            "(CI runs the tests as root)",
+            pytrace=False,
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.parametrize("policy", ["drop_newest", "block"])
+def test_a_file_system_smaller_than_the_disk_budget_never_fills(
+    tmp_path: Path, policy: str
+) -> None:
+    """A 16 MiB file system under a 1 GiB disk budget, collector down: the spool
+    stops taking on disk while there is room to save memory (drop_newest drops
+    and counts; block holds the TCP sender back), so the stop saves everything
+    queued; after a restart with the collector up, each arrives exactly once."""
+    count = 150_000  # about 35 MiB as spooled
+    collector = RsyslogCollector(tmp_path)  # ports chosen; not started yet
+    port = free_port()
+    with small_file_system(tmp_path / "state", "16m") as state:
+        config = write_config(
+            tmp_path / "relay.toml",
+            port,
+            state,
+            {"central": collector.tcp_port},
+            extra=f'queue_max_bytes = "2 MiB"\ndisk_max_bytes = "1 GiB"\n'
+            f'disk_reserve = "1 MiB"\non_full = "{policy}"',
+        )
+        first = RelayProcess(["-c", str(config)], tmp_path / "run1")
+        with first.start():
+            first.wait_for_tcp(port)
+            with RelaySendProcess(port, count, size=200) as sender:
+                wait_until(
+                    lambda: "taking nothing more on disk" in first.log(),
+                    60,
+                    message=lambda: f"the spool never refused; log:\n{first.log_tail()}",
+                )
+                if policy == "block":
+                    wait_until(  # the relay stopped reading: the sender is held back
+                        lambda: shutil.disk_usage(state).used > 12 << 20, 10, message="no spill"
+                    )
+                    assert sender.running()
+                else:
+                    sender.finish(timeout=60)
+                status = first.terminate(timeout=30)
+        log = first.log()
+        assert "No space left on device" not in log
+        assert "messages were lost at the stop" not in log
+        spool = relay_counters(log, "spool", "central")
+        received = relay_counters(log, "input", "tcp")["received"]
+        lost_at_stop = relay_counters(log, "input", "tcp").get("lost_at_stop", 0)
+        assert "disk_errors" not in spool
+        found = re.search(r"output central: (\d+) messages not delivered yet are kept", log)
+        assert found, log
+        kept = int(found.group(1))
+        if policy == "block":
+            # The relay stopped reading the sender; at the stop, the batch the
+            # connection held, waiting for room, cannot be queued: lost_at_stop,
+            # counted and logged (man relay(8)), and the only loss.
+            assert "dropped_newest" not in spool
+            assert received == kept + lost_at_stop
+            assert lost_at_stop <= 256 * 1024 // 200  # one read, at most
+            assert status == (1 if lost_at_stop else 0), first.log_tail()
+        else:
+            assert status == 0, first.log_tail()
+            assert received == count
+            assert spool["dropped_newest"] > 0
+            assert received == kept + spool["dropped_newest"]
+        print(f"{policy}: {received} received, {kept} kept, {lost_at_stop} lost_at_stop")
+
+        with collector:
+            second = RelayProcess(["-c", str(config)], tmp_path / "run2")
+            with second.start():
+                second.wait_for_tcp(port)
+                collector.wait_for_count(kept, timeout=120)
+                assert second.terminate(timeout=30) == 0, second.log_tail()
+        seqs = collector.seqs()
+        assert sum(seqs.values()) == kept and all(n == 1 for n in seqs.values())
+        assert set(seqs) == set(range(kept))  # the first ones, FIFO: newer were refused

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -268,3 +271,206 @@ async def test_wait_durable_waits_for_the_group_fsync(tmp_path: Path) -> None:
         spool.sync()  # what the spool's background task does every fsync_interval
         await done.wait()
     await spool.wait_durable()  # nothing written since: returns at once
+
+
+# -- the file system's free space ---------------------------------------------
+
+KiB = 1024
+
+
+def wide(n: int) -> Batch:
+    """Batch ``n`` of 10 messages of about 1 KiB: seq=n*10 .. n*10+9."""
+    return Batch(
+        [b"<13>" + b"x" * 1000 + b" seq=%d" % (n * PER_BATCH + i) for i in range(PER_BATCH)],
+        received=float(n),
+    )
+
+
+def seqs_of(result: list[Batch]) -> list[int]:
+    return [int(m.split(b"seq=")[1]) for b in result for m in b.messages]
+
+
+class SmallDisk:
+    """A file system of ``size`` bytes holding one directory: free space is
+    ``size`` less what the files in it hold (what statvfs would say)."""
+
+    def __init__(self, directory: Path, size: int) -> None:
+        self.directory = directory
+        self.size = size
+
+    def used(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+
+    def __call__(self, directory: Path) -> int:
+        assert directory == self.directory
+        return max(0, self.size - self.used())
+
+
+def on_small_disk(directory: Path, disk: SmallDisk, **settings: object) -> Spool:
+    values: dict[str, object] = {
+        "max_messages": 100,
+        "max_bytes": 100 * KiB,  # 10 wide batches
+        "disk_max_bytes": 1 << 30,  # far more than the disk holds
+        "disk_reserve": 64 * KiB,
+    }
+    values.update(settings)
+    return Spool(
+        "t",
+        SpoolSettings(**values),  # type: ignore[arg-type]
+        Counters("spool", "t", spools.COUNTERS),
+        directory,
+        free_space=disk,
+    )
+
+
+@pytest.mark.parametrize("durability", [Durability.MEMORY, Durability.DISK])
+@pytest.mark.parametrize("policy", list(OnFull))
+async def test_a_full_file_system_is_a_spent_disk_budget_and_the_stop_still_saves(
+    tmp_path: Path, policy: OnFull, durability: Durability, caplog: pytest.LogCaptureFixture
+) -> None:
+    """disk_max_bytes is 1 GiB, the file system 1 MiB: the spool stops taking
+    on disk while there is room left to save memory at a stop, applies on_full,
+    says so once, and the stop saves everything it holds."""
+    disk = SmallDisk(tmp_path, 1024 * KiB)
+    spool = on_small_disk(tmp_path, disk, on_full=policy, durability=durability)
+    await spool.open()
+    results = [spool.put_nowait(wide(n)) for n in range(300)]  # 3 MiB
+    refused = results.count(Admission.FULL) * PER_BATCH
+    dropped = spool.counters["dropped_newest"] + spool.counters["dropped_oldest"]
+    queued = len(spool)
+    assert queued + dropped + refused == 3000  # every message accounted for
+    assert queued > 500  # the disk was used, most of the way
+    if policy is OnFull.BLOCK:
+        assert refused and not dropped
+    elif policy is OnFull.DROP_NEWEST:
+        assert spool.counters["dropped_newest"] and not refused
+    else:
+        assert spool.counters["dropped_oldest"]
+    assert disk.used() <= disk.size - 64 * KiB - spool.statistics().memory_bytes
+    assert spool.counters["disk_errors"] == 0  # refused before any write failed
+    if policy is OnFull.DROP_OLDEST:  # never refuses: drops whole segments, each said
+        assert "no room on the file system of" in caplog.text
+    else:
+        assert caplog.text.count("taking nothing more on disk") == 1
+    assert spool.save() == 0
+    assert disk.used() <= disk.size  # the memory part fitted
+    again = on_small_disk(tmp_path, SmallDisk(tmp_path, 1 << 30))
+    await again.open()
+    assert len(again) == queued
+    got = await drain(again)
+    assert len(got) == queued and got == sorted(got)
+    if policy is not OnFull.DROP_OLDEST:
+        assert got == list(range(queued))
+
+
+async def test_taking_again_once_there_is_room(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "relay.spool")
+    disk = SmallDisk(tmp_path, 1024 * KiB)
+    spool = on_small_disk(tmp_path, disk)
+    await spool.open()
+    results = [spool.put_nowait(wide(n)) for n in range(200)]
+    first_refused = results.index(Admission.FULL)
+    assert set(results[first_refused:]) == {Admission.FULL}
+    disk.size += 512 * KiB  # less than RESUME_MARGIN more than one batch needs
+    spool.refresh_space()
+    assert spool.put_nowait(wide(first_refused)) is Admission.FULL
+    disk.size += 1024 * KiB
+    spool.refresh_space()
+    assert spool.put_nowait(wide(first_refused)) is Admission.QUEUED
+    assert caplog.text.count("taking nothing more on disk") == 1
+    assert caplog.text.count("taking on disk again") == 1
+    assert await drain(spool) == list(range((first_refused + 1) * PER_BATCH))
+
+
+async def test_block_waits_for_room_on_disk(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """put() under on_full = block waits while the disk is short of room and
+    goes on when the free space, read again every second, says there is."""
+    disk = SmallDisk(tmp_path, 512 * KiB)
+    spool = on_small_disk(tmp_path, disk)
+    await spool.open()
+    n = 0
+    while spool.put_nowait(wide(n)) is Admission.QUEUED:
+        n += 1
+    done = trio.Event()
+
+    async def producer() -> None:
+        await spool.put(wide(n))
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(spool.run)
+        nursery.start_soon(producer)
+        await trio.sleep(5)
+        assert not done.is_set()  # held back: no room
+        disk.size += 4096 * KiB  # another process freed the disk
+        with trio.fail_after(2):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert await drain(spool) == list(range((n + 1) * PER_BATCH))
+
+
+@pytest.mark.parametrize("durability", [Durability.MEMORY, Durability.DISK])
+async def test_enospc_anyway_refuses_like_a_full_disk_and_logs_once(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    durability: Durability,
+) -> None:
+    """Another process filled the disk between two readings: the write fails
+    with ENOSPC. The batch is refused (on_full), memory keeps what it holds,
+    one line says so, and the disk is not tried again until read again."""
+    spool = make(tmp_path, max_messages=50, durability=durability)
+    await spool.open()
+    for n in range(60):
+        assert spool.put_nowait(batch(n)) is Admission.QUEUED
+    full = True
+    real_write_all = spools.segment._write_all
+
+    def write_all(fd: int, data: bytes) -> None:
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(spools.segment, "_write_all", write_all)
+    held = len(spool)
+    assert [spool.put_nowait(batch(n)) for n in range(60, 160)] == [Admission.FULL] * 100
+    assert len(spool) == held
+    assert spool.counters["disk_errors"] == 1  # not tried again while refusing
+    assert caplog.text.count("No space left on device") == 1
+    full = False
+    spool.refresh_space()
+    assert spool.put_nowait(batch(60)) is Admission.QUEUED
+    assert spool.save() == 0
+    again = make(tmp_path, max_messages=50)
+    await again.open()
+    assert await drain(again) == list(range(610))
+
+
+async def test_a_new_segment_that_cannot_be_created_does_not_break_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = make(
+        tmp_path,
+        max_messages=10,
+        disk_max_bytes=1 << 20,  # 128 KiB segments
+        durability=Durability.FSYNC,
+        fsync_interval=1.0,
+    )
+    await spool.open()
+    real_create = spools.segment.SegmentWriter.create
+    fail = True
+
+    def create(directory: Path, seg_id: int) -> spools.segment.SegmentWriter:
+        if seg_id > 0 and fail:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_create(directory, seg_id)
+
+    monkeypatch.setattr(spools.segment.SegmentWriter, "create", create)
+    results = [spool.put_nowait(wide(n)) for n in range(30)]
+    assert Admission.FULL in results  # the second segment could not be made
+    fail = False
+    assert spool.put_nowait(wide(30)) is Admission.QUEUED
