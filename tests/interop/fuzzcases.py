@@ -47,6 +47,7 @@ ENDS = (
     "half-close",  # shutdown(SHUT_WR), then read until the relay closes (or 2 s)
     "reset",  # SO_LINGER 0 then close(): RST, unread data and all
     "wait",  # read until the relay closes (or 0.3 s), then close()
+    "keep",  # leave it open (the rig keeps the last few open, through the final stop)
 )
 
 # How a connection to a TLS input starts (fuzzrig plays these).
@@ -376,7 +377,8 @@ def stream_bytes(draw: st.DrawFn, target: str) -> tuple[bytes, list[str]]:
 @st.composite
 def fuzz_case(draw: st.DrawFn, targets: tuple[str, ...] = TARGETS) -> Case:
     """One case for one of ``targets``; records its branches with hypothesis.event."""
-    target = draw(st.sampled_from(targets))
+    # TLS inputs have the most ways in (TLS_MODES): twice the share.
+    target = draw(st.sampled_from([*targets, *(t for t in targets if t in TLS_TARGETS)]))
     note(f"target: {target}")
     if target in DATAGRAM_TARGETS:
         shape: list[str] = []

@@ -49,6 +49,9 @@ GOOD_BATCH = 5
 GOOD_PAUSE = 0.02
 # How long a case may take to play, at most (a relay that never answers).
 IO_TIMEOUT = 2.0
+# Cases that end "keep" leave their connection open; at most this many stay
+# open (through the final SIGTERM, so the stop meets half-read sessions).
+KEEP_OPEN = 20
 
 
 @dataclass
@@ -260,6 +263,7 @@ class Rig:
         self.relay = RelayProcess(["-c", str(config)], self.directory / "relay")
         self.collector = Collector(self.directory / "out.log", self.token)
         self.good: list[GoodClient] = []
+        self._kept: list[socket.socket] = []  # connections of cases that ended "keep"
         self._log_seen = 0
         self.contexts = {
             "session": self.pki.context(self.pki.client),
@@ -301,6 +305,7 @@ class Rig:
         """After a fault: end the relay and the good clients, checking nothing."""
         if self.relay.process is not None and self.relay.running():
             self.relay.kill()
+        self._close_kept()
         for client in self.good:
             client.stopping.set()
             with contextlib.suppress(OSError):
@@ -402,8 +407,16 @@ class Rig:
             status = self.relay.terminate(timeout=30)
             if status != 0:
                 problems.append(f"relay exited {status} on SIGTERM; log:\n{self.relay.log_tail()}")
-        problems += [f for f in self.faults() if not f.startswith("relay exited with status 0")]
+        self._close_kept()
+        problems += [
+            f for f in self.faults(probe=False) if not f.startswith("relay exited with status 0")
+        ]
         return problems
+
+    def _close_kept(self) -> None:
+        for sock in self._kept:
+            sock.close()
+        self._kept = []
 
     def good_counts(self) -> dict[str, int]:
         return {c.stream: c.done for c in self.good}
@@ -438,11 +451,16 @@ class Rig:
                     sock.sendall(chunk)
                     if case.target in RELP_TARGETS:
                         _drain(sock)
-            _end(sock, case.end)
+            if case.end == "keep":
+                self._kept.append(sock)
+                sock = self._kept.pop(0) if len(self._kept) > KEEP_OPEN else None
+            else:
+                _end(sock, case.end)
         except OSError:
             pass
         finally:
-            sock.close()
+            if sock is not None:
+                sock.close()
 
     def _play_tls(self, sock: socket.socket, case: Case) -> None:
         mode = case.tls_mode
