@@ -23,7 +23,7 @@ from tests.interop.fuzzer import Fuzzer
 
 pytestmark = pytest.mark.interop
 
-CASES = 300
+CASES = 500
 
 
 def test_fuzzed_input_never_stops_the_relay_nor_loses_a_good_message(tmp_path: Path) -> None:
