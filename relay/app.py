@@ -12,6 +12,8 @@ saving) to empty their spools, and stop at once those whose upstream is down;
 then each spool writes what only memory holds to disk, to be replayed first
 at the next start. A second signal cuts the wait short. Exit status 0 when
 nothing was lost, 1 when a spool without disk could not keep what it held.
+The spools are saved on every way out of :meth:`Relay.run`, an unexpected
+error included, and one line says how many messages were kept and lost.
 
 SIGHUP reopens file outputs (logrotate) and reloads every TLS certificate,
 key and CA bundle: new connections use the new files, established ones keep
@@ -79,6 +81,7 @@ class Relay:
         self.inputs: list[datagram.DatagramInput | tcp.TcpInput] = []
         self._lock: int | None = None
         self.lost = 0  # messages neither delivered nor saved at stop
+        self._saved = False
 
     def _output(self, config: OutputConfig) -> Output:
         settings = SpoolSettings(
@@ -186,43 +189,55 @@ class Relay:
         Call :meth:`open` first. ``task_status`` gets the bound addresses.
         """
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async with trio.open_nursery() as nursery:
-                for output in self.outputs:
-                    nursery.start_soon(output.run)
-                    nursery.start_soon(output.spool.run)
-                if self.tls_contexts():
-                    nursery.start_soon(self._warn_expiry_daily)
-                async with trio.open_nursery() as inputs:
-                    for item in self.inputs:
-                        inputs.start_soon(item.serve)
-                    addresses = [item.address for item in self.inputs]
-                    log.info(
-                        "relay: listening on %s; forwarding to %s",
-                        ", ".join(addresses),
-                        ", ".join(
-                            " or ".join(t.url for t in o.config.all_targets) for o in self.outputs
-                        ),
-                    )
-                    task_status.started(addresses)
-                    async for signum in signals:
-                        if signum == signal.SIGHUP:
-                            self.reopen()
-                            self.reload_tls()
-                            continue
-                        log.info("relay: %s received; stopping", signal.Signals(signum).name)
-                        break
-                    # Stop accepting; let connections hand over what is already
-                    # in our kernel's buffers, within a short grace.
-                    for item in self.inputs:
-                        await item.stop()
-                    grace = min(INPUT_GRACE, self.config.stop_timeout / 4)
-                    inputs.cancel_scope.deadline = trio.current_time() + grace
-                await self._drain(signals)
-                nursery.cancel_scope.cancel()
-            # Still inside the signal receiver: another SIGTERM now must not
-            # kill the process halfway through saving.
-            self._save()
-        self._report()
+            try:
+                await self._serve(signals, task_status)
+            except Exception as exc:
+                log.error("relay: stopping on an unexpected error (a bug in relay): %s", _why(exc))
+                raise
+            finally:
+                # Every way out: a signal, an error anywhere, a cancellation.
+                # Still inside the signal receiver: another SIGTERM now must not
+                # kill the process halfway through saving.
+                self._save()
+                self._report()
+
+    async def _serve(
+        self, signals: AsyncIterator[int], task_status: trio.TaskStatus[list[str]]
+    ) -> None:
+        """Serve until a stop signal, then stop the inputs and drain the outputs."""
+        async with trio.open_nursery() as nursery:
+            for output in self.outputs:
+                nursery.start_soon(output.run)
+                nursery.start_soon(output.spool.run)
+            if self.tls_contexts():
+                nursery.start_soon(self._warn_expiry_daily)
+            async with trio.open_nursery() as inputs:
+                for item in self.inputs:
+                    inputs.start_soon(item.serve)
+                addresses = [item.address for item in self.inputs]
+                log.info(
+                    "relay: listening on %s; forwarding to %s",
+                    ", ".join(addresses),
+                    ", ".join(
+                        " or ".join(t.url for t in o.config.all_targets) for o in self.outputs
+                    ),
+                )
+                task_status.started(addresses)
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        self.reopen()
+                        self.reload_tls()
+                        continue
+                    log.info("relay: %s received; stopping", signal.Signals(signum).name)
+                    break
+                # Stop accepting; let connections hand over what is already
+                # in our kernel's buffers, within a short grace.
+                for item in self.inputs:
+                    await item.stop()
+                grace = min(INPUT_GRACE, self.config.stop_timeout / 4)
+                inputs.cancel_scope.deadline = trio.current_time() + grace
+            await self._drain(signals)
+            nursery.cancel_scope.cancel()
 
     def reopen(self) -> None:
         log.info("relay: SIGHUP received; reopening file outputs")
@@ -305,15 +320,26 @@ class Relay:
         scope.cancel()
 
     def _save(self) -> None:
+        """Write what each spool holds in memory to disk (once), and say what
+        was kept and what was lost in one line."""
+        if self._saved:
+            return
+        self._saved = True
         for item in self.inputs:
             lost = item.counters.snapshot().get("lost_at_stop", 0)
             self.lost += lost  # read from a connection, never queued (logged by the input)
+        kept = 0
         for output in self.outputs:
             left = len(output.spool)
             if not left:
                 continue
-            lost = output.spool.save()
+            try:
+                lost = output.spool.save()
+            except Exception:  # a bug: the other spools must still be saved
+                log.exception("output %s: saving its spool failed", output.name)
+                lost = output.spool.statistics().memory_messages
             self.lost += lost
+            kept += left - lost
             if lost:
                 log.error(
                     "output %s: %d messages were lost at the stop: not delivered (last error: "
@@ -333,11 +359,25 @@ class Relay:
                     left,
                     output.spool.directory,
                 )
+        if kept or self.lost:
+            log.log(
+                logging.ERROR if self.lost else logging.INFO,
+                "relay: stopped with %d messages kept in the spools for the next start, %d lost",
+                kept,
+                self.lost,
+            )
 
     def _report(self) -> None:
         snapshot = self.stats.snapshot()
         for line in stats.summary(snapshot).splitlines():
             log.info("relay: %s", line)
+
+
+def _why(exc: BaseException) -> str:
+    """``Type: message`` of each error inside ``exc`` (trio groups them)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_why(sub) for sub in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def spool_directory(state_dir: Path, output_name: str) -> Path:

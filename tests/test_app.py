@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import socket
 from pathlib import Path
 
+import pytest
 import trio
 
 from relay import app, config
@@ -75,3 +80,56 @@ async def test_received_equals_delivered_plus_dropped_plus_queued(tmp_path: Path
 
 async def _never(batches: object) -> None:
     await trio.sleep_forever()
+
+
+async def test_an_error_in_the_relays_own_task_saves_every_queued_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With durability "memory" and the collector down, an error the relay does
+    not handle still leaves every queued message on disk, and says how many."""
+    caplog.set_level(logging.INFO, logger="relay")
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    cfg = config.loads(
+        f"""
+        [relay]
+        state_dir = "{tmp_path}"
+        [input.t]
+        url = "tcp://127.0.0.1:0"
+        [output.central]
+        url = "tcp://127.0.0.1:{down.getsockname()[1]}"
+    """.replace("\n        ", "\n")
+    )
+    relay = app.Relay(cfg)
+    await relay.open()
+
+    def broken_reopen() -> None:
+        raise RuntimeError("injected into the relay's own task")
+
+    monkeypatch.setattr(relay, "reopen", broken_reopen)  # runs on SIGHUP
+    with pytest.raises(Exception) as raised:  # trio may wrap it in an ExceptionGroup
+        async with trio.open_nursery() as nursery:
+            (address,) = await nursery.start(relay.run)
+            stream = await trio.open_tcp_stream("127.0.0.1", int(address.rsplit(":", 1)[1]))
+            await stream.send_all(encode_octet_counted([b"<13>seq=%d" % i for i in range(1000)]))
+            await await_until(lambda: len(relay.outputs[0].spool) == 1000, 10)
+            assert relay.outputs[0].spool.statistics().memory_messages == 1000  # RAM only
+            os.kill(os.getpid(), signal.SIGHUP)
+            await trio.sleep_forever()  # ended by the error
+    await stream.aclose()
+    down.close()
+    assert "RuntimeError: injected" in app._why(raised.value)
+    assert "unexpected error (a bug in relay): RuntimeError: injected" in caplog.text
+    assert "stopped with 1000 messages kept in the spools for the next start, 0 lost" in (
+        caplog.text
+    )
+    assert relay._lock is not None
+    os.close(relay._lock)  # as the process's exit would
+    again = app.Relay(cfg)
+    await again.open()
+    spool = again.outputs[0].spool
+    assert len(spool) == 1000
+    with trio.fail_after(10):
+        batches = await spool.wait_batches(1 << 40)  # read back from disk
+    assert [m for b in batches for m in b.messages] == [b"<13>seq=%d" % i for i in range(1000)]
+    await again.aclose_inputs()
