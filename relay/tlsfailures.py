@@ -53,6 +53,7 @@ class HandshakeCategory(enum.StrEnum):
     PEER_NOT_PERMITTED = "peer_not_permitted"
     PROTOCOL_MISMATCH = "protocol_mismatch"
     PLAINTEXT_ON_TLS_PORT = "plaintext_on_tls_port"
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
     OTHER = "other"
 
 
@@ -65,6 +66,7 @@ _WORDS = {
     HandshakeCategory.PEER_NOT_PERMITTED: "peer not permitted",
     HandshakeCategory.PROTOCOL_MISMATCH: "protocol mismatch",
     HandshakeCategory.PLAINTEXT_ON_TLS_PORT: "plaintext on the TLS port",
+    HandshakeCategory.HANDSHAKE_TIMEOUT: "handshake timeout",
     HandshakeCategory.OTHER: "",
 }
 
@@ -191,7 +193,10 @@ def _diagnose(exc: BaseException, f: _Facts) -> tuple[HandshakeCategory, str]:
         if isinstance(cause, ssl.SSLError) and cause.reason:
             return _ssl_failure(cause.reason, f)
     if any(isinstance(c, trio.TooSlowError) for c in causes):
-        return HandshakeCategory.OTHER, "it did not finish in time"
+        return HandshakeCategory.HANDSHAKE_TIMEOUT, (
+            f"the {f.them} did not finish it in time (a stalled or very slow peer, or a port "
+            "scanner that says nothing)"
+        )
     if any(isinstance(c, ssl.SSLEOFError | trio.BrokenResourceError) for c in causes):
         return HandshakeCategory.OTHER, _silent_close(f)
     return HandshakeCategory.OTHER, printable(str(exc) or type(exc).__name__)

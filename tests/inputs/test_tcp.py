@@ -6,6 +6,7 @@ import pytest
 import trio
 import trio.testing
 
+from relay import tlswire
 from relay.config import Endpoint, InputConfig
 from relay.inputs import tcp
 from relay.message import Batch
@@ -14,6 +15,7 @@ from relay.protocol.framing import encode_lines, encode_octet_counted
 from relay.routing import Route, Router
 from relay.spool.spool import Spool, memory_spool
 from relay.stats import Counters
+from tests.tlshelpers import Pki, listener
 from tests.waiting import await_until
 
 
@@ -265,3 +267,30 @@ async def test_stop_takes_in_what_senders_already_wrote() -> None:
         await await_until(lambda: not tcp_input.active, 5)  # connections end once quiet
         await stream.aclose()
     assert queued(spool) == [b"<13>seq=%d" % i for i in range(count)]
+
+
+async def test_a_stalled_handshake_is_logged_as_its_own_category(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another failure from the same address in the same minute does not hide it."""
+    monkeypatch.setattr(tlswire, "HANDSHAKE_TIMEOUT", 0.3)
+    config = InputConfig("t", Endpoint("tls", "127.0.0.1", 0), tls=listener(pki.server))
+    router = Router([Route(memory_spool(), Counters("output", "o", base.COUNTERS))])
+    counters = Counters("input", "t", tcp.COUNTERS + tlswire.COUNTERS)
+    tls_input = tcp.TcpInput(config, router, counters)
+    await tls_input.open()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tls_input.serve)
+        port = port_of(tls_input)
+        plain = await trio.open_tcp_stream("127.0.0.1", port)
+        await plain.send_all(b"<13>plaintext\n")
+        assert await eof_within(plain, 5)
+        stalled = await trio.open_tcp_stream("127.0.0.1", port)  # says nothing
+        assert await eof_within(stalled, 5)
+        for stream in (plain, stalled):
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert counters["tls_plaintext_on_tls_port"] == 1
+    assert counters["tls_handshake_timeout"] == 1
+    assert "[handshake_timeout]" in caplog.text
+    assert "the client did not finish it in time" in caplog.text
