@@ -325,9 +325,6 @@ class Relay:
         if self._saved:
             return
         self._saved = True
-        for item in self.inputs:
-            lost = item.counters.snapshot().get("lost_at_stop", 0)
-            self.lost += lost  # read from a connection, never queued (logged by the input)
         kept = 0
         for output in self.outputs:
             left = len(output.spool)

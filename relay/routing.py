@@ -46,9 +46,28 @@ class Router:
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
 
-    async def put(self, batch: Batch) -> None:
-        """Queue ``batch`` for every output; waits as the module docstring says."""
+    async def put(self, batch: Batch, *, keep_if_cancelled: bool = False) -> None:
+        """Queue ``batch`` for every output; waits as the module docstring says.
+
+        Cancelled while waiting (the stop), with ``keep_if_cancelled`` the
+        spools that had not taken it yet keep it past their budgets, to be
+        saved at the stop (:meth:`Spool.keep_at_stop`): for an input whose
+        sender cannot send it again (plain TCP).
+        """
+        pending: list[Route] = list(self.routes)
+        try:
+            await self._put(batch, pending)
+        except trio.Cancelled:
+            if keep_if_cancelled:
+                for route in pending:
+                    route.spool.keep_at_stop(batch)
+                    route.counters.add("queued", len(batch.messages))
+            raise
+
+    async def _put(self, batch: Batch, pending: list[Route]) -> None:
+        """:meth:`put`; ``pending`` loses each route as it takes ``batch``."""
         waiting = [r for r in self.routes if not self._admit(r, batch, spill=False)]
+        pending[:] = waiting
         deadline = trio.current_time() + STALL_AFTER
         # Outputs with on_full = drop_* never slow an input: they spill at once.
         blocking = all(r.spool.settings.on_full is OnFull.BLOCK for r in waiting)
@@ -58,8 +77,10 @@ class Router:
             with trio.move_on_after(_RECHECK):
                 await waiting[0].spool.wait_changed()
             waiting = [r for r in waiting if not self._admit(r, batch, spill=False)]
+            pending[:] = waiting
         for route in waiting:
             admission = await route.spool.put(batch)
+            pending.remove(route)
             if admission is Admission.QUEUED:
                 route.counters.add("queued", len(batch.messages))
 

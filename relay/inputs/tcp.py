@@ -22,6 +22,9 @@ At stop (:meth:`TcpInput.stop`) the listeners close, and each connection is
 read until it has been quiet for STOP_IDLE or ends: what a sender already
 wrote into our kernel was, as far as it knows, accepted, so it is taken in
 and queued (then saved with the spool) rather than dropped with the socket.
+A batch still waiting for room in a full spool when the stop ends the
+reading is taken past the spool's budget and saved with it
+(``kept_at_stop``), never dropped.
 """
 
 from __future__ import annotations
@@ -79,7 +82,9 @@ COUNTERS = (
     "truncated",
     "dropped_oversize",
     "framing_errors",
-    "lost_at_stop",
+    # Read while the spools were full when the stop came: taken past their
+    # budgets and saved with them (the sender cannot send them again).
+    "kept_at_stop",
 )
 
 
@@ -265,12 +270,12 @@ class TcpInput:
                     counters.add("received", len(frames))
                     counters.add("bytes", batch.nbytes)
                     try:
-                        await put(batch)
+                        await put(batch, keep_if_cancelled=True)
                     except trio.Cancelled:  # stopping while the queues are full
-                        counters.add("lost_at_stop", len(frames))
-                        log.error(
-                            "input %s: %d messages from %s were read but not queued "
-                            "before the stop (queues full)",
+                        counters.add("kept_at_stop", len(frames))
+                        log.info(
+                            "input %s: %d messages from %s, read while the spools were full, "
+                            "are kept past their budget and saved with them at the stop",
                             name,
                             len(frames),
                             peer,

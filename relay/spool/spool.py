@@ -369,6 +369,23 @@ class Spool:
                 return admission
             await self._changed.wait()
 
+    def keep_at_stop(self, batch: Batch) -> None:
+        """At stop: take ``batch`` past every budget and policy, to be saved
+        with the rest (:meth:`save`); for what a reliable input read while the
+        spool was full. Behind what waits on disk if anything does (order
+        holds), else in memory; in memory also if that write fails."""
+        if self._disk_messages and self.directory is not None:
+            try:
+                self._write(encode_record(batch), batch)
+            except OSError as exc:
+                self.counters.add("disk_errors")
+                log.error("spool %s: cannot write to %s: %s", self.name, self.directory, exc)
+            else:
+                self._disk_messages += len(batch.messages)
+                self.counters.add("written_to_disk", len(batch.messages))
+                return
+        self._append_memory(_Entry(batch))
+
     def _append_memory(self, entry: _Entry) -> None:
         self._memory.append(entry)
         self._memory_messages += len(entry.batch.messages)

@@ -186,10 +186,10 @@ async def test_an_error_in_one_session_closes_that_connection_only(
     tcp_input = await start_input(spool)
     put = tcp_input.router.put
 
-    async def put_or_fail(batch: Batch) -> None:
+    async def put_or_fail(batch: Batch, *, keep_if_cancelled: bool = False) -> None:
         if b"<13>boom" in batch.messages:
             raise RuntimeError("injected")
-        await put(batch)
+        await put(batch, keep_if_cancelled=keep_if_cancelled)
 
     tcp_input.router.put = put_or_fail  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
@@ -267,6 +267,23 @@ async def test_stop_takes_in_what_senders_already_wrote() -> None:
         await await_until(lambda: not tcp_input.active, 5)  # connections end once quiet
         await stream.aclose()
     assert queued(spool) == [b"<13>seq=%d" % i for i in range(count)]
+
+
+async def test_a_batch_waiting_for_room_when_the_stop_comes_is_kept() -> None:
+    """The sender cannot send it again: it goes past the budget, to be saved."""
+    spool = memory_spool(max_messages=10, max_bytes=1 << 20)
+    spool.put_nowait(Batch([b"<13>old"] * 10, received=0.0))  # full; nothing acks
+    tcp_input = await start_input(spool)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tcp_input.serve)
+        stream = await trio.open_tcp_stream("127.0.0.1", port_of(tcp_input))
+        await stream.send_all(encode_lines([b"<13>seq=%d" % i for i in range(100)]))
+        await await_until(lambda: tcp_input.counters["received"] == 100, 5)  # read, waiting
+        await tcp_input.stop()
+        nursery.cancel_scope.cancel()  # the end of the stop's grace
+    await stream.aclose()
+    assert queued(spool) == [b"<13>old"] * 10 + [b"<13>seq=%d" % i for i in range(100)]
+    assert tcp_input.counters["kept_at_stop"] == 100
 
 
 async def test_a_stalled_handshake_is_logged_as_its_own_category(
