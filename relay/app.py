@@ -44,11 +44,11 @@ from relay.outputs.file import FileOutput
 from relay.outputs.relp import RelpOutput
 from relay.outputs.tcp import TcpOutput
 from relay.outputs.udp import UdpOutput
-from relay.routing import Route, Router
 from relay.spool import spool as spools
+from relay.spool.router import Route, Router
 from relay.spool.spool import Spool, SpoolSettings
-from relay.tls import ReloadableContext
-from relay.tlswire import COUNTERS as TLS_COUNTERS
+from relay.tls.context import ReloadableContext
+from relay.tls.stream import COUNTERS as TLS_COUNTERS
 
 log = logging.getLogger("relay")
 

@@ -33,15 +33,15 @@ from typing import Any
 from relay.errors import ConfigError, ConfigErrors
 from relay.protocol.framing import DEFAULT_MAX_FRAME, Framing, OversizePolicy
 from relay.protocol.relp import DEFAULT_WINDOW
-from relay.spool.diskspace import DEFAULT_DISK_RESERVE
-from relay.spool.spool import (
+from relay.spool.settings import (
     DEFAULT_DISK_MAX_BYTES,
+    DEFAULT_DISK_RESERVE,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_MESSAGES,
     Durability,
     OnFull,
 )
-from relay.tls import TlsProfile, load_files
+from relay.tls.profile import TlsProfile
 
 INPUT_SCHEMES = ("udp", "tcp", "unix", "relp", "tls", "relp+tls")
 OUTPUT_SCHEMES = ("tcp", "udp", "file", "relp", "tls", "relp+tls")
@@ -913,11 +913,12 @@ def state_dir_argument(value: str) -> Path:
         raise ConfigErrors([ConfigError(str(exc), key="--state-dir")]) from None
 
 
-def check_files(config: Config) -> list[ConfigError]:
-    """Load every TLS profile's files (``relay check``): one error per problem.
-
-    Each profile is loaded as a listener would (cert and key must be there and
-    match) if it has a cert, and as a target otherwise.
+def check_files(
+    config: Config, load: Callable[[TlsProfile], list[ConfigError]]
+) -> list[ConfigError]:
+    """Every TLS profile's files loaded by ``load`` (``relay check`` passes
+    :func:`relay.tls.context.load_files`), one error per problem, each with
+    the file and line of its key. Parsing the config reads no certificate.
     """
     source = os.fspath(config.path) if config.path else config.source
     try:
@@ -927,7 +928,7 @@ def check_files(config: Config) -> list[ConfigError]:
     lines = _Validator(text, source)
     errors = []
     for name, profile in config.tls.items():
-        for problem in load_files(profile):
+        for problem in load(profile):
             key = f"tls.{name}.{problem.key}"
             errors.append(
                 ConfigError(problem.message, key=key, source=source, line=lines.line_of(key))

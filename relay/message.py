@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 from relay.errors import ParseError
 from relay.protocol import framing
-from relay.protocol.syslog import SyslogMessage, parse_any, parse_pri
+from relay.protocol.detect import parse_any
+from relay.protocol.syslog import SyslogMessage, parse_pri
 
 
 class Batch:

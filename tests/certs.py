@@ -4,7 +4,7 @@ What rsyslog's ossl driver accepted in both roles (/work/shared/PEERS.md): a
 CA, and leaf certificates with ``subjectAltName=DNS:<name>,DNS:localhost,
 IP:127.0.0.1`` and ``extendedKeyUsage=serverAuth,clientAuth``. Every leaf made
 here has that shape unless a variant asks otherwise, so the same files serve
-the unit tests (tests/test_tls.py) and the rsyslog interop tests.
+the unit tests (tests/tls/test_context.py) and the rsyslog interop tests.
 
     ca = CertificateAuthority.create(tmp_path)
     server = ca.issue("server.example.net")   # server.example.net.pem and .key

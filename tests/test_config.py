@@ -13,6 +13,7 @@ from relay.config import Endpoint, parse_endpoint
 from relay.errors import ConfigErrors
 from relay.protocol import relp
 from relay.protocol.framing import Framing, OversizePolicy
+from relay.tls.context import load_files
 from tests.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -342,7 +343,7 @@ def test_tls_mistakes_name_the_key_and_line(change: tuple[str, str], key: str, s
 
 def test_check_files_reports_each_missing_file() -> None:
     cfg = config.loads(TLS_CONFIG.format(fp="ab" * 32))
-    problems = config.check_files(cfg)
+    problems = config.check_files(cfg, load_files)
     assert [p.key for p in problems] == ["tls.server.cert", "tls.server.ca"]
     assert all("no such file" in p.message for p in problems)
 
@@ -353,7 +354,7 @@ def test_check_files_points_at_the_file_line_with_command_line_endpoints(
     path = tmp_path / "relay.toml"
     path.write_text(TLS_CONFIG.format(fp="ab" * 32))
     cfg = config.with_endpoints(config.load(path), ["udp://127.0.0.1:5514"], [], replace=False)
-    problems = config.check_files(cfg)
+    problems = config.check_files(cfg, load_files)
     assert [p.source for p in problems] == [str(path), str(path)]
     assert all(p.line is not None for p in problems)
 
@@ -368,8 +369,8 @@ def test_example_tls_config_is_valid_with_its_certificates(tmp_path: Path) -> No
     copy = tmp_path / "relay-tls.toml"
     copy.write_text(text)
     cfg = config.load(copy)
-    assert config.check_files(cfg) == []
-    assert config.check_files(config.load(ROOT / "etc" / "relay-tls.toml"))  # no such files
+    assert config.check_files(cfg, load_files) == []
+    assert config.check_files(config.load(ROOT / "etc" / "relay-tls.toml"), load_files)  # no such files
 
 
 def test_endpoint_address_brackets_ipv6() -> None:

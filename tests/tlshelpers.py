@@ -1,4 +1,4 @@
-"""What the tests of relay.tls, relay.tlscerts and relay.tlsfailures share.
+"""What the tests of relay/tls/ (context, certs, failures) share.
 
 A test PKI (:class:`Pki`, the ``pki`` fixture in tests/conftest.py), the
 profiles of a relay listener and target, and one real connection between two
@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay import tls, tlsfailures
-from relay.tls import TlsProfile
-from relay.tlsfailures import HandshakeCategory as Cat
-from relay.tlsfailures import HandshakeFailure
+from relay.tls import context as tls
+from relay.tls import failures as tlsfailures
+from relay.tls.context import TlsProfile
+from relay.tls.failures import HandshakeCategory as Cat
+from relay.tls.failures import HandshakeFailure
 from tests.certs import CertFiles, CertificateAuthority
 
 LOOPBACK = "127.0.0.1"

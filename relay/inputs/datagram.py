@@ -23,7 +23,7 @@ from relay.config import InputConfig, host_port
 from relay.errors import StartupError
 from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, utf8_cut
-from relay.routing import Router
+from relay.spool.router import Router
 from relay.stats import Counters
 
 log = logging.getLogger("relay.input")

@@ -47,7 +47,7 @@ from relay.protocol.relp import (
     SyslogMessages,
     violation_reply,
 )
-from relay.tlswire import ByteStream
+from relay.tls.stream import ByteStream
 
 log = logging.getLogger("relay.input")
 

@@ -40,10 +40,10 @@ from relay.config import InputConfig, host_port
 from relay.errors import RelayError, StartupError
 from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
-from relay.routing import Router
+from relay.spool.router import Router
 from relay.stats import Counters
-from relay.tlswire import ByteStream, FailureLog, TlsAcceptor, as_byte_stream
-from relay.tlswire import aclose as tls_aclose
+from relay.tls.stream import ByteStream, FailureLog, TlsAcceptor, as_byte_stream
+from relay.tls.stream import aclose as tls_aclose
 
 log = logging.getLogger("relay.input")
 

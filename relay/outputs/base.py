@@ -26,9 +26,9 @@ from relay.message import Batch
 from relay.policy.backoff import Backoff
 from relay.spool.spool import Spool
 from relay.stats import Counters
-from relay.tls import ReloadableContext
-from relay.tlscerts import DEFAULT_EXPIRY_WARNING_DAYS
-from relay.tlswire import (
+from relay.tls.context import ReloadableContext
+from relay.tls.profile import DEFAULT_EXPIRY_WARNING_DAYS
+from relay.tls.stream import (
     ByteStream,
     HandshakeError,
     PeerCertificates,
@@ -36,7 +36,7 @@ from relay.tlswire import (
     context_for,
     count_failure,
 )
-from relay.tlswire import connect as tls_connect
+from relay.tls.stream import connect as tls_connect
 
 log = logging.getLogger("relay.output")
 

@@ -45,8 +45,8 @@ from relay.protocol.relp import (
     RelpClient,
     ServerClosed,
 )
-from relay.tlswire import ByteStream, late_failure
-from relay.tlswire import aclose as tls_aclose
+from relay.tls.stream import ByteStream, late_failure
+from relay.tls.stream import aclose as tls_aclose
 
 log = logging.getLogger("relay.output")
 

@@ -15,7 +15,7 @@ Before each write we also look, without blocking, whether the peer has closed
 or reset an idle connection (CLOSE_WAIT after a load balancer's idle timeout),
 and reconnect first if it has.
 
-With several targets (``targets = [...]``), :mod:`relay.outputs.targets`
+With several targets (``targets = [...]``), :mod:`relay.policy.targets`
 decides which one takes the next batch (failover or round-robin); this module
 only moves bytes and reports back. A batch whose write fails is written again,
 whole, to the next target, after the window of unconfirmed batches (see
@@ -46,7 +46,8 @@ import trio
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
 from relay.outputs.base import RETRYABLE, Output, Rewind, describe
-from relay.outputs.targets import (
+from relay.policy.backoff import Backoff
+from relay.policy.targets import (
     Event,
     FailedBack,
     FailedOver,
@@ -55,9 +56,8 @@ from relay.outputs.targets import (
     TargetSelector,
     TargetUp,
 )
-from relay.policy.backoff import Backoff
-from relay.tlswire import VERDICT_WAIT, ByteStream, silent_refusal
-from relay.tlswire import aclose as tls_aclose
+from relay.tls.stream import VERDICT_WAIT, ByteStream, silent_refusal
+from relay.tls.stream import aclose as tls_aclose
 
 log = logging.getLogger("relay.output")
 

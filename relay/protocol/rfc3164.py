@@ -59,13 +59,13 @@ _FUTURE_SLACK = timedelta(days=1)
 # --- parsing -------------------------------------------------------------------
 
 
-def parse(raw: bytes, *, now: datetime | None = None) -> SyslogMessage:
+def parse(raw: bytes, *, now: datetime) -> SyslogMessage:
     """Parse one BSD syslog message, accepting what real devices send.
 
     The timestamp is a BSD one (``Mmm dd hh:mm:ss``, day space-padded or not,
     optional ``.fraction``, optional year before the time) or RFC 3339. A BSD
-    timestamp is read as UTC, and its year is inferred from ``now`` (an aware
-    datetime; None reads the current UTC time): the latest of next, this and
+    timestamp is read as UTC, and its year is inferred from ``now`` (the
+    receive time, passed in: this module never reads the clock): the latest of next, this and
     last year that is not more than a day after ``now``. Raises
     :class:`ParseError` only when the PRI is missing or invalid.
     """
@@ -91,7 +91,7 @@ def parse(raw: bytes, *, now: datetime | None = None) -> SyslogMessage:
     )
 
 
-def _parse_timestamp(raw: bytes, pos: int, now: datetime | None) -> tuple[datetime | None, int]:
+def _parse_timestamp(raw: bytes, pos: int, now: datetime) -> tuple[datetime | None, int]:
     """Read the timestamp at ``pos``; return it and where the HOSTNAME would start.
 
     Returns ``(None, pos)`` when there is no valid timestamp. The timestamp
@@ -110,7 +110,7 @@ def _parse_timestamp(raw: bytes, pos: int, now: datetime | None) -> tuple[dateti
     return timestamp, end
 
 
-def _parse_bsd_timestamp(raw: bytes, pos: int, now: datetime | None) -> tuple[datetime, int] | None:
+def _parse_bsd_timestamp(raw: bytes, pos: int, now: datetime) -> tuple[datetime, int] | None:
     """``Mmm dd [yyyy ]hh:mm:ss[.frac]`` (RFC 3164 §4.1.2, plus Cisco's year)."""
     month = _MONTH_NUMBER.get(raw[pos : pos + 3])
     if month is None or raw[pos + 3 : pos + 4] != b" ":
@@ -159,9 +159,7 @@ def _with_year(year: int, parts: tuple[int, int, int, int, int, int]) -> datetim
         return None
 
 
-def _infer_year(
-    now: datetime | None, parts: tuple[int, int, int, int, int, int]
-) -> datetime | None:
+def _infer_year(now: datetime, parts: tuple[int, int, int, int, int, int]) -> datetime | None:
     """Choose the year a BSD timestamp (which has none) most likely means.
 
     The latest of next, this and last year that is at most a day after
@@ -169,9 +167,7 @@ def _infer_year(
     one stamped Jan 1 00:00:05 read on Dec 31 23:59:58 from a fast clock is
     from next year. None when no such year makes a valid date (Feb 29).
     """
-    if now is None:
-        now = datetime.now(UTC)
-    elif now.tzinfo is None:
+    if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     limit = now + _FUTURE_SLACK
     for year in (now.year + 1, now.year, now.year - 1):

@@ -1,9 +1,10 @@
 """Values shared by the RFC 5424 and RFC 3164 codecs.
 
 A :class:`SyslogMessage` is the *parsed* form of a message. The hot path never
-makes one (it moves raw frames in batches, see ARCHITECTURE.md); a message is
+makes one (it moves raw frames in batches, see docs/ARCHITECTURE.md); a message is
 parsed only when a feature asks for fields: a filter, a JSON output, a rate
-limit keyed on HOSTNAME. :func:`parse_any` is that entry point.
+limit keyed on HOSTNAME. :func:`relay.protocol.detect.parse_any` is that entry
+point.
 
 Both wire formats start with the same PRI part (RFC 5424 §6.2.1, RFC 3164
 §4.1.1), so :func:`parse_pri` lives here too.
@@ -22,7 +23,6 @@ __all__ = [
     "SDElement",
     "Severity",
     "SyslogMessage",
-    "parse_any",
     "parse_pri",
     "split_pri",
 ]
@@ -143,25 +143,3 @@ def parse_pri(raw: bytes) -> tuple[int, int]:
 def split_pri(prival: int) -> tuple[Facility, Severity]:
     """Split a PRIVAL (0..191) into its facility and severity."""
     return Facility(prival >> 3), Severity(prival & 7)
-
-
-def parse_any(raw: bytes, *, now: datetime | None = None) -> SyslogMessage:
-    """Parse a message of either format, the way a receiver must guess.
-
-    RFC 5424 when the octets after PRI are ``1`` and SP (VERSION 1, §6.2.2);
-    if that strict parse fails, or the message is not RFC 5424, it is read by
-    the tolerant RFC 3164 parser (``now`` is passed to it for the year of a
-    BSD timestamp). That parser accepts anything after a valid PRI, so this
-    raises :class:`ParseError` only when the PRI is missing or invalid: the
-    caller then forwards the raw bytes and counts the message.
-    """
-    # Imported here: both codecs import this module for the values above.
-    from relay.protocol import rfc3164, rfc5424
-
-    _, end = parse_pri(raw)
-    if raw[end : end + 2] == b"1 ":
-        try:
-            return rfc5424.parse(raw)
-        except ParseError:
-            pass  # e.g. a bad SD-ELEMENT: keep the fields the tolerant parser finds
-    return rfc3164.parse(raw, now=now)

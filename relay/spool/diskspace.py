@@ -25,13 +25,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-# What the disk part leaves free beyond what a stop needs to save the memory
-# part. It covers what the spool does not count (a new segment's header, the
-# metadata file and its temporary copy, the file system's rounding up to whole
-# blocks: a few KiB) and, the larger share, what other processes write to the
-# same file system between two readings of its free space (up to a second).
-# 16 MiB is a second of a host writing 16 MiB/s of its own logs to /var.
-DEFAULT_DISK_RESERVE = 16 * 1024 * 1024
+from relay.spool.settings import DEFAULT_DISK_RESERVE
+
 # Read the free space again after the spool itself wrote this much: the
 # estimate never drifts far even when the clock-driven reading is late.
 REFRESH_BYTES = 4 * 1024 * 1024

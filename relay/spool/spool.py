@@ -56,21 +56,28 @@ import trio
 from relay.errors import ParseError
 from relay.message import Batch
 from relay.spool import segment
-from relay.spool.diskspace import DEFAULT_DISK_RESERVE, DiskSpace, statvfs_free
+from relay.spool.diskspace import DiskSpace, statvfs_free
 from relay.spool.record import FRAME_HEADER_SIZE, MIN_PAYLOAD, encode_record
+from relay.spool.settings import (
+    DEFAULT_DISK_MAX_BYTES,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MESSAGES,
+    Durability,
+    OnFull,
+    SpoolSettings,
+)
 from relay.stats import Counters
 
-log = logging.getLogger("relay.spool")
+__all__ = [  # the settings are also importable from here
+    "DEFAULT_DISK_MAX_BYTES",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_MESSAGES",
+    "Durability",
+    "OnFull",
+    "SpoolSettings",
+]
 
-# rsyslog's action queues default to 1,000 messages in memory, its main queue
-# to 100,000. A relay node buffers more: 100,000 messages or 64 MiB, whichever
-# comes first (a limit in messages alone multiplies by the message size and is
-# how rsyslog users run out of RAM, rsyslog#3314).
-DEFAULT_MAX_MESSAGES = 100_000
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-# Disk a spool may use past its memory budget: an hour of a busy relay at
-# 1,000 msg/s of 300 bytes. Zero keeps the queue in memory only.
-DEFAULT_DISK_MAX_BYTES = 1024**3
+log = logging.getLogger("relay.spool")
 
 META = "spool.meta"
 # A segment is closed and a new one begun past this size: small enough that
@@ -106,23 +113,6 @@ COUNTERS = (
 )
 
 
-class OnFull(enum.StrEnum):
-    """What a spool does when its disk budget (or, without disk, its memory
-    budget) is spent."""
-
-    BLOCK = "block"  # take no more: reliable inputs stop reading, lossy ones drop
-    DROP_OLDEST = "drop_oldest"  # make room by dropping the oldest queued messages
-    DROP_NEWEST = "drop_newest"  # drop what arrives
-
-
-class Durability(enum.StrEnum):
-    """When queued messages reach the disk, and so what a crash costs."""
-
-    MEMORY = "memory"  # RAM first; disk past the memory budget and at stop
-    DISK = "disk"  # every batch written to disk as it is queued
-    FSYNC = "fsync"  # as "disk", and fsync'ed (per batch, or every fsync_interval)
-
-
 class Admission(enum.StrEnum):
     """What :meth:`Spool.put_nowait` did with a batch."""
 
@@ -130,17 +120,6 @@ class Admission(enum.StrEnum):
     DROPPED = "dropped"  # by the on_full policy, counted by the spool
     FULL = "full"  # on_full = block: not taken; the caller waits or counts a drop
     WOULD_SPILL = "would_spill"  # memory is full: only with spill=False, nothing taken
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SpoolSettings:
-    max_messages: int = DEFAULT_MAX_MESSAGES
-    max_bytes: int = DEFAULT_MAX_BYTES
-    disk_max_bytes: int = 0  # no disk unless a directory and a budget are given
-    on_full: OnFull = OnFull.BLOCK
-    durability: Durability = Durability.MEMORY
-    fsync_interval: float = 0.0
-    disk_reserve: int = DEFAULT_DISK_RESERVE  # free space the disk part leaves (diskspace.py)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

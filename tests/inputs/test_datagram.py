@@ -14,7 +14,7 @@ from relay.errors import StartupError
 from relay.inputs import datagram
 from relay.outputs import base
 from relay.protocol.framing import OversizePolicy
-from relay.routing import Route, Router
+from relay.spool.router import Route, Router
 from relay.spool.spool import Spool, memory_spool
 from relay.stats import Counters
 from tests.waiting import await_until

@@ -23,11 +23,11 @@ from relay.protocol.relp import (
     RelpClient,
     ServerClosed,
 )
-from relay.routing import Route, Router
+from relay.spool.router import Route, Router
 from relay.spool.spool import Spool, memory_spool
 from relay.stats import Counters
-from relay.tls import TlsProfile, client_context
-from relay.tlswire import COUNTERS as TLS_COUNTERS
+from relay.tls.context import TlsProfile, client_context
+from relay.tls.stream import COUNTERS as TLS_COUNTERS
 from tests.protocol.relpwire import decode
 from tests.tlshelpers import SERVER, Pki, listener, target
 from tests.waiting import await_until

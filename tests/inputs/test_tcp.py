@@ -6,15 +6,15 @@ import pytest
 import trio
 import trio.testing
 
-from relay import tlswire
 from relay.config import Endpoint, InputConfig
 from relay.inputs import tcp
 from relay.message import Batch
 from relay.outputs import base
 from relay.protocol.framing import encode_lines, encode_octet_counted
-from relay.routing import Route, Router
+from relay.spool.router import Route, Router
 from relay.spool.spool import Spool, memory_spool
 from relay.stats import Counters
+from relay.tls import stream as tlswire
 from tests.tlshelpers import Pki, listener
 from tests.waiting import await_until
 

@@ -251,12 +251,6 @@ def test_year_inference(now: datetime, stamp: bytes, expected: datetime | None) 
         assert message.hostname is None and message.msg == stamp + b" myhost app: x"
 
 
-def test_year_defaults_to_current_utc_time() -> None:
-    stamp = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
-    raw = rfc3164.format(SyslogMessage(Facility.user, Severity.notice, timestamp=stamp))
-    assert rfc3164.parse(raw).timestamp == stamp
-
-
 @pytest.mark.parametrize(
     ("stamp", "microsecond"),
     [(b".1", 100000), (b".123456", 123456), (b".123456789", 123456)],

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from relay import tlscerts
 from relay.errors import ConfigError
+from relay.tls import certs as tlscerts
 from tests.tlshelpers import LOOPBACK, SERVER, Pki, day
 
 

@@ -19,7 +19,9 @@ import trio.testing
 from relay.config import Endpoint, OutputConfig, TargetMode
 from relay.message import Batch
 from relay.outputs import base, tcp
-from relay.outputs.targets import (
+from relay.outputs.tcp import TcpOutput
+from relay.policy.backoff import Backoff
+from relay.policy.targets import (
     FailedBack,
     FailedOver,
     Plan,
@@ -28,8 +30,6 @@ from relay.outputs.targets import (
     TargetSelector,
     TargetUp,
 )
-from relay.outputs.tcp import TcpOutput
-from relay.policy.backoff import Backoff
 from relay.protocol.framing import FrameDecoder
 from relay.spool.spool import memory_spool
 from relay.stats import Counters

@@ -1,7 +1,7 @@
-"""TLS on the wire: what the inputs and outputs do around :mod:`relay.tls`.
+"""TLS on the wire: what the inputs and outputs do around :mod:`relay.tls.context`.
 
-:mod:`relay.tls` builds contexts, :mod:`relay.tlscerts` reads certificates and
-:mod:`relay.tlsfailures` explains failed handshakes; this module runs the
+:mod:`relay.tls.context` builds contexts, :mod:`relay.tls.certs` reads certificates and
+:mod:`relay.tls.failures` explains failed handshakes; this module runs the
 handshakes for the transports: :class:`TlsAcceptor` for a listener (timeout,
 permitted peers, one rate-limited line per refused peer, counters) and
 :func:`connect` for a target (a failure becomes a :class:`HandshakeError`,
@@ -23,15 +23,16 @@ import trio
 
 from relay.errors import ConfigError, StartupError
 from relay.stats import Counters
-from relay.tls import ReloadableContext, TlsProfile
-from relay.tlscerts import DEFAULT_EXPIRY_WARNING_DAYS, CertificateInfo, expiry_warnings
-from relay.tlsfailures import (
+from relay.tls.certs import CertificateInfo, expiry_warnings
+from relay.tls.context import ReloadableContext, TlsProfile
+from relay.tls.failures import (
     HandshakeCategory,
     HandshakeFailure,
     classify_handshake_error,
     handshake,
     handshake_failure,
 )
+from relay.tls.profile import DEFAULT_EXPIRY_WARNING_DAYS
 
 log = logging.getLogger("relay.tls")
 
@@ -101,7 +102,7 @@ class TlsStream:
 
     That uses trio's ``SSLStream._ssl_object`` (the ``ssl.SSLObject`` it reads
     from; trio has no public way). Without it the reads are one record each:
-    slower, still correct (tests/test_tlswire.py notices).
+    slower, still correct (tests/tls/test_stream.py notices).
     """
 
     def __init__(self, stream: trio.SSLStream[Any]) -> None:

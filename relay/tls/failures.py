@@ -4,7 +4,7 @@
 :class:`HandshakeCategory` and one actionable line (PAIN-POINTS 3.2), drawing
 on the peer's certificate, the name we expected and the first bytes the peer
 sent. :func:`handshake` does the handshake and the permitted-peers check
-(:func:`relay.tls.check_peer`) and returns the :class:`HandshakeFailure`, if any.
+(:func:`relay.tls.context.check_peer`) and returns the :class:`HandshakeFailure`, if any.
 
 A transport does::
 
@@ -29,8 +29,8 @@ from typing import Any
 import trio
 
 from relay.errors import ConfigError
-from relay.tls import PeerNotPermittedError, TlsProfile, check_peer
-from relay.tlscerts import CertificateInfo, format_date, format_span, printable
+from relay.tls.certs import CertificateInfo, format_date, format_span, printable
+from relay.tls.context import PeerNotPermittedError, TlsProfile, check_peer
 
 # A failed handshake leaves a TLS alert to send; a peer that does not read must
 # not hold the connection (and its task) open for longer than this.

@@ -15,9 +15,10 @@ from functools import partial
 import pytest
 import trio
 
-from relay import tls, tlsfailures
-from relay.tls import TlsProfile
-from relay.tlsfailures import HandshakeCategory as Cat
+from relay.tls import context as tls
+from relay.tls import failures as tlsfailures
+from relay.tls.context import TlsProfile
+from relay.tls.failures import HandshakeCategory as Cat
 from tests.tlshelpers import (
     BOTH_VERSIONS,
     CLIENT,

@@ -3,7 +3,7 @@
 Every handshake here is a real one between two ``trio.SSLStream`` over TCP on
 127.0.0.1, with certificates minted for the test (tests/certs.py, through
 tests/tlshelpers.py). The failures themselves are tested in
-tests/test_tlsfailures.py.
+tests/tls/test_failures.py.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives import serialization
 
-from relay import tls, tlscerts
 from relay.errors import ConfigError
-from relay.tls import TlsProfile
-from relay.tlsfailures import HandshakeCategory as Cat
+from relay.tls import certs as tlscerts
+from relay.tls import context as tls
+from relay.tls.context import TlsProfile
+from relay.tls.failures import HandshakeCategory as Cat
 from tests.certs import CertFiles
 from tests.tlshelpers import (
     BOTH_VERSIONS,

@@ -1,12 +1,12 @@
 """Certificates as an operator sees them: names, fingerprints, dates, expiry.
 
 :class:`CertificateInfo` describes one certificate: of a file (our own, a CA
-bundle: :func:`load_pem_certificates`) or of a peer. :mod:`relay.tls` loads
+bundle: :func:`load_pem_certificates`) or of a peer. :mod:`relay.tls.context` loads
 them into its contexts and checks permitted peers against them;
 :func:`expiry_warnings` says which expire soon.
 
 ``cryptography`` only reads certificates here (names, fingerprints, dates);
-the ``ssl`` module does the TLS (:mod:`relay.tls`).
+the ``ssl`` module does the TLS (:mod:`relay.tls.context`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from relay.errors import ConfigError
-
-# Rotation tooling renews at 30 days left (Let's Encrypt's default), so a warning
-# from then on gives the operator time while renewal still has a chance to run.
-DEFAULT_EXPIRY_WARNING_DAYS = 30
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

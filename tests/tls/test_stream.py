@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from relay.stats import Counters
-from relay.tls import CertificateInfo, ReloadableContext, TlsProfile
-from relay.tlswire import (
+from relay.tls.context import CertificateInfo, ReloadableContext, TlsProfile
+from relay.tls.stream import (
     COUNTERS,
     FailureLog,
     HandshakeError,

@@ -15,8 +15,10 @@ from typing import Any, NoReturn
 import click
 import trio
 
-from relay import __version__, app, config, sender
+from relay import __version__, app, config
+from relay.cli import sender
 from relay.errors import ConfigErrors, RelayError
+from relay.tls.context import load_files
 
 log = logging.getLogger("relay")
 
@@ -189,7 +191,7 @@ def check(config_file: str | None, inputs: tuple[str, ...], outputs: tuple[str, 
     Each line names the file, line and key to fix. Nothing is started.
     """
     cfg = _load(config_file, inputs, outputs)
-    problems = config.check_files(cfg)
+    problems = config.check_files(cfg, load_files)
     if problems:
         _fail("\n".join(f"error: {e}" for e in problems))
     click.echo(
