@@ -370,7 +370,9 @@ def test_example_tls_config_is_valid_with_its_certificates(tmp_path: Path) -> No
     copy.write_text(text)
     cfg = config.load(copy)
     assert config.check_files(cfg, load_files) == []
-    assert config.check_files(config.load(ROOT / "etc" / "relay-tls.toml"), load_files)  # no such files
+    assert config.check_files(
+        config.load(ROOT / "etc" / "relay-tls.toml"), load_files
+    )  # no such files
 
 
 def test_endpoint_address_brackets_ipv6() -> None:

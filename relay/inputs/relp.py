@@ -118,13 +118,19 @@ class RelpInput(TcpInput):
                 replies.add([server.server_close()])
                 return True
             events = server.receive_data(data)
+            out: list[bytes] = []
+            if events and isinstance(events[-1], SessionOpened):
+                # The open is answered first; what the client sent behind it
+                # in the same write (imrelp takes that) is read after.
+                out.append(server.accept_open())
+                events = events[:-1] + server.resume()
             if events and isinstance(events[-1], ProtocolViolation):
-                # A violation ends the session (it is the last event). What the
-                # same read held before it (an open, messages) is not answered:
-                # unacknowledged, the sender sends those messages again.
+                # A violation ends the session (it is the last event). The
+                # messages the same read held before it are not answered:
+                # unacknowledged, the sender sends them again.
+                replies.add(out)
                 self._violation(events[-1], peer, replies)
                 return True
-            out: list[bytes] = []
             messages: list[bytes] = []
             txnrs: list[int] = []
             last: ServerEvent | ProtocolViolation | ConnectionClosed | None = None
@@ -132,8 +138,6 @@ class RelpInput(TcpInput):
                 if isinstance(event, SyslogMessages):
                     messages.extend(event.messages)
                     txnrs.extend(event.txnrs)
-                elif isinstance(event, SessionOpened):
-                    out.append(server.accept_open())  # comes before any message
                 else:  # close or EOF: the last event of the session
                     last = event
             if txnrs:

@@ -296,6 +296,9 @@ class _Endpoint(Generic[_E]):
         self._machine = StateMachine(role)
         self._decoder = RelpDecoder(max_data=max_data)
         self._failed = False
+        # Frames read after one that must be answered first, and whether the
+        # stream ended after them: see resume().
+        self._held: tuple[list[Frame], bool] | None = None
 
     @property
     def state(self) -> State:
@@ -312,12 +315,28 @@ class _Endpoint(Generic[_E]):
             if data:
                 raise LocalProtocolError("RELP session failed; close the connection")
             return []
+        if self._held is not None:
+            raise LocalProtocolError("answer the open first (accept_open, then resume)")
+        return self._process(data, eof=not data)
+
+    def _process(
+        self, data: bytes, *, eof: bool, held: list[Frame] | None = None
+    ) -> list[_E | ProtocolViolation | ConnectionClosed]:
+        """The events of ``data`` fed to the decoder, or of ``held`` frames."""
         events: list[_E | ProtocolViolation | ConnectionClosed] = []
         try:
-            for frame in self._decoder.receive_data(data):
+            frames = self._decoder.receive_data(data) if held is None else held
+            for i, frame in enumerate(frames):
                 event = self._handle(frame)
                 if event is not None:
                     events.append(event)
+                if self._must_answer_first():
+                    # What came after it waits for resume(): the rest of this
+                    # read's frames, a malformed one and the end of the stream.
+                    rest = frames[i + 1 :]
+                    if rest or eof or self._decoder.error is not None:
+                        self._held = (rest, eof)
+                    return events
             if self._decoder.error is not None:
                 raise self._decoder.error
         except RelpProtocolError as exc:
@@ -327,12 +346,25 @@ class _Endpoint(Generic[_E]):
             txnr = exc.txnr if self._machine.role is Role.SERVER else None  # clients never answer
             events.append(ProtocolViolation(exc.rsp_code, str(exc), txnr))
             return events
-        if not data:
+        if eof:
             was = self._machine.state
             self._machine.process(Input.RECV_EOF)
             if was is not State.CLOSED:
                 events.append(ConnectionClosed())
         return events
+
+    def resume(self) -> list[_E | ProtocolViolation | ConnectionClosed]:
+        """The events of what came after a command that had to be answered
+        first (a server's ``open``), in the same read; call it once answered."""
+        if self._held is None:
+            return []
+        frames, eof = self._held
+        self._held = None
+        return self._process(b"", eof=eof, held=frames)
+
+    def _must_answer_first(self) -> bool:
+        """Whether the last frame must be answered before the next is read."""
+        return False
 
     def _handle(self, frame: Frame) -> _E | None:
         raise NotImplementedError
@@ -354,7 +386,8 @@ class RelpServer(_Endpoint[ServerEvent]):
     """One RELP session at the server (imrelp's side), sans-IO.
 
     Feed reads to :meth:`receive_data`; send what :meth:`accept_open`,
-    :meth:`send_rsp` and :meth:`server_close` return. Answers go out in the
+    :meth:`send_rsp` and :meth:`server_close` return. A read that holds the
+    ``open`` and more stops at the open: answer it, then :meth:`resume`. Answers go out in the
     order the commands came (spec, "Responses must be sent by the server in
     the exact same order as commands where received").
     """
@@ -415,7 +448,13 @@ class RelpServer(_Endpoint[ServerEvent]):
         commands in sequence, the bulk of what a client sends, is read on a
         fast path (:meth:`_scan_syslog`) and becomes one :class:`SyslogMessages`."""
         decoder = self._decoder
-        if not data or self._failed or decoder.error is not None or self.state is not State.OPEN:
+        if (
+            not data
+            or self._failed
+            or decoder.error is not None
+            or self.state is not State.OPEN
+            or self._held is not None
+        ):
             return super().receive_data(data)
         data = decoder.take_buffered() + data
         txnrs, messages, pos = self._scan_syslog(data)
@@ -468,8 +507,18 @@ class RelpServer(_Endpoint[ServerEvent]):
     def _on_fail(self) -> None:
         self._owed.clear()
 
+    def resume(self) -> list[ServerEvent | ProtocolViolation | ConnectionClosed]:
+        """As :meth:`_Endpoint.resume`, the messages as one event."""
+        return _merge_messages(super().resume())
+
+    def _must_answer_first(self) -> bool:
+        # A client may send messages right behind its open, in one write
+        # (imrelp takes them): they are read once the open is answered.
+        return self._machine.state is State.OPENING
+
     def accept_open(self) -> bytes:
-        """The 200 rsp to ``open`` with our offers; the session is then OPEN."""
+        """The 200 rsp to ``open`` with our offers; the session is then OPEN.
+        Then :meth:`resume` gives what the client sent after its open."""
         self._machine.process(Input.SEND_ACCEPT_OPEN)
         return encode_parts(self._open_txnr, b"rsp", b"200 OK\n" + encode_offers(self._offers))
 

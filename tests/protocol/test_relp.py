@@ -131,7 +131,6 @@ def test_server_does_not_answer_syslog_by_itself() -> None:
     [
         # "the connection is only ready AFTER the client has received the 'open' response"
         (b"1 syslog 1 a\n", 500, "'syslog' command not allowed in state idle", 1),
-        (LIBRELP_OPEN + b"2 open 0\n", 500, "'open' command not allowed in state opening", 2),
         (b"1 starttls 0\n", 500, "unknown command 'starttls'", 1),
         (b"1 open 15 commands=syslog\n", 500, "open without a valid relp_version offer", 1),
         (b"1 open 14 relp_version=0\n", 500, "required command not supported by client", 1),
@@ -155,6 +154,42 @@ def test_server_second_open_after_accept() -> None:
     server = open_server()
     events = server.receive_data(b"2 open 0\n")
     assert events == [ProtocolViolation(500, "'open' command not allowed in state open", 2)]
+
+
+def test_server_reads_what_came_behind_the_open_once_it_is_answered() -> None:
+    """imrelp takes an open with messages right behind it in one write: so do we."""
+    server = RelpServer()
+    wire = LIBRELP_OPEN + b"2 syslog 1 a\n3 syslog 1 b\n4 close 0\n"
+    assert [type(e) for e in server.receive_data(wire)] == [SessionOpened]
+    with pytest.raises(LocalProtocolError, match="answer the open first"):
+        server.receive_data(b"5 syslog 1 c\n")
+    assert server.accept_open().startswith(b"1 rsp ")
+    assert server.resume() == [SyslogMessages((2, 3), (b"a", b"b")), CloseRequested(4)]
+    assert server.resume() == []
+    assert server.send_ok([2, 3]) == b"2 rsp 6 200 OK\n3 rsp 6 200 OK\n"
+
+
+@pytest.mark.parametrize(
+    ("behind", "expected"),
+    [
+        (b"2 open 0\n", ProtocolViolation(500, "'open' command not allowed in state open", 2)),
+        (b"2 syslog 1 aX", ProtocolViolation(500, "missing trailer after 1 octets of data")),
+        (b"", ConnectionClosed()),
+    ],
+    ids=["second open", "malformed", "eof"],
+)
+def test_server_after_the_open_a_fault_or_the_end_comes_with_resume(
+    behind: bytes, expected: object
+) -> None:
+    server = RelpServer()
+    events = server.receive_data(LIBRELP_OPEN + behind)
+    if not behind:  # the end of the stream comes in a read of its own
+        events += server.receive_data(b"")
+        assert events[-1] == expected
+        return
+    assert [type(e) for e in events] == [SessionOpened]
+    server.accept_open()
+    assert server.resume() == [expected]
 
 
 def test_violation_reply() -> None:
