@@ -1,11 +1,12 @@
 """UDP (RFC 5426) and unix datagram (``/dev/log``) inputs.
 
 One datagram is one message. The receive task only receives and queues: when
-the socket is readable it drains every waiting datagram without awaiting,
-groups them by sender into batches and hands them on without waiting
-(``Router.put_nowait``). A datagram input cannot push back on its senders, so
-when an output's spool is full the batch is dropped for that output and
-counted, instead of stalling the loop while the kernel drops silently.
+the socket is readable it drains the waiting datagrams without awaiting (up to
+DRAIN_LIMIT of them or DRAIN_BYTES, whichever comes first), groups them by
+sender into batches and hands them on without waiting (``Router.put_nowait``).
+A datagram input cannot push back on its senders, so when an output's spool
+is full the batch is dropped for that output and counted, instead of stalling
+the loop while the kernel drops silently.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ log = logging.getLogger("relay.input")
 # Datagrams taken per wake-up before yielding to other tasks: large enough to
 # amortise the await, small enough that TCP connections still get their turn.
 DRAIN_LIMIT = 1024
+# ... and bytes: what one wake-up holds before it is queued, and so the size of
+# the batch a spool may take past its memory budget. 1,024 datagrams of 300
+# bytes stay under it; 1,024 of 64 KiB (a flood of large datagrams) would hold
+# 64 MiB at once. One output write (outputs/base.py SEND_BYTES) is as large.
+DRAIN_BYTES = 1024 * 1024
 # The largest UDP payload over IPv4 (65,535 - 8 - 20).
 MAX_DATAGRAM = 65_507
 
@@ -142,6 +148,8 @@ class DatagramInput:
                         group.append(data)
                     nbytes += len(data)
                     count += 1
+                    if nbytes >= DRAIN_BYTES:
+                        break
                 if not groups:
                     continue
                 now = time.time()
