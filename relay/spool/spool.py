@@ -504,9 +504,11 @@ class Spool:
             return
         self._refilling = True
         try:
-            records, _ = await trio.to_thread.run_sync(
-                segment.read_records, seg.path, seg.read, max(room, 1)
+            buffer, spans = await trio.to_thread.run_sync(
+                segment.read_frames, seg.path, seg.read, max(room, 1)
             )
+            records, _ = segment.decode_frames(seg.path, seg.read, buffer, spans)
+            del buffer
         except (OSError, ParseError) as exc:
             # A segment that cannot be read now (it was checked at start): keep
             # the rest of the queue moving; the next start quarantines it.
