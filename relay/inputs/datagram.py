@@ -39,6 +39,12 @@ DRAIN_LIMIT = 1024
 DRAIN_BYTES = 1024 * 1024
 # The largest UDP payload over IPv4 (65,535 - 8 - 20).
 MAX_DATAGRAM = 65_507
+# RECEIVE: datagrams are read into one reusable buffer and copied out at their
+# size. recvfrom(65508) allocated 64 KiB per datagram and shrank it in place:
+# the allocator (glibc) then had holes just short of the next 64 KiB request,
+# and under a flood of random sizes RSS grew 11% past what the spool held
+# (29 MiB over a 256 MiB queue_max_bytes; 7 MiB with exact sizes). The copy
+# costs about 0.05 us for 300 bytes (and 5 us for 60 KB).
 
 # Linux's SO_RCVBUFFORCE (asm-generic/socket.h); the socket module lacks the name.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -114,10 +120,12 @@ class DatagramInput:
         name = self.config.name
         limit = self.config.max_message_size
         truncate = self.config.oversize is OversizePolicy.TRUNCATE
-        recvfrom = sock.recvfrom
+        recvfrom_into = sock.recvfrom_into
         counters = self.counters
         put_nowait = self.router.put_nowait
         bufsize = MAX_DATAGRAM + 1 if self.config.endpoint.scheme == "udp" else limit + 1
+        buffer = bytearray(bufsize)
+        view = memoryview(buffer)
         try:
             while True:
                 await trio.lowlevel.wait_readable(sock)
@@ -125,28 +133,31 @@ class DatagramInput:
                 nbytes = count = 0
                 for _ in range(DRAIN_LIMIT):
                     try:
-                        data, peer = recvfrom(bufsize)
+                        size, peer = recvfrom_into(buffer)
                     except BlockingIOError:
                         break
                     except OSError as exc:  # e.g. ICMP errors surfaced on the socket
                         log.debug("input %s: %s", name, exc)
                         continue
-                    if data[-1:] == b"\n":  # a trailer, not content (rsyslog drops it too)
-                        data = data[:-1]
-                    if len(data) > limit:
+                    if size and buffer[size - 1] == 10:  # a trailer, not content
+                        size -= 1  # (rsyslog drops it too)
+                    if size > limit:
                         if not truncate:
                             counters.add("dropped_oversize")
                             continue
-                        data = utf8_cut(data, limit)
+                        data = utf8_cut(view[:size].tobytes(), limit)
+                        size = len(data)
                         counters.add("truncated")
-                    if not data:
+                    elif size:
+                        data = view[:size].tobytes()  # exactly its size: see RECEIVE
+                    else:
                         continue
                     group = groups.get(peer)
                     if group is None:
                         groups[peer] = [data]
                     else:
                         group.append(data)
-                    nbytes += len(data)
+                    nbytes += size
                     count += 1
                     if nbytes >= DRAIN_BYTES:
                         break
