@@ -58,9 +58,16 @@ class Batch:
         return f"<Batch {len(self.messages)} messages, {self.nbytes} bytes from {self.peer!r}>"
 
     def octet_counted(self) -> bytes:
-        """The batch as RFC 6587 octet-counted frames (cached)."""
+        """The batch as RFC 6587 octet-counted frames.
+
+        The frames as received when the input kept them (``wire``); otherwise
+        encoded anew at each call, not cached: a batch waits in its spool
+        (unconfirmed in a TCP output's window, or at the head while the
+        upstream is down) for as long as it takes, and a cached copy would
+        double its memory beyond what the spool counts (queue_max_bytes).
+        """
         if self._wire is None:
-            self._wire = framing.encode_octet_counted(self.messages)
+            return framing.encode_octet_counted(self.messages)
         return self._wire
 
     def split(self, count: int) -> tuple[Batch, Batch]:

@@ -1,11 +1,19 @@
 """UDP (RFC 5426) and unix datagram (``/dev/log``) inputs.
 
 One datagram is one message. The receive task only receives and queues: when
-the socket is readable it drains every waiting datagram without awaiting,
-groups them by sender into batches and hands them on without waiting
-(``Router.put_nowait``). A datagram input cannot push back on its senders, so
-when an output's spool is full the batch is dropped for that output and
-counted, instead of stalling the loop while the kernel drops silently.
+the socket is readable it drains the waiting datagrams without awaiting (up to
+DRAIN_LIMIT of them or DRAIN_BYTES, whichever comes first), groups them by
+sender into batches and hands them on without waiting (``Router.put_nowait``).
+A datagram input cannot push back on its senders, so when an output's spool
+is full the batch is dropped for that output and counted, instead of stalling
+the loop while the kernel drops silently.
+
+Each datagram is read into one reusable buffer and copied out at its size.
+recvfrom(65508) allocated 64 KiB per datagram and shrank it in place: glibc's
+heap was then left with holes just short of the next 64 KiB request, and
+under a flood of random sizes RSS grew about 11% past what the spools held
+(29 MiB over a 256 MiB queue_max_bytes; 7 MiB with exact sizes). The copy
+costs about 0.05 us for 300 bytes, 5 us for 60 KB.
 """
 
 from __future__ import annotations
@@ -31,6 +39,11 @@ log = logging.getLogger("relay.input")
 # Datagrams taken per wake-up before yielding to other tasks: large enough to
 # amortise the await, small enough that TCP connections still get their turn.
 DRAIN_LIMIT = 1024
+# ... and bytes: what one wake-up holds before it is queued, and so the size of
+# the batch a spool may take past its memory budget. 1,024 datagrams of 300
+# bytes stay under it; 1,024 of 64 KiB (a flood of large datagrams) would hold
+# 64 MiB at once. One output write (outputs/base.py SEND_BYTES) is as large.
+DRAIN_BYTES = 1024 * 1024
 # The largest UDP payload over IPv4 (65,535 - 8 - 20).
 MAX_DATAGRAM = 65_507
 
@@ -108,10 +121,12 @@ class DatagramInput:
         name = self.config.name
         limit = self.config.max_message_size
         truncate = self.config.oversize is OversizePolicy.TRUNCATE
-        recvfrom = sock.recvfrom
+        recvfrom_into = sock.recvfrom_into
         counters = self.counters
         put_nowait = self.router.put_nowait
         bufsize = MAX_DATAGRAM + 1 if self.config.endpoint.scheme == "udp" else limit + 1
+        buffer = bytearray(bufsize)
+        view = memoryview(buffer)
         try:
             while True:
                 await trio.lowlevel.wait_readable(sock)
@@ -119,29 +134,34 @@ class DatagramInput:
                 nbytes = count = 0
                 for _ in range(DRAIN_LIMIT):
                     try:
-                        data, peer = recvfrom(bufsize)
+                        size, peer = recvfrom_into(buffer)
                     except BlockingIOError:
                         break
                     except OSError as exc:  # e.g. ICMP errors surfaced on the socket
                         log.debug("input %s: %s", name, exc)
                         continue
-                    if data[-1:] == b"\n":  # a trailer, not content (rsyslog drops it too)
-                        data = data[:-1]
-                    if len(data) > limit:
+                    if size and buffer[size - 1] == 10:  # a trailer, not content
+                        size -= 1  # (rsyslog drops it too)
+                    if size > limit:
                         if not truncate:
                             counters.add("dropped_oversize")
                             continue
-                        data = utf8_cut(data, limit)
+                        data = utf8_cut(view[:size].tobytes(), limit)
+                        size = len(data)
                         counters.add("truncated")
-                    if not data:
+                    elif size:
+                        data = view[:size].tobytes()  # at its size: see the docstring
+                    else:
                         continue
                     group = groups.get(peer)
                     if group is None:
                         groups[peer] = [data]
                     else:
                         group.append(data)
-                    nbytes += len(data)
+                    nbytes += size
                     count += 1
+                    if nbytes >= DRAIN_BYTES:
+                        break
                 if not groups:
                     continue
                 now = time.time()

@@ -220,23 +220,38 @@ def read_records(path: Path, offset: int, max_bytes: int) -> tuple[list[tuple[Ba
 
     Expects a recovered segment (see :func:`recover`): damage raises
     ParseError, and the spool quarantines the segment.
+
+    The same as :func:`read_frames` then :func:`decode_frames`; a caller that
+    reads in a worker thread calls those two apart (see decode_frames).
+    """
+    buffer, spans = read_frames(path, offset, max_bytes)
+    return decode_frames(path, offset, buffer, spans)
+
+
+def read_frames(path: Path, offset: int, max_bytes: int) -> tuple[bytes, list[tuple[int, int]]]:
+    """The blocking half of :func:`read_records`: read and check the frames.
+
+    Returns the bytes read from ``offset`` and the ``(payload_start, end)``
+    span in them of each whole record whose frame (magic, length, CRC) is
+    intact, as :func:`read_records` would take them. Raises ParseError only
+    when the first record's frame is damaged.
     """
     if offset < FIRST_RECORD:
         raise ValueError(f"offset {offset} is inside the segment header")
+    spans: list[tuple[int, int]] = []
     with open(path, "rb", buffering=0) as file:
         file.seek(offset)
         buffer = file.read(max(max_bytes, MIN_READ))
-        records: list[tuple[Batch, int]] = []
         pos = 0
-        while pos < len(buffer) or not records:
+        while pos < len(buffer) or not spans:
             try:
                 span = unframe(buffer, pos)
             except ParseError as e:
-                if records:
+                if spans:
                     break  # deliver what is whole; the next call raises here
                 raise ParseError(f"{path} at offset {offset + pos}: {e}") from None
             if span is None:
-                if records:
+                if spans:
                     break  # the rest is beyond max_bytes, or a tail; next call
                 # The first record is longer than what was read: read the
                 # rest, unless the file ends first (a torn tail, or the end).
@@ -245,17 +260,36 @@ def read_records(path: Path, offset: int, max_bytes: int) -> tuple[list[tuple[Ba
                     break
                 buffer += file.read(more)
                 continue
-            payload_start, end = span
-            if records and end > max_bytes:
+            if spans and span[1] > max_bytes:
                 break
-            try:
-                batch = decode_record(buffer, payload_start, end)
-            except ParseError as e:
-                if records:
-                    break
-                raise ParseError(f"{path} at offset {offset + pos}: {e}") from None
-            records.append((batch, offset + end))
-            pos = end
+            spans.append(span)
+            pos = span[1]
+    return buffer, spans
+
+
+def decode_frames(
+    path: Path, offset: int, buffer: bytes, spans: list[tuple[int, int]]
+) -> tuple[list[tuple[Batch, int]], int]:
+    """The batches in what :func:`read_frames` returned, as :func:`read_records`.
+
+    This half makes the objects that stay queued (one bytes per message): the
+    spool calls it on its own thread, so that they come from the allocator
+    arena where the batches it frees return their memory. Made in a worker
+    thread, they would come from that thread's arena (glibc), and RSS would
+    grow past the memory budget while the main arena held free space (measured:
+    +25 MiB over a 256 MiB budget, refilling after a UDP flood).
+    """
+    records: list[tuple[Batch, int]] = []
+    pos = 0
+    for payload_start, end in spans:
+        try:
+            batch = decode_record(buffer, payload_start, end)
+        except ParseError as e:
+            if records:
+                break
+            raise ParseError(f"{path} at offset {offset + pos}: {e}") from None
+        records.append((batch, offset + end))
+        pos = end
     return records, offset + pos
 
 

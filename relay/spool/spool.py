@@ -86,6 +86,9 @@ META = "spool.meta"
 SEGMENT_MAX = 16 * 1024 * 1024
 # How much one refill reads from disk into memory.
 REFILL_BYTES = 4 * 1024 * 1024
+# How much one write of the memory part at stop carries (what it holds on top
+# of the memory part: the encoded records, then their joined buffer).
+SAVE_CHUNK = 1024 * 1024
 # How often the ack position is saved while acking (what a crash can repeat).
 CHECKPOINT_INTERVAL = 1.0
 # A write error other than a full disk (EIO...) is logged at most this often.
@@ -617,9 +620,11 @@ class Spool:
             return
         self._refilling = True
         try:
-            records, _ = await trio.to_thread.run_sync(
-                segment.read_records, seg.path, seg.read, max(room, 1)
+            buffer, spans = await trio.to_thread.run_sync(
+                segment.read_frames, seg.path, seg.read, max(room, 1)
             )
+            records, _ = segment.decode_frames(seg.path, seg.read, buffer, spans)
+            del buffer
         except (OSError, ParseError) as exc:
             # A segment that cannot be read now (it was checked at start): keep
             # the rest of the queue moving; the next start quarantines it.
@@ -726,11 +731,27 @@ class Spool:
         return 0
 
     def _save_memory(self, entries: list[_Entry]) -> _Segment:
+        """Write ``entries`` to a new segment, SAVE_CHUNK bytes per write: encoding
+        them all at once would hold two more copies of the memory part at stop.
+        On failure no part of the segment is left behind."""
         assert self.directory is not None
         writer = segment.SegmentWriter.create(self.directory, self._next_id)
         seg_id, self._next_id = self._next_id, self._next_id + 1
-        writer.append([encode_record(e.batch) for e in entries])
-        writer.fsync()
+        try:
+            chunk: list[bytes] = []
+            size = 0
+            for entry in entries:
+                chunk.append(encode_record(entry.batch))
+                size += len(chunk[-1])
+                if size >= SAVE_CHUNK:
+                    writer.append(chunk)
+                    chunk, size = [], 0
+            writer.append(chunk)
+            writer.fsync()
+        except BaseException:
+            writer.close()
+            self._path(seg_id).unlink(missing_ok=True)
+            raise
         writer.close()
         messages = sum(len(e.batch.messages) for e in entries)
         return _Segment(seg_id, self._path(seg_id), writer.size, messages=messages)

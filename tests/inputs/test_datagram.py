@@ -85,6 +85,26 @@ async def test_udp_full_spool_drops_and_counts() -> None:
     assert len(spool) + dropped == 100
 
 
+async def test_udp_drain_round_is_bounded_in_bytes() -> None:
+    # 64 datagrams of 60,000 bytes wait in the kernel before the input reads:
+    # one round of 1,024 would hold (and queue as one batch) all 3.7 MB.
+    spool = memory_spool(max_bytes=1 << 30)
+    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0), max_message_size=65_536)
+    port = int(dgram.address.rsplit(":", 1)[1])
+    sent = [b"<13>seq=%d " % i + b"x" * 60_000 for i in range(64)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for message in sent:
+            client.sendto(message, ("127.0.0.1", port))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dgram.serve)
+        await wait_for(spool, len(sent))
+        nursery.cancel_scope.cancel()
+    batches = spool.peek(1 << 40)
+    assert [m for b in batches for m in b.messages] == sent
+    assert max(b.nbytes for b in batches) < datagram.DRAIN_BYTES + 65_536
+    assert len(batches) >= 3
+
+
 async def test_unix_socket_replaces_stale_and_refuses_live(tmp_path: Path) -> None:
     path = tmp_path / "log"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

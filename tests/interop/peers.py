@@ -164,6 +164,30 @@ def udp_port_bound(port: int) -> bool:
     return False
 
 
+def udp_receive_queue(port: int) -> int | None:
+    """Bytes waiting in the receive queue of the socket bound to UDP ``port``
+    (the ``rx_queue`` column of /proc/net/udp{,6}), or None if none is bound:
+    0 once the process that owns it has read everything sent to it."""
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields and fields[1].endswith(suffix):
+                return int(fields[4].split(":")[1], 16)
+    return None
+
+
+def process_memory_kib(pid: int, field: str = "VmHWM") -> int:
+    """``field`` of /proc/PID/status in KiB: VmHWM (peak resident) or VmRSS (now)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith(f"{field}:"))
+    return int(line.split()[1])
+
+
 # -- subprocess handling shared by rsyslogd and the relay -------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import trio
 import trio.testing
 
 from relay.message import Batch
+from relay.spool import segment
 from relay.spool import spool as spools
 from relay.spool.spool import Admission, Durability, OnFull, Spool, SpoolSettings, memory_spool
 from relay.stats import Counters
@@ -151,6 +153,53 @@ async def test_save_at_stop_and_replay_first(tmp_path: Path) -> None:
         again.put_nowait(batch(n))
     rest = await drain(again)
     assert first + rest == list(range(1100))
+    assert segments(tmp_path) == []
+
+
+async def test_save_at_stop_writes_memory_in_chunks(tmp_path: Path) -> None:
+    """What memory holds is written a chunk at a time: a stop must not need
+    two more copies of queue_max_bytes (the records, then their join)."""
+    big = [
+        Batch([b"x" * 65_000 + b" seq=%d" % n], received=float(n), peer="p", input="i")
+        for n in range(128)
+    ]
+    spool = make(tmp_path, max_messages=1000, max_bytes=16 << 20)
+    await spool.open()
+    for b in big:
+        assert spool.put_nowait(b) is Admission.QUEUED
+    tracemalloc.start()
+    try:
+        assert spool.save() == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * spools.SAVE_CHUNK + (1 << 20), peak
+    again = make(tmp_path, max_messages=1000, max_bytes=16 << 20)
+    await again.open()
+    assert await drain(again) == list(range(128))
+
+
+async def test_save_that_fails_part_way_leaves_no_partial_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fills after the first chunk: nothing is half saved (the next
+    start must not replay what the stop counted as lost)."""
+    spool = make(tmp_path, max_messages=1000, max_bytes=16 << 20)
+    await spool.open()
+    for _ in range(32):
+        spool.put_nowait(Batch([b"x" * 65_000], received=0.0))
+    append = segment.SegmentWriter.append
+    calls: list[int] = []
+
+    def fill_up(self: segment.SegmentWriter, payloads: list[bytes]) -> list[int]:
+        calls.append(len(payloads))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return append(self, payloads)
+
+    monkeypatch.setattr(segment.SegmentWriter, "append", fill_up)
+    assert spool.save() == 32
+    assert spool.counters["disk_errors"] == 1
     assert segments(tmp_path) == []
 
 
