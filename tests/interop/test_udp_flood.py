@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from relay.cli.sender import SendPlan, build_messages
 
+from relay.cli.sender import SendPlan, build_messages
 from relay.config import Endpoint
 from relay.inputs.datagram import MAX_DATAGRAM
 from tests.interop.peers import (
