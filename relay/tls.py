@@ -1,7 +1,7 @@
 """TLS for the TLS and RELP-over-TLS transports (RFC 5425): profile, contexts, permitted peers.
 
 One :class:`TlsProfile` describes the TLS settings of any listener or target
-(PAIN-POINTS 3.1: one schema everywhere). From it come the SSL contexts
+(one schema for inputs and outputs alike). From it come the SSL contexts
 (:func:`server_context`, :func:`client_context`, or a :class:`ReloadableContext`
 that can swap in renewed certificates without touching established sessions)
 and the permitted-peers check after the handshake (:func:`check_peer`, the same
@@ -297,7 +297,8 @@ class ReloadableContext:
     context it started with. :meth:`reload` re-reads the files (on SIGHUP, or
     when :meth:`files_changed` says so): if the new material is unusable (a
     half-written renewal, a key that does not match) the old context stays and
-    the reason is returned for the caller to log and alert on (PAIN-POINTS 3.3);
+    the reason is returned for the caller to log and alert on, so a bad renewal
+    never takes the relay down;
     :attr:`last_error` keeps it until a reload succeeds.
     """
 

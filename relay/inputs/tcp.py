@@ -48,8 +48,8 @@ from relay.tlswire import aclose as tls_aclose
 log = logging.getLogger("relay.input")
 
 # One read: large enough that a busy connection costs one await per few
-# hundred messages (ARCHITECTURE.md: batch everything), small enough to bound
-# per-connection memory.
+# hundred messages (the hot path works in batches: docs/ARCHITECTURE.md), small
+# enough to bound per-connection memory.
 RECV_SIZE = 256 * 1024
 
 # At stop: a connection quiet this long has nothing more in our kernel's buffer.

@@ -1,7 +1,7 @@
 """Values shared by the RFC 5424 and RFC 3164 codecs.
 
 A :class:`SyslogMessage` is the *parsed* form of a message. The hot path never
-makes one (it moves raw frames in batches, see ARCHITECTURE.md); a message is
+makes one (it moves raw frames in batches, see docs/ARCHITECTURE.md); a message is
 parsed only when a feature asks for fields: a filter, a JSON output, a rate
 limit keyed on HOSTNAME. :func:`parse_any` is that entry point.
 
