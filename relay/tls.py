@@ -269,6 +269,13 @@ def load_files(profile: TlsProfile, *, now: datetime | None = None) -> list[Conf
             _load_own_certificate(ctx, profile.cert, profile.key, now)
         except ConfigError as exc:
             errors.append(exc)
+            if exc.key == "cert" and profile.key is not None:
+                # A key cannot be matched to a cert that did not load, but one
+                # that cannot be read either is worth saying in the same run.
+                try:
+                    read_file(profile.key, "key")
+                except ConfigError as key_error:
+                    errors.append(key_error)
     if profile.ca is not None:
         try:
             _load_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), profile.ca)

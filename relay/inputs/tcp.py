@@ -37,7 +37,7 @@ import time
 import trio
 
 from relay.config import InputConfig, host_port
-from relay.errors import RelayError, StartupError
+from relay.errors import ADDRESS_IN_USE, RelayError, StartupError
 from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
 from relay.routing import Router
@@ -133,7 +133,7 @@ class TcpInput:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             if exc.errno == errno.EADDRINUSE:
-                reason = "address already in use (is another syslog daemon running?)"
+                reason = ADDRESS_IN_USE
             raise StartupError(
                 f"input {self.config.name}: cannot listen on {endpoint.url}: {reason}"
             ) from None
