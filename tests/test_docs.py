@@ -141,3 +141,28 @@ def test_relay_8_explains_every_counter() -> None:
             assert name.removeprefix("tls_") in categories, name
         else:
             assert name in documented, name
+
+
+ROOT = MAN.parent
+# Documents that live outside the repository (the team's notes): a reader of
+# the repository alone cannot follow a citation of them. Cite docs/ instead.
+OUTSIDE = re.compile(
+    r"/work/|PEERS\.md|PAIN-POINTS|STYLE\.md|Done when \d|(?<!docs/)\b(ARCHITECTURE|TESTING)\.md"
+)
+
+
+def _repository_text_files() -> list[Path]:
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "setup.cfg", ROOT / "pyproject.toml"]
+    for folder in ("relay", "tests", "scripts", "etc", "man", "docs", ".ci"):
+        files += [p for p in sorted((ROOT / folder).rglob("*")) if p.is_file()]
+    return [p for p in files if p.suffix != ".pyc" and p != Path(__file__).resolve()]
+
+
+def test_nothing_cites_a_document_outside_the_repository() -> None:
+    cited = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in _repository_text_files()
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert cited == []
