@@ -24,6 +24,7 @@ start and once a day.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -106,7 +107,12 @@ class Relay:
         return kind(config, spool, counters)
 
     async def open(self) -> None:
-        """Lock state, open spools and outputs, bind inputs; StartupError on failure."""
+        """Lock state, open spools and outputs, bind inputs; StartupError on failure.
+
+        A start that fails removes the directories it created (the state
+        directory, its spool directories), so that it leaves nothing behind.
+        """
+        created = self._missing_directories()
         try:
             self._lock_state_dir()
             for output in self.outputs:
@@ -124,7 +130,28 @@ class Relay:
             self.warn_expiry()
         except BaseException:
             await self.aclose_inputs()
+            self._remove_created(created)
             raise
+
+    def _missing_directories(self) -> list[Path]:
+        """The directories a start would create: the state directory and its
+        missing parents, ``spool/`` and each spool's, deepest first."""
+        state = self.config.state_dir
+        wanted = [*reversed(state.parents), state, state / "spool"]
+        wanted += [o.spool.directory for o in self.outputs if o.spool.directory is not None]
+        return [d for d in reversed(wanted) if not d.exists()]
+
+    def _remove_created(self, created: list[Path]) -> None:
+        """Undo what a failed start made: each directory in ``created`` (deepest
+        first) that holds nothing but our lock file; never anything else."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+        for directory in created:
+            with contextlib.suppress(OSError):
+                if directory == self.config.state_dir:
+                    (directory / "lock").unlink(missing_ok=True)
+                directory.rmdir()  # fails, and keeps it, unless it is empty
 
     def _lock_state_dir(self) -> None:
         state = self.config.state_dir

@@ -121,7 +121,7 @@ OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
 }
 # Schemes whose outputs may list several targets (failover / load balancing).
 MULTI_TARGET_SCHEMES = ("tcp", "tls")
-# The keys of a [tls.NAME] table (relay.tls.TlsProfile's fields).
+# The keys of a [tls.NAME] table (relay.tls.profile.TlsProfile's fields).
 TLS_KEYS = (
     "cert",
     "key",

@@ -49,6 +49,11 @@ class StartupError(RelayError):
     """The relay cannot start: a port in use, no permission, a missing directory."""
 
 
+# Why an input cannot listen when its port is taken: the same words for every
+# transport, so that one search of the log finds them all.
+ADDRESS_IN_USE = "address already in use (is another syslog daemon running?)"
+
+
 class ParseError(RelayError):
     """Bytes that are not a valid message of the format asked for."""
 

@@ -1,6 +1,6 @@
 """Certificates minted at test time with ``cryptography``, written as PEM files.
 
-What rsyslog's ossl driver accepted in both roles (/work/shared/PEERS.md): a
+What rsyslog's ossl driver accepted in both roles (docs/TESTING.md): a
 CA, and leaf certificates with ``subjectAltName=DNS:<name>,DNS:localhost,
 IP:127.0.0.1`` and ``extendedKeyUsage=serverAuth,clientAuth``. Every leaf made
 here has that shape unless a variant asks otherwise, so the same files serve

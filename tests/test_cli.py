@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -197,3 +198,73 @@ def test_bad_path_on_the_command_line_is_one_line(option: str, value: str, says:
     result = relay("run", option, value)
     assert result.returncode == 1
     assert_one_line_error(result, option, says)
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_help_shows_which_ports_are_optional(command: str) -> None:
+    from relay.config import DEFAULT_PORTS, INPUT_SCHEMES, OUTPUT_SCHEMES
+
+    result = relay(command, "--help")
+    assert result.returncode == 0, result.stderr
+    shown = set(re.findall(r"([a-z+]+)://HOST(\[:PORT\]|:PORT)", result.stdout))
+    assert shown == {
+        (scheme, "[:PORT]" if scheme in DEFAULT_PORTS else ":PORT")
+        for scheme in set(INPUT_SCHEMES + OUTPUT_SCHEMES) - {"unix", "file"}
+    }
+
+
+def test_a_busy_port_is_worded_alike_for_udp_and_tcp() -> None:
+    reasons = {}
+    for scheme, kind in (("tcp", socket.SOCK_STREAM), ("udp", socket.SOCK_DGRAM)):
+        with socket.socket(socket.AF_INET, kind) as busy:
+            busy.bind(("127.0.0.1", 0))
+            if kind == socket.SOCK_STREAM:
+                busy.listen()
+            url = f"{scheme}://127.0.0.1:{busy.getsockname()[1]}"
+            result = relay("run", "--input", url, "--output", "file:-")
+        assert_one_line_error(result, f"cannot listen on {url}: ")
+        reasons[scheme] = result.stderr.strip().split(f"{url}: ")[-1]
+    assert reasons["udp"] == reasons["tcp"], reasons
+    assert reasons["tcp"].startswith("address already in use")
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_missing_cert_and_key_are_two_lines_with_file_and_line(
+    tmp_path: Path, command: str
+) -> None:
+    """`relay run` names a TLS file as `relay check` does (file, line, key), and
+    both name a missing key beside a missing cert."""
+    path = tmp_path / "relay.toml"
+    path.write_text(
+        f'[relay]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[tls.site]\ncert = "{tmp_path}/relay.pem"\nkey = "{tmp_path}/relay.key"\n'
+        '[input.a]\nurl = "tls://127.0.0.1:0"\ntls = "site"\n'
+        '[output.b]\nurl = "file:-"\n'
+    )
+    result = relay(command, "-c", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"relay: error: {path}:4: tls.site.cert: {tmp_path}/relay.pem: no such file",
+        f"relay: error: {path}:5: tls.site.key: {tmp_path}/relay.key: no such file",
+    ]
+
+
+def test_a_failed_start_leaves_no_new_directory(tmp_path: Path) -> None:
+    """A start that fails (here: its port is taken, the last thing it checks)
+    removes the state and spool directories it made, and keeps what was there."""
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes").write_text("the operator's")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        for state in (tmp_path / "new" / "state", kept):
+            path = tmp_path / "relay.toml"
+            path.write_text(
+                f'[relay]\nstate_dir = "{state}"\n'
+                f'[input.a]\nurl = "tcp://127.0.0.1:{busy.getsockname()[1]}"\n'
+                '[output.b]\nurl = "tcp://127.0.0.1:9"\n'  # a spool on disk
+            )
+            assert_one_line_error(relay("run", "-c", str(path)), "address already in use")
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in kept.iterdir()) == ["lock", "notes"]

@@ -344,7 +344,7 @@ def test_tls_mistakes_name_the_key_and_line(change: tuple[str, str], key: str, s
 def test_check_files_reports_each_missing_file() -> None:
     cfg = config.loads(TLS_CONFIG.format(fp="ab" * 32))
     problems = config.check_files(cfg, load_files)
-    assert [p.key for p in problems] == ["tls.server.cert", "tls.server.ca"]
+    assert [p.key for p in problems] == ["tls.server.cert", "tls.server.key", "tls.server.ca"]
     assert all("no such file" in p.message for p in problems)
 
 
@@ -355,7 +355,7 @@ def test_check_files_points_at_the_file_line_with_command_line_endpoints(
     path.write_text(TLS_CONFIG.format(fp="ab" * 32))
     cfg = config.with_endpoints(config.load(path), ["udp://127.0.0.1:5514"], [], replace=False)
     problems = config.check_files(cfg, load_files)
-    assert [p.source for p in problems] == [str(path), str(path)]
+    assert [p.source for p in problems] == [str(path)] * 3  # cert, key and ca
     assert all(p.line is not None for p in problems)
 
 

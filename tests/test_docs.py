@@ -3,6 +3,10 @@ and they render without warnings."""
 
 from __future__ import annotations
 
+import importlib
+import itertools
+import pkgutil
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,6 +14,7 @@ from pathlib import Path
 import click
 import pytest
 
+import relay
 from relay import cli, config
 
 MAN = Path(__file__).resolve().parent.parent / "man"
@@ -58,3 +63,106 @@ def test_pages_render_without_warnings(page: str) -> None:
     )
     assert result.returncode == 0
     assert result.stderr == ""
+
+
+def _scheme_lists(text: str, opening: str) -> dict[str, set[str]]:
+    """The per-scheme key lists of relay.toml(5) after ``opening``: one ``.TP``
+    item per scheme (or "every output"), whose body lists keys in bold, names
+    another scheme with "as SCHEME://", or says "the settings every output
+    takes"."""
+    lines = text[text.index(opening) :].splitlines()
+    items: list[tuple[list[str], list[str]]] = []
+    for i, line in enumerate(lines):
+        if line != ".TP":
+            continue
+        header = lines[i + 1]
+        schemes = re.findall(r"([a-z+]+)://", header)
+        if header == "every output":
+            schemes = ["*"]
+        if not schemes or '" (' in header:  # a setting's own entry: the lists are over
+            if items:
+                break
+            continue
+        body = list(itertools.takewhile(lambda s: s not in (".TP", ".PP"), lines[i + 2 :]))
+        items.append((schemes, body))
+    lists: dict[str, set[str]] = {}
+    for schemes, body in items:
+        keys: set[str] = set()
+        for line in body:
+            if line.startswith((".B ", ".BR ")):
+                keys.add(line.split()[1])
+            keys |= {f"={scheme}" for scheme in re.findall(r"^as ([a-z+]+)://", line)}
+            if "the settings every output takes" in line:
+                keys.add("=*")
+        lists.update(dict.fromkeys(schemes, keys))
+    for keys in lists.values():  # "as tcp://": tcp's keys; several levels deep
+        while refs := {k for k in keys if k.startswith("=")}:
+            keys -= refs
+            for ref in refs:
+                keys |= lists.get(ref[1:], {f"{ref[1:]}:// (not listed)"})
+    lists.pop("*", None)
+    return lists
+
+
+@pytest.mark.parametrize(
+    ("role", "table"), [("input", config.INPUT_KEYS), ("output", config.OUTPUT_KEYS)]
+)
+def test_relay_toml_5_lists_the_keys_of_each_scheme(
+    role: str, table: dict[str, tuple[str, ...]]
+) -> None:
+    opening = f"Which other settings an {role} takes depends on the scheme"
+    listed = _scheme_lists(man_text("relay.toml.5"), opening)
+    assert listed == {scheme: set(keys) - {"url"} for scheme, keys in table.items()}
+
+
+def _counter_names() -> set[str]:
+    """Every counter relay keeps: the ``*COUNTERS`` tuples of every module."""
+    names: set[str] = set()
+    for info in pkgutil.walk_packages(relay.__path__, "relay."):
+        if info.name.endswith(".__main__"):  # importing it runs the command
+            continue
+        module = importlib.import_module(info.name)
+        for attribute, value in vars(module).items():
+            if attribute.endswith("COUNTERS") and isinstance(value, tuple):
+                names.update(value)
+    return names
+
+
+def test_relay_8_explains_every_counter() -> None:
+    page = man_text("relay.8")
+    counters = page[page.index(".SS Counters") : page.index(".SH COMMANDS")]
+    documented = set(re.findall(r"^\.BR? (\w+)", counters, re.MULTILINE))
+    categories = set(re.findall(r"^\.BR? (\w+)", man_text("relay.toml.5"), re.MULTILINE))
+    names = _counter_names()
+    assert {"received", "queued", "written_to_disk", "tls_failures"} <= names  # the walk works
+    for name in sorted(names):
+        if name.startswith("tls_") and name != "tls_failures":
+            # tls_CATEGORY in relay(8); the categories in relay.toml(5)
+            assert name.removeprefix("tls_") in categories, name
+        else:
+            assert name in documented, name
+
+
+ROOT = MAN.parent
+# Documents that live outside the repository (the team's notes): a reader of
+# the repository alone cannot follow a citation of them. Cite docs/ instead.
+OUTSIDE = re.compile(
+    r"/work/|PEERS\.md|PAIN-POINTS|STYLE\.md|Done when \d|(?<!docs/)\b(ARCHITECTURE|TESTING)\.md"
+)
+
+
+def _repository_text_files() -> list[Path]:
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "setup.cfg", ROOT / "pyproject.toml"]
+    for folder in ("relay", "tests", "scripts", "etc", "man", "docs", ".ci"):
+        files += [p for p in sorted((ROOT / folder).rglob("*")) if p.is_file()]
+    return [p for p in files if p.suffix != ".pyc" and p != Path(__file__).resolve()]
+
+
+def test_nothing_cites_a_document_outside_the_repository() -> None:
+    cited = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in _repository_text_files()
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert cited == []

@@ -23,11 +23,11 @@ from relay.tls.context import load_files
 log = logging.getLogger("relay")
 
 ENDPOINT_HELP = (
-    "Endpoint URLs: udp://HOST:PORT, tcp://HOST:PORT, relp://HOST:PORT (RELP, "
-    "port required), unix:///PATH (inputs), file:///PATH or file:- for standard "
-    "output (outputs), tls://HOST[:PORT] and relp+tls://HOST:PORT (outputs here, "
-    "checked against the system's CAs; a TLS input needs a certificate, so a "
-    "config file: relay.toml(5))."
+    "Endpoint URLs: udp://HOST[:PORT] and tcp://HOST[:PORT] (default port 514), "
+    "relp://HOST:PORT (RELP, port required), unix:///PATH (inputs), file:///PATH or "
+    "file:- for standard output (outputs), tls://HOST[:PORT] (default port 6514) and "
+    "relp+tls://HOST:PORT (outputs here, checked against the system's CAs; a TLS "
+    "input needs a certificate, so a config file: relay.toml(5))."
 )
 
 
@@ -72,11 +72,17 @@ def _run_trio(main: Callable[..., Any], *args: Any) -> Any:
 
 
 def _load(config_file: str | None, inputs: Sequence[str], outputs: Sequence[str]) -> config.Config:
+    """The config, with every TLS profile's files read: one line per mistake,
+    each naming file, line and key, for ``relay check`` and ``relay run`` alike."""
     try:
         base = config.load(config_file) if config_file else config.default_config()
-        return config.with_endpoints(base, list(inputs), list(outputs), replace=config_file is None)
+        cfg = config.with_endpoints(base, list(inputs), list(outputs), replace=config_file is None)
     except ConfigErrors as exc:
         _fail("\n".join(f"error: {e}" for e in exc.errors))
+    problems = config.check_files(cfg, load_files)
+    if problems:
+        _fail("\n".join(f"error: {e}" for e in problems))
+    return cfg
 
 
 _config_option = click.option(
@@ -108,8 +114,9 @@ _output_option = click.option(
 def main() -> None:
     """relay: a syslog relay server.
 
-    Receives RFC 5424 and RFC 3164 syslog over UDP, TCP and unix sockets and
-    forwards it to upstream collectors, each output behind its own queue.
+    Receives RFC 5424 and RFC 3164 syslog over UDP, TCP, TLS, RELP and unix
+    sockets and forwards it to upstream collectors, each output behind its own
+    queue.
     See relay(8) and relay.toml(5).
     """
 
@@ -191,15 +198,15 @@ def check(config_file: str | None, inputs: tuple[str, ...], outputs: tuple[str, 
     Each line names the file, line and key to fix. Nothing is started.
     """
     cfg = _load(config_file, inputs, outputs)
-    problems = config.check_files(cfg, load_files)
-    if problems:
-        _fail("\n".join(f"error: {e}" for e in problems))
     click.echo(
         f"{cfg.source}: ok: {_plural(len(cfg.inputs), 'input')} "
         f"({', '.join(i.endpoint.url for i in cfg.inputs)}), "
         f"{_plural(len(cfg.outputs), 'output')} "
         f"({', '.join(' or '.join(t.url for t in o.all_targets) for o in cfg.outputs)})"
     )
+
+
+check.epilog = ENDPOINT_HELP
 
 
 def _plural(count: int, noun: str) -> str:

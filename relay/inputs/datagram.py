@@ -28,7 +28,7 @@ import time
 import trio
 
 from relay.config import InputConfig, host_port
-from relay.errors import StartupError
+from relay.errors import ADDRESS_IN_USE, StartupError
 from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, utf8_cut
 from relay.spool.router import Router
@@ -83,8 +83,11 @@ class DatagramInput:
         except OSError as exc:
             if self.sock is not None:
                 self.sock.close()
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE and endpoint.scheme == "udp":
+                reason = ADDRESS_IN_USE  # a unix socket's reason names its path
             raise StartupError(
-                f"input {self.config.name}: cannot listen on {endpoint.url}: {exc.strerror or exc}"
+                f"input {self.config.name}: cannot listen on {endpoint.url}: {reason}"
             ) from None
 
     def _grow_rcvbuf(self, sock: socket.socket) -> None:

@@ -55,8 +55,8 @@ log = logging.getLogger("relay.input")
 # connection is not read until the client reads. A client keeping to its
 # window never has more than ``window`` answers waiting, at most 24 bytes each
 # ("999999999 rsp 6 200 OK\n"): 2 MiB covers a window of 65,536 (the largest
-# relay's own RELP output takes; omrelp's default is 128, PEERS.md suggests
-# 4096) and bounds what a client that never reads can cost.
+# relay's own RELP output takes; omrelp's default is 128, and 4096 is what
+# keeps two hops fast on loopback) and bounds what a client that never reads can cost.
 REPLY_BACKLOG = 2 << 20
 # At the end of a session (its close answered, a protocol error, the stop),
 # how long the last answers may take to write before the connection is closed.

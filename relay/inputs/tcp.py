@@ -37,7 +37,7 @@ import time
 import trio
 
 from relay.config import InputConfig, host_port
-from relay.errors import RelayError, StartupError
+from relay.errors import ADDRESS_IN_USE, RelayError, StartupError
 from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
 from relay.spool.router import Router
@@ -48,8 +48,8 @@ from relay.tls.stream import aclose as tls_aclose
 log = logging.getLogger("relay.input")
 
 # One read: large enough that a busy connection costs one await per few
-# hundred messages (ARCHITECTURE.md: batch everything), small enough to bound
-# per-connection memory.
+# hundred messages (the hot path works in batches: docs/ARCHITECTURE.md), small
+# enough to bound per-connection memory.
 RECV_SIZE = 256 * 1024
 
 # At stop: a connection quiet this long has nothing more in our kernel's buffer.
@@ -133,7 +133,7 @@ class TcpInput:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             if exc.errno == errno.EADDRINUSE:
-                reason = "address already in use (is another syslog daemon running?)"
+                reason = ADDRESS_IN_USE
             raise StartupError(
                 f"input {self.config.name}: cannot listen on {endpoint.url}: {reason}"
             ) from None

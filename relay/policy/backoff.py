@@ -1,10 +1,12 @@
-"""Exponential back-off with full jitter, as a value.
+"""Exponential back-off with jitter, as a value.
 
 ``Backoff().increment()`` is the policy after one more failure; ``delay(r)`` is
 the wait before the next attempt for a random number ``r`` in [0, 1), so tests
-drive it with plain numbers. Full jitter (a uniformly random wait between 0
-and the exponential cap) keeps thousands of hosts that lost the same collector
-from reconnecting in lock-step when it returns.
+drive it with plain numbers. The cap doubles with each failure (``initial``,
+then twice that, up to ``maximum``) and the wait is drawn uniformly between a
+tenth of the cap and all of it: the jitter keeps thousands of hosts that lost
+the same collector from reconnecting in lock-step when it returns, and the
+floor keeps a failing target from being retried at once.
 """
 
 from __future__ import annotations

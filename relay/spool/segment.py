@@ -11,7 +11,7 @@ damaged region (it resynchronises on the next RECORD_MAGIC whose record
 verifies), moves the damage to a quarantine file ``<segment>.bad`` that we
 never delete, and rewrites the segment atomically. It never refuses a file:
 rsyslog and Vector users lost whole queues, or got crash loops, because one
-damaged spool file stopped the daemon (PAIN-POINTS.md 1.2).
+damaged spool file stopped the daemon.
 
 Everything here is synchronous; the spool calls it through
 ``trio.to_thread.run_sync`` or directly for small writes. OS errors (ENOSPC,

@@ -1,7 +1,7 @@
 """TLS for the TLS and RELP-over-TLS transports (RFC 5425): profile, contexts, permitted peers.
 
 One :class:`TlsProfile` describes the TLS settings of any listener or target
-(PAIN-POINTS 3.1: one schema everywhere). From it come the SSL contexts
+(one schema for inputs and outputs alike). From it come the SSL contexts
 (:func:`server_context`, :func:`client_context`, or a :class:`ReloadableContext`
 that can swap in renewed certificates without touching established sessions)
 and the permitted-peers check after the handshake (:func:`check_peer`, the same
@@ -214,6 +214,13 @@ def load_files(profile: TlsProfile, *, now: datetime | None = None) -> list[Conf
             _load_own_certificate(ctx, profile.cert, profile.key, now)
         except ConfigError as exc:
             errors.append(exc)
+            if exc.key == "cert" and profile.key is not None:
+                # A key cannot be matched to a cert that did not load, but one
+                # that cannot be read either is worth saying in the same run.
+                try:
+                    read_file(profile.key, "key")
+                except ConfigError as key_error:
+                    errors.append(key_error)
     if profile.ca is not None:
         try:
             _load_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), profile.ca)
@@ -242,7 +249,8 @@ class ReloadableContext:
     context it started with. :meth:`reload` re-reads the files (on SIGHUP, or
     when :meth:`files_changed` says so): if the new material is unusable (a
     half-written renewal, a key that does not match) the old context stays and
-    the reason is returned for the caller to log and alert on (PAIN-POINTS 3.3);
+    the reason is returned for the caller to log and alert on, so a bad renewal
+    never takes the relay down;
     :attr:`last_error` keeps it until a reload succeeds.
     """
 

@@ -1,7 +1,7 @@
 """Failed TLS handshakes, each explained in one line to act on; the handshake for transports.
 
 :func:`classify_handshake_error` turns whatever a handshake raised into a
-:class:`HandshakeCategory` and one actionable line (PAIN-POINTS 3.2), drawing
+:class:`HandshakeCategory` and one line an operator can act on, drawing
 on the peer's certificate, the name we expected and the first bytes the peer
 sent. :func:`handshake` does the handshake and the permitted-peers check
 (:func:`relay.tls.context.check_peer`) and returns the :class:`HandshakeFailure`, if any.

@@ -128,5 +128,5 @@ def test_udp_port_in_use_is_a_startup_error() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
-        with pytest.raises(StartupError, match=f"udp://127.0.0.1:{port}: Address already in use"):
+        with pytest.raises(StartupError, match=f"udp://127.0.0.1:{port}: address already in use"):
             make_input(memory_spool(), Endpoint("udp", "127.0.0.1", port))

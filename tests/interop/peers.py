@@ -4,7 +4,7 @@ Every test starts its own peers on loopback with its own files under
 ``tmp_path`` and never touches the system's rsyslog (its config, /dev/log or
 pid file). A peer that is missing from the machine fails the test loudly,
 naming the Debian package to install; it is never skipped. The configs
-follow /work/shared/PEERS.md, except that the collector records %rawmsg%
+follow docs/TESTING.md (the rsyslog peer configs), except that the collector records %rawmsg%
 (the exact bytes received) rather than %msg%, and imudp gets a 16 MiB
 receive buffer (see RsyslogCollector).
 
@@ -470,8 +470,8 @@ def omrelp_action(
 ) -> str:
     """An omrelp action for ``RsyslogSender``.
 
-    omrelp's default window moved ~2,900 msg/s on loopback; 4096 about 85,000
-    (PEERS.md).
+    omrelp's default window (128) moved ~2,900 msg/s over two RELP hops on
+    loopback; 4096 about 85,000.
     """
     return (
         f'action(type="omrelp" target="{host}" port="{port}" windowSize="{window}"'

@@ -68,7 +68,7 @@ def seqs_in_order(lines: list[bytes]) -> list[int]:
 def test_stop_with_collector_down_keeps_everything_and_delivers_it_after_restart(
     tmp_path: Path,
 ) -> None:
-    """Done when 1: 200,000 messages, SIGTERM with the collector down, exit 0 within
+    """200,000 messages, SIGTERM with the collector down, exit 0 within
     the stop budget, all on disk; restart with the collector up: each arrives once,
     in order."""
     count = 200_000
@@ -102,7 +102,7 @@ def test_stop_with_collector_down_keeps_everything_and_delivers_it_after_restart
 
 
 def test_a_dead_collector_does_not_hold_up_a_live_one(tmp_path: Path) -> None:
-    """Done when 5: two outputs; the live one gets everything at full rate while the
+    """Two outputs; the live one gets everything at full rate while the
     dead one's spool grows (past memory onto disk); then the dead one drains."""
     count = 150_000
     live = RsyslogCollector(tmp_path, name="live")
@@ -137,7 +137,7 @@ def test_a_dead_collector_does_not_hold_up_a_live_one(tmp_path: Path) -> None:
 
 
 def test_collector_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path) -> None:
-    """Done when 2: rsyslog is killed (SIGKILL: whatever it held in memory and in its
+    """rsyslog is killed (SIGKILL: whatever it held in memory and in its
     socket buffer dies with it) at about 30% of a 500,000-message stream, and started
     again 5 s later. Every sequence number arrives.
 
@@ -188,7 +188,7 @@ def _build_spool(directory: Path, first_seq: int, batches: int, per_batch: int) 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_damaged_spool_delivers_every_intact_record(tmp_path: Path, seed: int) -> None:
-    """Done when 3: a spool truncated or with flipped bytes at random offsets: the
+    """A spool truncated or with flipped bytes at random offsets: the
     relay starts, delivers exactly the records the damage did not touch,
     quarantines the rest and says how many it could not read."""
     import random
@@ -244,7 +244,7 @@ def _peak_rss_mib(pid: int) -> float:
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
 def test_disk_budget_spent_drops_and_counts(tmp_path: Path, policy: str) -> None:
-    """Done when 4: collector down, memory and disk budgets spent: the relay stays
+    """Collector down, memory and disk budgets spent: the relay stays
     up inside its bounds, and every message is either kept or counted as dropped."""
     count = 50_000
     port, state = free_port(), tmp_path / "state"
@@ -311,7 +311,7 @@ def test_disk_budget_spent_blocks_senders_and_loses_nothing(tmp_path: Path) -> N
 
 
 def test_failover_to_b_and_back_to_a_through_the_relay(tmp_path: Path) -> None:
-    """Done when 6, end to end: collector A dies mid-stream, traffic moves to B with
+    """End to end: collector A dies mid-stream, traffic moves to B with
     nothing lost; A comes back and new traffic returns to it."""
     a = RsyslogCollector(tmp_path, name="a")
     b = RsyslogCollector(tmp_path, name="b")

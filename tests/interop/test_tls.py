@@ -2,7 +2,7 @@
 
 rsyslog's TLS settings are global per process (DefaultNetstreamDriver*), so
 the sender and the collector are separate rsyslogd processes, each with its
-own certificate (PEERS.md: the shapes rsyslog accepted).
+own certificate (tests/certs.py: the shapes rsyslog accepted).
 """
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ def test_answered_batches_survive_a_loss_that_comes_before_confirm() -> None:
 
 async def test_a_proxy_that_accepts_then_closes_gets_one_open_per_connection() -> None:
     """Behind a proxy whose collector is down, each connection is accepted and
-    closed at once (PAIN-POINTS 4.1: librelp once queued another unanswered
+    closed at once (librelp once queued another unanswered
     ``open`` per attempt, and the collector later refused the session). Each
     connection carries exactly one ``open`` and nothing else; once the
     collector is there, every message arrives once."""
