@@ -83,8 +83,10 @@ async def test_acked_batches_leave_the_spool_unacked_ones_stay() -> None:
         txnrs: list[int] = []
         while len(txnrs) < 3:
             txnrs += await collector.read()
-        await trio.sleep(0.5)
+        # Until the output has done all it does unanswered: waits for the rsp.
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
         assert len(output.spool) == 3  # written, not answered: still queued
+        assert output.counters["delivered"] == 0
         await collector.ack(txnrs)
         await output.spool.wait_empty()
         nursery.cancel_scope.cancel()
