@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from relay.stats import Counters
-from relay.tls import CertificateInfo, ReloadableContext, TlsProfile
+from relay.tls import ReloadableContext, TlsProfile
+from relay.tlscerts import CertificateInfo
 from relay.tlswire import (
     COUNTERS,
     FailureLog,

@@ -12,7 +12,9 @@ from relay.outputs.relp import RelpOutput, _Sent
 from relay.protocol.relp import (
     CloseRequested,
     ConnectionClosed,
+    ProtocolViolation,
     RelpServer,
+    ServerEvent,
     SessionOpened,
     SyslogMessages,
 )
@@ -42,7 +44,7 @@ class Collector:
     async def read(self) -> list[int]:
         """One read: answer open and close at once; return the new syslog txnrs."""
         data = await self.stream.receive_some(65536)
-        txnrs = []
+        txnrs: list[int] = []
         for event in self.server.receive_data(data):
             if isinstance(event, SessionOpened):
                 await self.stream.send_all(self.server.accept_open())
@@ -234,7 +236,7 @@ async def test_a_proxy_that_accepts_then_closes_gets_one_open_per_connection() -
         for _ in range(3):  # the proxy: read what comes until the open is whole, close
             stream = await listeners[0].accept()
             server = RelpServer()
-            events: list[object] = []
+            events: list[ServerEvent | ProtocolViolation | ConnectionClosed] = []
             while not events:
                 events = server.receive_data(await stream.receive_some(65536))
             attempts.append([type(e) for e in events])

@@ -37,7 +37,7 @@ async def read_frames(stream: trio.abc.ReceiveStream, want: int) -> list[bytes]:
     frames: list[bytes] = []
     with trio.fail_after(10):
         while len(frames) < want:
-            data = await stream.receive_some(65536)
+            data = bytes(await stream.receive_some(65536))
             frames += decoder.receive_data(data)
             if not data:
                 break
