@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import selectors
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import IO
 
 import pytest
+
+from tests.waiting import wait_until
 
 RELAY = [sys.executable, "-m", "relay"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,30 +125,46 @@ def test_bad_endpoint_on_command_line() -> None:
     assert_one_line_error(relay("run", "--output", "tcp://collector:0"), "--output", "needs a port")
 
 
+def read_lines(stream: IO[bytes], count: int, timeout: float) -> list[bytes]:
+    """The first ``count`` lines ``stream`` gives within ``timeout`` s; fails with
+    what arrived if they do not, or if it closes first."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while data.count(b"\n") < count:
+            left = deadline - time.monotonic()
+            assert left > 0 and selector.select(left), f"{count} lines not in {timeout} s: {data!r}"
+            chunk = os.read(stream.fileno(), 65536)
+            assert chunk, f"closed after {data!r}"
+            data += chunk
+    return data.splitlines(keepends=True)
+
+
 def test_default_run_forwards_to_stdout_and_stops_cleanly(tmp_path: Path) -> None:
-    """`relay run` with no arguments: the README's first command."""
+    """`relay run` as the README's first command: to standard output, on TCP and
+    UDP (on free ports here, not the default 5514: test_config checks that)."""
+    from tests.interop.peers import free_port, udp_port_bound, wait_for_tcp
+
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    udp, tcp = free_port("udp"), free_port("tcp")
+    inputs = ["--input", f"udp://127.0.0.1:{udp}", "--input", f"tcp://127.0.0.1:{tcp}"]
     proc = subprocess.Popen(
         # As root the default state_dir is /var/lib/relay: keep tests out of it.
-        [*RELAY, "run", "--state-dir", str(tmp_path / "state")],
+        [*RELAY, "run", "--state-dir", str(tmp_path / "state"), *inputs],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
     )
     try:
-        from tests.interop.peers import wait_for_tcp
-
-        wait_for_tcp("127.0.0.1", 5514, timeout=20)
-        sent = relay("send", "tcp://127.0.0.1:5514", "--count", "3")
+        wait_for_tcp("127.0.0.1", tcp, timeout=20, process=proc)
+        wait_until(lambda: udp_port_bound(udp), 5, message=f"UDP port {udp} not bound")
+        sent = relay("send", f"tcp://127.0.0.1:{tcp}", "--count", "3")
         assert sent.returncode == 0, sent.stderr
-        sent = relay("send", "udp://127.0.0.1:5514", "--count", "2", "--start", "3")
+        sent = relay("send", f"udp://127.0.0.1:{udp}", "--count", "2", "--start", "3")
         assert sent.returncode == 0, sent.stderr
-        lines: list[bytes] = []
         assert proc.stdout is not None
-        while len(lines) < 5:
-            line = proc.stdout.readline()  # blocks until a line or EOF; bounded by timeout below
-            assert line, "relay closed its standard output early"
-            lines.append(line)
+        lines = read_lines(proc.stdout, 5, timeout=20)
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -13,7 +14,9 @@ from relay.config import Endpoint, parse_endpoint
 from relay.errors import ConfigErrors
 from relay.protocol import relp
 from relay.protocol.framing import Framing, OversizePolicy
+from relay.spool.settings import Durability, OnFull
 from relay.tls.context import load_files
+from relay.tls.profile import TlsProfile
 from tests.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,7 +166,7 @@ def test_command_line_endpoints_replace_defaults_without_a_file() -> None:
 
 
 def test_default_config_needs_no_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_STATE_HOME", "/home/u/.state")
     cfg = config.default_config()
     assert str(cfg.state_dir) == "/home/u/.state/relay"
@@ -207,8 +210,8 @@ def test_spool_and_targets_settings() -> None:
     assert out.mode is config.TargetMode.LOADBALANCE
     assert (out.disk_max_bytes, out.on_full, out.durability, out.fsync_interval) == (
         2 << 30,
-        config.OnFull.DROP_OLDEST,
-        config.Durability.FSYNC,
+        OnFull.DROP_OLDEST,
+        Durability.FSYNC,
         0.5,
     )
 
@@ -315,7 +318,7 @@ def test_tls_profiles_inputs_and_outputs() -> None:
     assert cfg.inputs[0].tls == profile and cfg.inputs[0].tls_name == "server"
     assert cfg.inputs[0].endpoint == Endpoint("relp+tls", "0.0.0.0", 20514)
     # Without tls = "...": verify against the system CAs and the host name.
-    assert cfg.outputs[0].tls == config.TlsProfile()
+    assert cfg.outputs[0].tls == TlsProfile()
     assert cfg.outputs[0].endpoint.port == 6514
 
 

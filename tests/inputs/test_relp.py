@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from typing import cast
 
 import pytest
 import trio
@@ -83,7 +84,7 @@ class Peer:
 
     async def next_events(self) -> list[Event]:
         while True:
-            data = await self.stream.receive_some(65536)
+            data = bytes(await self.stream.receive_some(65536))
             events = self.client.receive_data(data)
             if events or not data:
                 self.events += events
@@ -252,7 +253,8 @@ async def test_answers_waiting_past_the_backlog_stop_the_reading(
     """A client ignoring its window and never reading meets REPLY_BACKLOG: it is
     not read until it reads, so what waits for it stays bounded."""
     left, right = trio.testing.lockstep_stream_pair()  # a write waits for a read
-    replies = relp.Replies(left, backlog=100)
+    # Replies only writes to its stream: a lockstep pair stands in for the socket.
+    replies = relp.Replies(cast("trio.SocketStream", left), backlog=100)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(replies.write)
         replies.add([b"x" * 60])

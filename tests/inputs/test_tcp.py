@@ -58,8 +58,14 @@ async def test_full_spool_stops_reading_then_delivers_everything() -> None:
     """Back-pressure: the input never queues past the bound, and loses nothing."""
     spool = memory_spool(max_messages=50, max_bytes=1 << 20)
     tcp_input = await start_input(spool)
-    count = 20_000
-    wire = encode_octet_counted([b"<13>seq=%d" % i for i in range(count)])
+    count = 5_000
+    # Frames of 1,005 bytes: one read holds at most RECV_SIZE // 1,005 + 1 of
+    # them (about 260), a small part of the 5,000 sent.
+    messages = [(b"<13>seq=%d " % i).ljust(1000, b".") for i in range(count)]
+    wire = encode_octet_counted(messages)
+    # The limit plus the one read that crossed it.
+    bound = 50 + tcp.RECV_SIZE // (len(wire) // count) + 1
+    assert bound < count // 10
     got: list[bytes] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tcp_input.serve)
@@ -72,14 +78,16 @@ async def test_full_spool_stops_reading_then_delivers_everything() -> None:
         nursery.start_soon(sender)
         most = 0
         while len(got) < count:
-            batches = await spool.wait_batches(1 << 20)
+            # Look once nothing moves: the input waits for room, or (had nothing
+            # held it back) it has read all the sender and the kernel could pass.
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
             most = max(most, len(spool))
+            batches = await spool.wait_batches(1 << 20)
             got += [m for b in batches for m in b.messages]
             spool.ack(len(batches))
         nursery.cancel_scope.cancel()
-    assert got == [b"<13>seq=%d" % i for i in range(count)]
-    # Bounded: at most the limit plus the one batch that crossed it.
-    assert most <= 50 + tcp.RECV_SIZE // len(b"<13>seq=0")
+    assert got == messages
+    assert 50 <= most <= bound
 
 
 async def eof_within(stream: trio.SocketStream, seconds: float) -> bool:

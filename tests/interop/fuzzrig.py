@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -330,7 +331,7 @@ class Rig:
                     if not data or any(not isinstance(e, Opened) for e in events):
                         return f"the relay answered a RELP open with {wire!r}"
                 sock.sendall(client.close())
-                while client.state is not State.CLOSED:
+                while _state(client) is not State.CLOSED:
                     data = sock.recv(4096)
                     client.receive_data(data)
                     if not data:
@@ -370,7 +371,7 @@ class Rig:
             if last < 0:
                 continue
             try:
-                wait_until(lambda c=client, n=last: self.collector.has(c.stream, n), timeout)
+                wait_until(functools.partial(self.collector.has, client.stream, last), timeout)
             except AssertionError:
                 problems.append(
                     f"good stream {client.stream}: seq={last} did not arrive within {timeout}s"
@@ -443,6 +444,7 @@ class Rig:
         except OSError:
             return  # refused: whether the relay is alive is checked apart
         sock.settimeout(IO_TIMEOUT)
+        to_close: socket.socket | None = sock
         try:
             if case.target in TLS_TARGETS:
                 self._play_tls(sock, case)
@@ -453,14 +455,14 @@ class Rig:
                         _drain(sock)
             if case.end == "keep":
                 self._kept.append(sock)
-                sock = self._kept.pop(0) if len(self._kept) > KEEP_OPEN else None
+                to_close = self._kept.pop(0) if len(self._kept) > KEEP_OPEN else None
             else:
                 _end(sock, case.end)
         except OSError:
             pass
         finally:
-            if sock is not None:
-                sock.close()
+            if to_close is not None:
+                to_close.close()
 
     def _play_tls(self, sock: socket.socket, case: Case) -> None:
         mode = case.tls_mode
@@ -540,6 +542,11 @@ def _drain(sock: socket.socket) -> None:
                 pass
     finally:
         sock.settimeout(timeout)
+
+
+def _state(client: RelpClient) -> State:
+    """``client.state`` read anew (mypy keeps it narrowed by the loop before)."""
+    return client.state
 
 
 def _end(sock: socket.socket, end: str) -> None:

@@ -12,7 +12,6 @@ import trio
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
 from relay.outputs import base
-from relay.outputs import file as file_output
 from relay.outputs.file import FileOutput
 from relay.spool.spool import memory_spool
 from relay.stats import Counters
@@ -61,7 +60,7 @@ async def test_a_write_that_fails_part_way_resumes_without_duplicates(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, bytes(data[:10]))
 
-    monkeypatch.setattr(file_output.os, "write", flaky_write)
+    monkeypatch.setattr(os, "write", flaky_write)
     output = make_output(out)
     messages = [b"<13>seq=%d" % i for i in range(20)]
     await deliver_all(output, [Batch(messages, received=0)])

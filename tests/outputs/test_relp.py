@@ -12,7 +12,9 @@ from relay.outputs.relp import RelpOutput, _Sent
 from relay.protocol.relp import (
     CloseRequested,
     ConnectionClosed,
+    ProtocolViolation,
     RelpServer,
+    ServerEvent,
     SessionOpened,
     SyslogMessages,
 )
@@ -42,7 +44,7 @@ class Collector:
     async def read(self) -> list[int]:
         """One read: answer open and close at once; return the new syslog txnrs."""
         data = await self.stream.receive_some(65536)
-        txnrs = []
+        txnrs: list[int] = []
         for event in self.server.receive_data(data):
             if isinstance(event, SessionOpened):
                 await self.stream.send_all(self.server.accept_open())
@@ -83,8 +85,10 @@ async def test_acked_batches_leave_the_spool_unacked_ones_stay() -> None:
         txnrs: list[int] = []
         while len(txnrs) < 3:
             txnrs += await collector.read()
-        await trio.sleep(0.5)
+        # Until the output has done all it does unanswered: waits for the rsp.
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
         assert len(output.spool) == 3  # written, not answered: still queued
+        assert output.counters["delivered"] == 0
         await collector.ack(txnrs)
         await output.spool.wait_empty()
         nursery.cancel_scope.cancel()
@@ -232,7 +236,7 @@ async def test_a_proxy_that_accepts_then_closes_gets_one_open_per_connection() -
         for _ in range(3):  # the proxy: read what comes until the open is whole, close
             stream = await listeners[0].accept()
             server = RelpServer()
-            events: list[object] = []
+            events: list[ServerEvent | ProtocolViolation | ConnectionClosed] = []
             while not events:
                 events = server.receive_data(await stream.receive_some(65536))
             attempts.append([type(e) for e in events])

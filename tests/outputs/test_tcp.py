@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -9,15 +11,20 @@ import trio.testing
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
 from relay.outputs import base
-from relay.outputs.tcp import TcpOutput
+from relay.outputs.tcp import CONFIRM_AGE, TcpOutput
 from relay.protocol.framing import FrameDecoder
 from relay.spool.spool import memory_spool
 from relay.stats import Counters
 
 
-def make_output(port: int) -> TcpOutput:
+def make_output(port: int, confirm_age: float = CONFIRM_AGE) -> TcpOutput:
+    """A TCP output to ``port``; a test that looks at the window of unconfirmed
+    batches passes ``confirm_age=math.inf``, so that how long it takes (on a
+    busy machine) cannot confirm them under its eyes."""
     config = OutputConfig("up", Endpoint("tcp", "127.0.0.1", port), retry_max=0.2)
-    return TcpOutput(config, memory_spool(), Counters("output", "up", base.COUNTERS))
+    output = TcpOutput(config, memory_spool(), Counters("output", "up", base.COUNTERS))
+    output.confirm_age = confirm_age
+    return output
 
 
 def batch(*seqs: int) -> Batch:
@@ -25,13 +32,15 @@ def batch(*seqs: int) -> Batch:
 
 
 async def read_frames(stream: trio.abc.ReceiveStream, want: int) -> list[bytes]:
+    """The next ``want`` frames (fewer at EOF); fails after 10 s."""
     decoder = FrameDecoder()
     frames: list[bytes] = []
-    while len(frames) < want:
-        data = await stream.receive_some(65536)
-        frames += decoder.receive_data(data)
-        if not data:
-            break
+    with trio.fail_after(10):
+        while len(frames) < want:
+            data = bytes(await stream.receive_some(65536))
+            frames += decoder.receive_data(data)
+            if not data:
+                break
     return frames
 
 
@@ -85,7 +94,7 @@ async def test_a_collector_dying_with_unread_data_gets_it_again() -> None:
     reading it: the batch is written again on the next connection."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
-    output = make_output(port)
+    output = make_output(port, confirm_age=math.inf)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(output.run)
         output.spool.put_nowait(batch(0, 1, 2))
@@ -95,6 +104,9 @@ async def test_a_collector_dying_with_unread_data_gets_it_again() -> None:
         await first.aclose()  # dies without reading: the peer's kernel resets
         second = await listeners[0].accept()
         assert await read_frames(second, 3) == [b"<13>1 - - - - - seq=%d" % i for i in range(3)]
+        await trio.testing.wait_all_tasks_blocked()  # the output has recorded the write
+        assert output.unconfirmed() == 1
+        output.confirm_age = 0  # the collector has had its time to take them in
         with trio.fail_after(10):
             await output.spool.wait_empty()  # confirmed on the live connection
         nursery.cancel_scope.cancel()
@@ -109,7 +121,7 @@ async def test_after_a_lost_connection_the_window_goes_first_in_order() -> None:
     closed while a newer batch is in hand, the window is written again before it."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
-    output = make_output(port)
+    output = make_output(port, confirm_age=math.inf)
     expected = [b"<13>1 - - - - - seq=%d" % i for i in range(6)]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(output.run)
@@ -119,7 +131,7 @@ async def test_after_a_lost_connection_the_window_goes_first_in_order() -> None:
         output.spool.put_nowait(batch(2, 3))
         assert await read_frames(first, 2) == expected[2:4]
         await trio.testing.wait_all_tasks_blocked()  # the output has recorded the write
-        assert output.unconfirmed() == 2  # both unconfirmed (1 s not passed)
+        assert output.unconfirmed() == 2  # both unconfirmed
         await first.aclose()  # the collector goes away
         output.spool.put_nowait(batch(4, 5))
         second = await listeners[0].accept()
@@ -136,7 +148,7 @@ async def test_a_stop_keeps_the_window_in_the_spool_and_resends_nothing(
     be saved), is not counted as resent, and no "connection lost" is logged."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
-    output = make_output(port)
+    output = make_output(port, confirm_age=math.inf)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(output.run)
         output.spool.put_nowait(batch(0, 1, 2))

@@ -6,6 +6,7 @@ were captured from rsyslog 8.2302 / librelp 1.11.0 on loopback.
 
 from __future__ import annotations
 
+import itertools
 import random
 import string
 
@@ -27,6 +28,7 @@ from relay.protocol.relpframe import (
     our_offers,
     parse_offers,
 )
+from tests.branches import Branches
 from tests.protocol.relpwire import LIBRELP_OPEN, decode
 
 # -- frames --------------------------------------------------------------------
@@ -167,10 +169,52 @@ def test_round_trip_any_split(sent: list[Frame], rnd: random.Random) -> None:
     assert decode(wire, 1) == (sent, None)
 
 
-@given(st.binary(max_size=60))
-def test_arbitrary_bytes_never_crash(wire: bytes) -> None:
-    whole = decode(wire)
-    assert decode(wire, 1) == whole
+small_frames = st.builds(Frame, txnrs, commands, st.binary(max_size=20)) | st.just(
+    Frame(0, "serverclose")
+)
+
+
+@st.composite
+def damaged_wires(draw: st.DrawFn) -> tuple[bytes, str, list[Frame], list[int]]:
+    """Encoded frames, whole, cut anywhere, with one octet changed, or garbage;
+    with which, the frames, and where each frame ends on the wire."""
+    sent = draw(st.lists(small_frames, max_size=4))
+    encoded = [encode_frame(f) for f in sent]
+    ends = list(itertools.accumulate(map(len, encoded)))
+    wire = b"".join(encoded)
+    shape = draw(st.sampled_from(["whole", "cut", "changed", "garbage"]))
+    if shape == "cut":
+        wire = wire[: draw(st.integers(0, len(wire)))]
+    elif shape == "changed" and wire:
+        at = draw(st.integers(0, len(wire) - 1))
+        wire = wire[:at] + bytes([draw(st.integers(0, 255))]) + wire[at + 1 :]
+    elif shape == "garbage":
+        wire = draw(st.binary(max_size=60))
+    return wire, shape, sent, ends
+
+
+def test_arbitrary_bytes_never_crash() -> None:
+    branches = Branches("frames", "nothing", "frames, then an error", "an error")
+
+    @given(damaged_wires())
+    def check(case: tuple[bytes, str, list[Frame], list[int]]) -> None:
+        wire, shape, sent, ends = case
+        whole = decode(wire)
+        assert decode(wire, 1) == whole
+        if shape == "whole":
+            assert whole == (sent, None)
+        elif shape == "cut":  # the frames before the cut, an error if it split one
+            complete = [end for end in ends if end <= len(wire)]
+            assert whole[0] == sent[: len(complete)]
+            assert (whole[1] is None) == (len(wire) in [0, *complete])
+        frames, error = whole
+        if error is None:
+            branches.reach("frames" if frames else "nothing")
+        else:
+            branches.reach("frames, then an error" if frames else "an error")
+
+    check()
+    branches.assert_all_reached()
 
 
 @given(st.integers(1, MAX_TXNR))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from relay.errors import LocalProtocolError, ParseError
 from relay.protocol import rfc3164
 from relay.protocol.syslog import Facility, Severity, SyslogMessage
+from tests.branches import Branches
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 
@@ -399,10 +400,52 @@ def test_never_raises_after_valid_pri(pri: int, body: bytes) -> None:
         assert message.msg == body and message.hostname is None and message.app_name is None
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.sampled_from([b"Nov 22 00:00:00 ", b"Nov  3 01:02:03 h ", b""]), st.binary(max_size=100))
-def test_hostname_only_before_a_tag(prefix: bytes, tail: bytes) -> None:
-    message = rfc3164.parse(b"<13>" + prefix + tail, now=NOW)
-    if message.hostname is not None:
-        assert message.app_name is not None
-        assert message.timestamp is not None
+_STAMP = b"Nov 22 00:00:00 "
+_not_hosts = st.one_of(
+    _label.map(lambda label: "-" + label),  # a label may not start with a hyphen
+    st.tuples(_label, _label).map("_".join),  # nor hold an underscore
+    st.just("1.2.3.999"),
+)
+_pids = st.integers(0, 2**22)
+
+
+@st.composite
+def _tails(draw: st.DrawFn) -> tuple[bytes, str | None, str | None]:
+    """What follows a timestamp: a word, host or not, then a TAG or not (or any
+    bytes); with the HOSTNAME and TAG a parser must find after ``_STAMP``."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=100)), None, None
+    is_host = draw(st.booleans())
+    word = draw(_hosts if is_host else _not_hosts)
+    msg = draw(st.binary(max_size=40))
+    tag = draw(_tags)
+    if draw(st.booleans()):
+        after = draw(st.sampled_from([b": ", b"\t", b":"]) | _pids.map(lambda pid: b"[%d]: " % pid))
+        rest = tag.encode() + after + (b"" if after == b":" else msg)
+        return word.encode() + b" " + rest, word if is_host else None, tag
+    # Not a TAG: a word then SP, a colon not followed by SP, a PID not of digits.
+    after = draw(st.sampled_from([b" ", b":x", b"[1a]: "]))
+    return word.encode() + b" " + tag.encode() + after + msg, None, None
+
+
+def test_hostname_only_before_a_tag() -> None:
+    branches = Branches("hostname", "no hostname")
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from([_STAMP, b"Nov  3 01:02:03 h ", b""]), _tails())
+    def check(prefix: bytes, tail: tuple[bytes, str | None, str | None]) -> None:
+        rest, host, tag = tail
+        message = rfc3164.parse(b"<13>" + prefix + rest, now=NOW)
+        if prefix == _STAMP:
+            assert message.hostname == host
+            if host is not None:
+                assert message.app_name == tag
+        if message.hostname is not None:
+            branches.reach("hostname")
+            assert message.app_name is not None
+            assert message.timestamp is not None
+        else:
+            branches.reach("no hostname")
+
+    check()
+    branches.assert_all_reached()

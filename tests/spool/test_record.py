@@ -24,6 +24,7 @@ from relay.spool.record import (
     unframe,
     validate_record,
 )
+from tests.branches import Branches
 
 # Names as the relay sees them: any text without lone surrogates, and any
 # bytes decoded the way the OS hands over socket paths (surrogateescape).
@@ -122,12 +123,48 @@ def agree(payload: bytes) -> Batch | None:
     return batch
 
 
-@given(st.binary(max_size=60), st.integers(0, 2**32 - 1))
-def test_garbage_with_a_valid_header(tail: bytes, count: int) -> None:
-    payload = struct.pack("<BdHHI", 1, 0.0, 3, 0, count) + tail
-    batch = agree(payload)
-    if batch is not None:
-        assert sum(map(len, batch.messages)) + 3 + 4 * len(batch.messages) == len(tail)
+@st.composite
+def after_a_valid_header(draw: st.DrawFn) -> tuple[int, bytes, str]:
+    """A message count and the bytes after a payload header with a 3-byte peer
+    and no input name: well-formed, or cut, extended, under a wrong count, or
+    garbage; with which of these it is."""
+    messages = draw(st.lists(st.binary(max_size=20), max_size=5))
+    lengths = struct.pack(f"<{len(messages)}I", *map(len, messages))
+    tail = draw(st.binary(min_size=3, max_size=3)) + lengths + b"".join(messages)
+    count = len(messages)
+    shape = draw(st.sampled_from(["whole", "cut", "extended", "wrong count", "garbage"]))
+    if shape == "cut":
+        tail = tail[: draw(st.integers(0, len(tail) - 1))]
+    elif shape == "extended":
+        tail += draw(st.binary(min_size=1, max_size=8))
+    elif shape == "wrong count":
+        count = draw(st.integers(0, 2**32 - 1).filter(lambda c: c != len(messages)))
+    elif shape == "garbage":
+        count, tail = draw(st.integers(0, 2**32 - 1)), draw(st.binary(max_size=60))
+    return count, tail, shape
+
+
+def test_garbage_with_a_valid_header() -> None:
+    branches = Branches("decoded", "rejected")
+
+    @given(after_a_valid_header())
+    def check(case: tuple[int, bytes, str]) -> None:
+        count, tail, shape = case
+        payload = struct.pack("<BdHHI", 1, 0.0, 3, 0, count) + tail
+        batch = agree(payload)
+        if shape == "whole":
+            assert batch is not None and batch.peer.encode("utf-8", "surrogateescape") == tail[:3]
+        elif shape in ("cut", "extended"):
+            assert batch is None
+        if batch is not None:
+            branches.reach("decoded")
+            assert sum(map(len, batch.messages)) + 3 + 4 * len(batch.messages) == len(tail)
+            assert tail.endswith(b"".join(batch.messages))
+        else:
+            branches.reach("rejected")
+
+    check()
+    branches.assert_all_reached()
 
 
 def test_wrong_version() -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -31,8 +32,8 @@ def batch(n: int) -> Batch:
     )
 
 
-def make(directory: Path | None, **settings: object) -> Spool:
-    values: dict[str, object] = {
+def make(directory: Path | None, **settings: Any) -> Spool:
+    values: dict[str, Any] = {
         "max_messages": 50,
         "max_bytes": 1 << 20,
         "disk_max_bytes": 1 << 26,
@@ -41,7 +42,7 @@ def make(directory: Path | None, **settings: object) -> Spool:
     return Spool(
         "t",
         SpoolSettings(**values),
-        Counters("spool", "t", spools.COUNTERS),  # type: ignore[arg-type]
+        Counters("spool", "t", spools.COUNTERS),
         directory,
     )
 
@@ -355,8 +356,8 @@ class SmallDisk:
         return max(0, self.size - self.used())
 
 
-def on_small_disk(directory: Path, disk: SmallDisk, **settings: object) -> Spool:
-    values: dict[str, object] = {
+def on_small_disk(directory: Path, disk: SmallDisk, **settings: Any) -> Spool:
+    values: dict[str, Any] = {
         "max_messages": 100,
         "max_bytes": 100 * KiB,  # 10 wide batches
         "disk_max_bytes": 1 << 30,  # far more than the disk holds
@@ -365,7 +366,7 @@ def on_small_disk(directory: Path, disk: SmallDisk, **settings: object) -> Spool
     values.update(settings)
     return Spool(
         "t",
-        SpoolSettings(**values),  # type: ignore[arg-type]
+        SpoolSettings(**values),
         Counters("spool", "t", spools.COUNTERS),
         directory,
         free_space=disk,
@@ -477,14 +478,14 @@ async def test_enospc_anyway_refuses_like_a_full_disk_and_logs_once(
     for n in range(60):
         assert spool.put_nowait(batch(n)) is Admission.QUEUED
     full = True
-    real_write_all = spools.segment._write_all
+    real_write_all = segment._write_all
 
     def write_all(fd: int, data: bytes) -> None:
         if full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write_all(fd, data)
 
-    monkeypatch.setattr(spools.segment, "_write_all", write_all)
+    monkeypatch.setattr(segment, "_write_all", write_all)
     held = len(spool)
     assert [spool.put_nowait(batch(n)) for n in range(60, 160)] == [Admission.FULL] * 100
     assert len(spool) == held
@@ -510,15 +511,15 @@ async def test_a_new_segment_that_cannot_be_created_does_not_break_the_next_writ
         fsync_interval=1.0,
     )
     await spool.open()
-    real_create = spools.segment.SegmentWriter.create
+    real_create = segment.SegmentWriter.create
     fail = True
 
-    def create(directory: Path, seg_id: int) -> spools.segment.SegmentWriter:
+    def create(directory: Path, seg_id: int) -> segment.SegmentWriter:
         if seg_id > 0 and fail:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real_create(directory, seg_id)
 
-    monkeypatch.setattr(spools.segment.SegmentWriter, "create", create)
+    monkeypatch.setattr(segment.SegmentWriter, "create", create)
     results = [spool.put_nowait(wide(n)) for n in range(30)]
     assert Admission.FULL in results  # the second segment could not be made
     fail = False

@@ -11,7 +11,9 @@ import pytest
 import trio
 
 from relay.stats import Counters
-from relay.tls.context import CertificateInfo, ReloadableContext, TlsProfile
+from relay.tls.certs import CertificateInfo
+from relay.tls.context import ReloadableContext
+from relay.tls.profile import TlsProfile
 from relay.tls.stream import (
     COUNTERS,
     FailureLog,
@@ -80,7 +82,12 @@ async def test_client_names_the_mismatch_and_server_counts_nothing(tmp_path: Pat
     assert "expected localhost, the server presented wrong.example.net" in failure.line
 
 
-async def test_refused_client_is_counted_by_category(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2], ids=["tls1.3", "tls1.2"]
+)
+async def test_refused_client_is_counted_by_category(
+    tmp_path: Path, version: ssl.TLSVersion
+) -> None:
     ca = CertificateAuthority.create(tmp_path / "a")
     server = ca.issue("relay.example.net")
     stranger = CertificateAuthority.create(tmp_path / "b", "Other CA").issue("x.example.net")
@@ -93,18 +100,24 @@ async def test_refused_client_is_counted_by_category(tmp_path: Path) -> None:
         server_hostname="localhost",
         now=datetime.now(UTC),
     )
+    client.context.maximum_version = version
     async with trio.open_nursery() as nursery:
         port = await nursery.start(_serve_once, acceptor)
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        try:
+        if version is ssl.TLSVersion.TLSv1_3:
+            # The server judges our certificate after our Finished: the
+            # handshake completes, the refusal comes with the first read.
             ssl_stream = await connect(stream, client, "localhost", f"localhost:{port}")
             try:
-                with pytest.raises(trio.BrokenResourceError):  # TLS 1.3: after our Finished
+                assert ssl_stream.version() == "TLSv1.3"
+                with pytest.raises(trio.BrokenResourceError):
                     await ssl_stream.receive_some(10)
             finally:
                 await trio.aclose_forcefully(ssl_stream)
-        except HandshakeError:
-            pass
+        else:  # TLS 1.2: within the handshake, with the server's alert
+            with pytest.raises(HandshakeError) as caught:
+                await connect(stream, client, "localhost", f"localhost:{port}")
+            assert caught.value.failure.category == "unknown_ca"
     assert counters["tls_failures"] == 1 and counters["tls_unknown_ca"] == 1
 
 
