@@ -2,7 +2,7 @@
 
 Unlike plain TCP, RELP says when a message is safe: the server answers each
 with an ``rsp``. A written batch stays at the head of the spool, unconfirmed
-(see :mod:`relay.outputs.base`), until every one of its messages is answered;
+(see :mod:`relay.outputs.delivery`), until every one of its messages is answered;
 :meth:`RelpOutput.confirm` acks the head batches that are, in order. At most
 ``window`` messages are unanswered (:class:`RelpClient`); a batch bigger than
 the room left is sent in parts as the answers come in. A reader task receives
@@ -32,8 +32,8 @@ from typing import Any
 import trio
 
 from relay.message import Batch
-from relay.outputs.base import COUNTERS as BASE_COUNTERS
-from relay.outputs.base import RETRYABLE, Output, Rewind
+from relay.outputs.delivery import COUNTERS as BASE_COUNTERS
+from relay.outputs.delivery import RETRYABLE, Output, Rewind
 from relay.protocol.framing import OversizePolicy, limit_frames
 from relay.protocol.relp import (
     Acked,

@@ -45,7 +45,7 @@ import trio
 
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
-from relay.outputs.base import RETRYABLE, Output, Rewind, describe
+from relay.outputs.delivery import RETRYABLE, Output, Rewind, describe
 from relay.outputs.targets import (
     Event,
     FailedBack,

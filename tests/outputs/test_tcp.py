@@ -8,7 +8,7 @@ import trio.testing
 
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
-from relay.outputs import base
+from relay.outputs import delivery
 from relay.outputs.tcp import TcpOutput
 from relay.protocol.framing import FrameDecoder
 from relay.spool.spool import memory_spool
@@ -17,7 +17,7 @@ from relay.stats import Counters
 
 def make_output(port: int) -> TcpOutput:
     config = OutputConfig("up", Endpoint("tcp", "127.0.0.1", port), retry_max=0.2)
-    return TcpOutput(config, memory_spool(), Counters("output", "up", base.COUNTERS))
+    return TcpOutput(config, memory_spool(), Counters("output", "up", delivery.COUNTERS))
 
 
 def batch(*seqs: int) -> Batch:
