@@ -91,7 +91,7 @@ async def test_a_collector_dying_with_unread_data_gets_it_again() -> None:
         output.spool.put_nowait(batch(0, 1, 2))
         first = await listeners[0].accept()
         await trio.testing.wait_all_tasks_blocked()  # written, in the peer's buffer, unread
-        assert output.unconfirmed() == 1
+        assert output.window.batches == 1
         await first.aclose()  # dies without reading: the peer's kernel resets
         second = await listeners[0].accept()
         assert await read_frames(second, 3) == [b"<13>1 - - - - - seq=%d" % i for i in range(3)]
@@ -119,7 +119,7 @@ async def test_after_a_lost_connection_the_window_goes_first_in_order() -> None:
         output.spool.put_nowait(batch(2, 3))
         assert await read_frames(first, 2) == expected[2:4]
         await trio.testing.wait_all_tasks_blocked()  # the output has recorded the write
-        assert output.unconfirmed() == 2  # both unconfirmed (1 s not passed)
+        assert output.window.batches == 2  # both unconfirmed (1 s not passed)
         await first.aclose()  # the collector goes away
         output.spool.put_nowait(batch(4, 5))
         second = await listeners[0].accept()
@@ -143,7 +143,7 @@ async def test_a_stop_keeps_the_window_in_the_spool_and_resends_nothing(
         stream = await listeners[0].accept()
         assert len(await read_frames(stream, 3)) == 3
         await trio.testing.wait_all_tasks_blocked()
-        assert output.unconfirmed() == 1
+        assert output.window.batches == 1
         nursery.cancel_scope.cancel()
     await stream.aclose()
     await listeners[0].aclose()
