@@ -40,7 +40,7 @@ from relay import stats
 from relay.config import Config, InputConfig, OutputConfig
 from relay.errors import StartupError
 from relay.inputs import datagram, relp, tcp
-from relay.outputs.base import Output
+from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
 from relay.outputs.relp import RelpOutput
 from relay.outputs.tcp import TcpOutput

@@ -42,7 +42,7 @@ DRAIN_LIMIT = 1024
 # ... and bytes: what one wake-up holds before it is queued, and so the size of
 # the batch a spool may take past its memory budget. 1,024 datagrams of 300
 # bytes stay under it; 1,024 of 64 KiB (a flood of large datagrams) would hold
-# 64 MiB at once. One output write (outputs/base.py SEND_BYTES) is as large.
+# 64 MiB at once. One output write (outputs/delivery.py SEND_BYTES) is as large.
 DRAIN_BYTES = 1024 * 1024
 # The largest UDP payload over IPv4 (65,535 - 8 - 20).
 MAX_DATAGRAM = 65_507

@@ -17,7 +17,7 @@ import trio
 
 from relay.errors import StartupError
 from relay.message import Batch
-from relay.outputs.base import Output
+from relay.outputs.delivery import Output
 from relay.protocol.framing import encode_lines, encode_octet_counted
 
 log = logging.getLogger("relay.output")

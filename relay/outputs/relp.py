@@ -1,8 +1,8 @@
 """RELP output: syslog to rsyslog imrelp (or any RELP server), plain TCP.
 
 Unlike plain TCP, RELP says when a message is safe: the server answers each
-with an ``rsp``. A written batch stays at the head of the spool, unconfirmed
-(see :mod:`relay.outputs.base`), until every one of its messages is answered;
+with an ``rsp``. A written batch stays at the head of the spool, in flight
+(see :mod:`relay.outputs.window`), until every one of its messages is answered;
 :meth:`RelpOutput.confirm` acks the head batches that are, in order. At most
 ``window`` messages are unanswered (:class:`RelpClient`); a batch bigger than
 the room left is sent in parts as the answers come in. A reader task receives
@@ -24,16 +24,15 @@ A host name is looked up at every connect (``trio.open_tcp_stream``).
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import logging
 from typing import Any
 
 import trio
 
 from relay.message import Batch
-from relay.outputs.base import COUNTERS as BASE_COUNTERS
-from relay.outputs.base import RETRYABLE, Output, Rewind
+from relay.outputs.delivery import COUNTERS as BASE_COUNTERS
+from relay.outputs.delivery import RETRYABLE, Output
+from relay.outputs.window import Flight, WindowLost
 from relay.protocol.framing import OversizePolicy, limit_frames
 from relay.protocol.relp import (
     Acked,
@@ -70,15 +69,6 @@ class SessionLost(ConnectionError):
     """The RELP session ended while messages were in flight."""
 
 
-@dataclasses.dataclass(slots=True)
-class _Sent:
-    """One batch whose messages are all written and not all answered."""
-
-    messages: int
-    pending: int  # messages not answered yet
-    rejected: int = 0
-
-
 class _Session:
     """A connection with its RELP client; ``lost`` says why it ended ("" while open)."""
 
@@ -97,33 +87,32 @@ class RelpOutput(Output):
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self._session: _Session | None = None
-        self._window: collections.deque[_Sent] = collections.deque()
-        self._by_txnr: dict[int, _Sent] = {}
+        # Each batch is a flight of its own, awaiting one answer per message.
+        self._by_txnr: dict[int, Flight[None]] = {}
         self._wake = trio.Event()  # set when answers came or the session ended
-        self._rewind = False  # the window was lost since the batches in hand were taken
         self._rejections: set[tuple[int, str]] = set()  # kinds already logged
 
     # -- delivering ------------------------------------------------------------
 
     async def deliver(self, batches: list[Batch]) -> None:
-        if self._rewind:
-            self._rewind = False
-            raise Rewind
         session = self._session
         if session is None or session.lost:
             if session is not None:
                 await self.reset()
             session = await self._connect()
+            if self.window.moved():  # lost meanwhile: the head goes first
+                raise WindowLost
         client = session.client
         messages: list[bytes] = []
-        owners: list[_Sent] = []
+        owners: list[Flight[None]] = []
+        now = trio.current_time()
         for batch in batches:
-            # In the window at once: if sending fails halfway, forgetting the
-            # window counts these as resent too (some of them may have arrived).
-            sent = _Sent(len(batch.messages), len(batch.messages))
-            self._window.append(sent)
+            # In flight at once: if sending fails halfway, the loss counts these
+            # as resent too (some of them may have arrived).
+            count = len(batch.messages)
+            flight = self.window.written((batch,), now, None, awaiting=count)
             messages.extend(batch.messages)
-            owners.extend([sent] * len(batch.messages))
+            owners.extend([flight] * count)
         if messages and max(map(len, messages)) > client.max_data:
             messages = self._truncate(messages, client.max_data)
         pos = 0
@@ -216,14 +205,14 @@ class RelpOutput(Output):
         for event in events:
             if isinstance(event, Acked):
                 for txnr in event.txnrs:
-                    sent = by_txnr.pop(txnr, None)
-                    if sent is not None:
-                        sent.pending -= 1
+                    flight = by_txnr.pop(txnr, None)
+                    if flight is not None:
+                        flight.awaiting -= 1
             elif isinstance(event, Rejected):
-                sent = by_txnr.pop(event.txnr, None)
-                if sent is not None:
-                    sent.pending -= 1
-                    sent.rejected += 1
+                flight = by_txnr.pop(event.txnr, None)
+                if flight is not None:
+                    flight.awaiting -= 1
+                    flight.refused += 1
                 self._rejected(event)
             elif isinstance(event, Closed):
                 session.closed = True
@@ -261,42 +250,20 @@ class RelpOutput(Output):
         """Batches not fully answered are sent again from the head of the spool;
         the answered ones before them stay, for confirm() to ack."""
         self._by_txnr.clear()
-        window = self._window
-        answered = 0
-        while answered < len(window) and window[answered].pending == 0:
-            answered += 1
-        if answered == len(window):
-            return
-        again = [window.pop() for _ in range(len(window) - answered)]
-        resent = sum(sent.messages for sent in again)
-        self.counters.add("resent", resent)
-        log.warning(
-            "output %s: %s; sending again the last %d messages not all acknowledged "
-            "(the collector may see some twice)",
-            self.name,
-            reason,
-            resent,
-        )
-        self._rewind = True
+        resent = self.window.lost()
+        if resent:
+            log.warning(
+                "output %s: %s; sending again the last %d messages not all acknowledged "
+                "(the collector may see some twice)",
+                self.name,
+                reason,
+                resent,
+            )
 
     # -- the window ------------------------------------------------------------
 
-    def unconfirmed(self) -> int:
-        return len(self._window)
-
-    def written(self, batches: list[Batch], now: float) -> int:
-        return 0  # safe only once answered: see confirm()
-
-    def confirm(self, now: float) -> int:
-        self._rewind = False  # the loop takes its next batches after this
-        count = 0
-        window = self._window
-        while window and window[0].pending == 0:
-            sent = window.popleft()
-            if sent.rejected:
-                self.counters.add("dropped_rejected", sent.rejected)
-            count += 1
-        return count
+    def written(self, batches: list[Batch], now: float) -> None:
+        pass  # in flight since deliver() began to send them; safe once answered
 
     # -- closing -----------------------------------------------------------------
 
@@ -328,8 +295,8 @@ class RelpOutput(Output):
                     pass
             # What was answered meanwhile is safe; the rest stays queued (and is
             # saved), not "resent": nothing was lost.
-            self._ack(self.confirm(trio.current_time()))
-        self._window.clear()
+            self.confirm(trio.current_time())
+        self.window.release()
         self._by_txnr.clear()
         self._session = None
         if session is not None:

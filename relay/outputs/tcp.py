@@ -9,7 +9,8 @@ them, TIOCOUTQ) and CONFIRM_AGE has passed for the collector to take it in;
 when more than RESEND_BYTES are unconfirmed the oldest are confirmed anyway,
 to bound memory. When a connection is lost, everything unconfirmed is written
 again (counted as ``resent``): at-least-once, duplicates bounded by that
-window. RELP removes the guesswork.
+window (relay/outputs/window.py keeps it; this module decides when a write is
+safe). RELP removes the guesswork.
 
 Before each write we also look, without blocking, whether the peer has closed
 or reset an idle connection (CLOSE_WAIT after a load balancer's idle timeout),
@@ -31,8 +32,6 @@ still there.
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import fcntl
 import logging
 import random
@@ -45,7 +44,8 @@ import trio
 
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
-from relay.outputs.base import RETRYABLE, Output, Rewind, describe
+from relay.outputs.delivery import RETRYABLE, Output, describe
+from relay.outputs.window import Window, WindowLost
 from relay.policy.backoff import Backoff
 from relay.policy.targets import (
     Event,
@@ -136,18 +136,6 @@ class _Connection:
         await tls_aclose(self.stream)
 
 
-@dataclasses.dataclass(slots=True)
-class _Written:
-    """Batches written in one go and not yet confirmed."""
-
-    batches: int
-    messages: int
-    nbytes: int
-    connection: _Connection
-    end: int  # the connection's byte count after this write
-    at: float
-
-
 class TcpOutput(Output):
     def __init__(self, config: OutputConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
@@ -157,23 +145,24 @@ class TcpOutput(Output):
         self._connections: dict[int, _Connection] = {}
         self._addresses: dict[str, list[str]] = {}  # host -> its last lookup that worked
         self._unresolvable: set[str] = set()  # hosts whose lookups fail (one line per episode)
-        self._window: collections.deque[_Written] = collections.deque()
-        self._window_batches = 0
-        self._window_bytes = 0
-        self._window_messages = 0
+        # Each write is a flight: safe once the peer's kernel acked its bytes
+        # and confirm_age passed. No answer comes to count that down: confirm()
+        # below checks, and acks it itself.
         settings = self.spool.settings
-        self._window_max_bytes = min(RESEND_BYTES, settings.max_bytes // 4)
-        self._window_max_messages = settings.max_messages // 2
+        self.window: Window[_Connection] = Window(
+            self.spool,
+            self.counters,
+            max_bytes=min(RESEND_BYTES, settings.max_bytes // 4),
+            max_messages=settings.max_messages // 2,
+        )
         self._last: _Connection | None = None  # the connection the last batch went on
-        self._rewind = False  # the window was lost during this deliver()
         self.confirm_age = CONFIRM_AGE
 
     async def aclose(self) -> None:
         """Stopping, not failing: what the window holds stays in the spool (and is
         saved); nothing was lost, so nothing is "resent". Runs after background
         connects are stopped, so none is left open."""
-        self._window.clear()
-        self._window_batches = self._window_bytes = self._window_messages = 0
+        self.window.release()
         for index in list(self._connections):
             await self._close(index)
             self.targets.closed(index)
@@ -185,7 +174,6 @@ class TcpOutput(Output):
             data = b"".join([batch.octet_counted() for batch in batches])
         failed: set[int] = set()  # the targets that failed this batch
         last: BaseException | None = None
-        self._rewind = False
         while True:
             plan = self.targets.plan(trio.current_time(), failed)
             for other in plan.probe:
@@ -205,7 +193,7 @@ class TcpOutput(Output):
                     except RETRYABLE:
                         # Part of it may have arrived: writing it again may
                         # duplicate it, like the window (counted alike).
-                        self.counters.add("resent", sum([len(b.messages) for b in batches]))
+                        self.window.resent(batches)
                         raise
                     connection.written += len(data)
                     self._last = connection
@@ -221,8 +209,8 @@ class TcpOutput(Output):
     def _rewind_if_lost(self) -> None:
         """The window was just lost: what is written next must be the spool's
         head again (the window's batches), not the batches in hand after it."""
-        if self._rewind:
-            raise Rewind
+        if self.window.moved():
+            raise WindowLost
 
     async def _idle_closed(self, index: int) -> bool:
         """Whether the peer closed the connection to ``index`` after it carried batches
@@ -389,68 +377,48 @@ class TcpOutput(Output):
 
     # -- the window of written, unconfirmed batches ------------------------------
 
-    def unconfirmed(self) -> int:
-        return self._window_batches
+    def written(self, batches: list[Batch], now: float) -> None:
+        last = self._last
+        assert last is not None
+        # awaiting=1: never safe by itself; only confirm() (or a bound) acks it.
+        self.window.written(batches, now, last, end=last.written, awaiting=1)
 
-    def written(self, batches: list[Batch], now: float) -> int:
-        assert self._last is not None
-        messages = sum([len(b.messages) for b in batches])
-        nbytes = sum([b.nbytes for b in batches])
-        self._window.append(
-            _Written(len(batches), messages, nbytes, self._last, self._last.written, now)
-        )
-        self._window_batches += len(batches)
-        self._window_bytes += nbytes
-        self._window_messages += messages
-        count = 0
-        while (  # bound what we hold: confirm the oldest
-            self._window_bytes > self._window_max_bytes
-            or self._window_messages > self._window_max_messages
-        ) and len(self._window) > 1:
-            count += self._pop_window()
-        return count
-
-    def confirm(self, now: float) -> int:
-        count = 0
-        while self._window:
-            oldest = self._window[0]
-            connection = oldest.connection
+    def confirm(self, now: float) -> None:
+        window = self.window
+        spool = self.spool
+        # The window must never stop delivery: when it fills the spool's memory
+        # while more waits behind it, it is confirmed now (judged on the spool
+        # as it is before the acks below).
+        pressed = bool(window.batches) and spool.memory_full()
+        queued = len(spool)
+        safe = 0
+        lost = False
+        for flight in window.flights():
+            connection = flight.via
             if not connection.closed and connection.peer_closed():
                 # The collector went away with our bytes possibly unread: write
                 # them again. (The connection itself is dropped at the next write.)
-                self._forget_window()
+                lost = True
                 break
-            if now - oldest.at < self.confirm_age or not connection.acked_through(oldest.end):
+            if now - flight.at < self.confirm_age or not connection.acked_through(flight.end):
                 break
-            count += self._pop_window()
-        # The window must never stop delivery: when it fills the spool's memory
-        # while more waits behind it, the oldest is confirmed now.
-        while self._window and self.spool.memory_full() and len(self.spool) > self._window_messages:
-            count += self._pop_window()
-        return count
-
-    def _pop_window(self) -> int:
-        oldest = self._window.popleft()
-        self._window_batches -= oldest.batches
-        self._window_bytes -= oldest.nbytes
-        self._window_messages -= oldest.messages
-        return oldest.batches
+            safe += 1
+        window.confirm_oldest(safe)
+        if lost:
+            self._forget_window()
+        if pressed and queued > window.messages:
+            window.confirm_all()
 
     def _forget_window(self) -> None:
         """A connection was lost: everything unconfirmed is written again."""
-        if not self._window:
-            return
-        messages = sum(w.messages for w in self._window)
-        self.counters.add("resent", messages)
-        self._rewind = True
-        log.warning(
-            "output %s: connection lost; writing the last %d messages again (they may not "
-            "have reached the collector; it may see them twice)",
-            self.name,
-            messages,
-        )
-        self._window.clear()
-        self._window_batches = self._window_bytes = self._window_messages = 0
+        messages = self.window.lost()
+        if messages:
+            log.warning(
+                "output %s: connection lost; writing the last %d messages again (they may not "
+                "have reached the collector; it may see them twice)",
+                self.name,
+                messages,
+            )
 
 
 async def _connect_first(addresses: list[str], port: int) -> tuple[trio.SocketStream, str]:

@@ -12,7 +12,7 @@ import socket
 import trio
 
 from relay.message import Batch
-from relay.outputs.base import Output
+from relay.outputs.delivery import Output
 from relay.protocol.framing import utf8_cut
 
 MAX_DATAGRAM = 65_507

@@ -813,10 +813,6 @@ class Spool:
             oldest_received=oldest,
         )
 
-    def peek_head(self, count: int) -> list[Batch]:
-        """The ``count`` head batches (those an :meth:`ack` of ``count`` removes)."""
-        return [self._memory[i].batch for i in range(min(count, len(self._memory)))]
-
     def peek(self, max_bytes: int) -> list[Batch]:
         """What memory holds, head first, up to ``max_bytes`` (at least one batch)."""
         out: list[Batch] = []

@@ -12,7 +12,7 @@ import trio.testing
 from relay.config import Endpoint, InputConfig
 from relay.errors import StartupError
 from relay.inputs import datagram
-from relay.outputs import base
+from relay.outputs import delivery
 from relay.protocol.framing import OversizePolicy
 from relay.spool.router import Route, Router
 from relay.spool.spool import Spool, memory_spool
@@ -22,7 +22,7 @@ from tests.waiting import await_until
 
 def make_input(spool: Spool, endpoint: Endpoint, **settings: object) -> datagram.DatagramInput:
     config = InputConfig("d", endpoint, **settings)  # type: ignore[arg-type]
-    router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
+    router = Router([Route(spool, Counters("output", "o", delivery.COUNTERS))])
     dgram = datagram.DatagramInput(config, router, Counters("input", "d", datagram.COUNTERS))
     dgram.open()
     return dgram

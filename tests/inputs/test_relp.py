@@ -14,7 +14,7 @@ import trio.testing
 from relay.config import Endpoint, InputConfig
 from relay.inputs import relp
 from relay.message import Batch
-from relay.outputs import base
+from relay.outputs import delivery
 from relay.protocol.relp import (
     Acked,
     ClientEvent,
@@ -41,7 +41,7 @@ Event = ClientEvent | ProtocolViolation | ConnectionClosed
 async def start_input(spool: Spool, tls: TlsProfile | None = None) -> relp.RelpInput:
     scheme = "relp" if tls is None else "relp+tls"
     config = InputConfig("r", Endpoint(scheme, "127.0.0.1", 0), tls=tls)
-    router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
+    router = Router([Route(spool, Counters("output", "o", delivery.COUNTERS))])
     names = relp.COUNTERS + (TLS_COUNTERS if tls else ())
     relp_input = relp.RelpInput(config, router, Counters("input", "r", names))
     await relp_input.open()
@@ -186,7 +186,7 @@ async def test_stop_acks_what_was_sent_then_serverclose() -> None:
 async def test_oversize_messages_are_truncated_and_counted() -> None:
     spool = memory_spool()
     config = InputConfig("r", Endpoint("relp", "127.0.0.1", 0), max_message_size=16)
-    router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
+    router = Router([Route(spool, Counters("output", "o", delivery.COUNTERS))])
     relp_input = relp.RelpInput(config, router, Counters("input", "r", relp.COUNTERS))
     await relp_input.open()
     async with trio.open_nursery() as nursery:

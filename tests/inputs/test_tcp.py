@@ -9,7 +9,7 @@ import trio.testing
 from relay.config import Endpoint, InputConfig
 from relay.inputs import tcp
 from relay.message import Batch
-from relay.outputs import base
+from relay.outputs import delivery
 from relay.protocol.framing import encode_lines, encode_octet_counted
 from relay.spool.router import Route, Router
 from relay.spool.spool import Spool, memory_spool
@@ -21,7 +21,7 @@ from tests.waiting import await_until
 
 async def start_input(spool: Spool, **settings: object) -> tcp.TcpInput:
     config = InputConfig("t", Endpoint("tcp", "127.0.0.1", 0), **settings)  # type: ignore[arg-type]
-    router = Router([Route(spool, Counters("output", "o", base.COUNTERS))])
+    router = Router([Route(spool, Counters("output", "o", delivery.COUNTERS))])
     tcp_input = tcp.TcpInput(config, router, Counters("input", "t", tcp.COUNTERS))
     await tcp_input.open()
     return tcp_input
@@ -300,7 +300,7 @@ async def test_a_stalled_handshake_is_logged_as_its_own_category(
     """Another failure from the same address in the same minute does not hide it."""
     monkeypatch.setattr(tlswire, "HANDSHAKE_TIMEOUT", 0.3)
     config = InputConfig("t", Endpoint("tls", "127.0.0.1", 0), tls=listener(pki.server))
-    router = Router([Route(memory_spool(), Counters("output", "o", base.COUNTERS))])
+    router = Router([Route(memory_spool(), Counters("output", "o", delivery.COUNTERS))])
     counters = Counters("input", "t", tcp.COUNTERS + tlswire.COUNTERS)
     tls_input = tcp.TcpInput(config, router, counters)
     await tls_input.open()

@@ -11,7 +11,7 @@ import trio
 
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
-from relay.outputs import base
+from relay.outputs import delivery
 from relay.outputs.file import FileOutput
 from relay.spool.spool import memory_spool
 from relay.stats import Counters
@@ -19,7 +19,7 @@ from relay.stats import Counters
 
 def make_output(path: Path, fmt: str = "lines") -> FileOutput:
     config = OutputConfig("f", Endpoint("file", path=str(path)), format=fmt, retry_max=0.05)
-    return FileOutput(config, memory_spool(), Counters("output", "f", base.COUNTERS))
+    return FileOutput(config, memory_spool(), Counters("output", "f", delivery.COUNTERS))
 
 
 async def deliver_all(output: FileOutput, batches: list[Batch]) -> None:

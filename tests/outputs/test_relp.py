@@ -8,7 +8,7 @@ import trio.testing
 
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
-from relay.outputs.relp import RelpOutput, _Sent
+from relay.outputs.relp import RelpOutput
 from relay.protocol.relp import (
     CloseRequested,
     ConnectionClosed,
@@ -210,15 +210,22 @@ async def test_refused_open_is_a_failure_with_the_servers_text(
     assert len(output.spool) == 1
 
 
-def test_answered_batches_survive_a_loss_that_comes_before_confirm() -> None:
+async def test_answered_batches_survive_a_loss_that_comes_before_confirm() -> None:
     """Fully answered head batches are acked, not sent again, when the session
     is lost before the delivery loop got round to confirming them."""
     output = make_output(1)
-    output._window.extend([_Sent(2, 0), _Sent(3, 0), _Sent(4, 1)])
+    for seqs in ([0, 1], [2, 3, 4], [5, 6, 7, 8]):
+        output.spool.put_nowait(batch(*seqs))
+    taken = await output.spool.wait_batches(1 << 20)
+    for head, awaiting in zip(taken, [0, 0, 1], strict=True):
+        output.window.written([head], 0.0, None, awaiting=awaiting)
     output._forget_window("connection lost")
-    assert output.unconfirmed() == 2
+    assert output.window.batches == 2
     assert output.counters["resent"] == 4
-    assert output.confirm(0.0) == 2
+    output.confirm(0.0)
+    assert output.window.batches == 0
+    assert [seq(m) for b in output.spool.peek(1 << 20) for m in b.messages] == [5, 6, 7, 8]
+    assert output.counters["delivered"] == 5
 
 
 async def test_a_proxy_that_accepts_then_closes_gets_one_open_per_connection() -> None:

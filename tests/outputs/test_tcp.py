@@ -10,7 +10,7 @@ import trio.testing
 
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
-from relay.outputs import base
+from relay.outputs import delivery
 from relay.outputs.tcp import CONFIRM_AGE, TcpOutput
 from relay.protocol.framing import FrameDecoder
 from relay.spool.spool import memory_spool
@@ -22,7 +22,7 @@ def make_output(port: int, confirm_age: float = CONFIRM_AGE) -> TcpOutput:
     batches passes ``confirm_age=math.inf``, so that how long it takes (on a
     busy machine) cannot confirm them under its eyes."""
     config = OutputConfig("up", Endpoint("tcp", "127.0.0.1", port), retry_max=0.2)
-    output = TcpOutput(config, memory_spool(), Counters("output", "up", base.COUNTERS))
+    output = TcpOutput(config, memory_spool(), Counters("output", "up", delivery.COUNTERS))
     output.confirm_age = confirm_age
     return output
 
@@ -100,12 +100,12 @@ async def test_a_collector_dying_with_unread_data_gets_it_again() -> None:
         output.spool.put_nowait(batch(0, 1, 2))
         first = await listeners[0].accept()
         await trio.testing.wait_all_tasks_blocked()  # written, in the peer's buffer, unread
-        assert output.unconfirmed() == 1
+        assert output.window.batches == 1
         await first.aclose()  # dies without reading: the peer's kernel resets
         second = await listeners[0].accept()
         assert await read_frames(second, 3) == [b"<13>1 - - - - - seq=%d" % i for i in range(3)]
         await trio.testing.wait_all_tasks_blocked()  # the output has recorded the write
-        assert output.unconfirmed() == 1
+        assert output.window.batches == 1
         output.confirm_age = 0  # the collector has had its time to take them in
         with trio.fail_after(10):
             await output.spool.wait_empty()  # confirmed on the live connection
@@ -131,7 +131,7 @@ async def test_after_a_lost_connection_the_window_goes_first_in_order() -> None:
         output.spool.put_nowait(batch(2, 3))
         assert await read_frames(first, 2) == expected[2:4]
         await trio.testing.wait_all_tasks_blocked()  # the output has recorded the write
-        assert output.unconfirmed() == 2  # both unconfirmed
+        assert output.window.batches == 2  # both unconfirmed
         await first.aclose()  # the collector goes away
         output.spool.put_nowait(batch(4, 5))
         second = await listeners[0].accept()
@@ -155,7 +155,7 @@ async def test_a_stop_keeps_the_window_in_the_spool_and_resends_nothing(
         stream = await listeners[0].accept()
         assert len(await read_frames(stream, 3)) == 3
         await trio.testing.wait_all_tasks_blocked()
-        assert output.unconfirmed() == 1
+        assert output.window.batches == 1
         nursery.cancel_scope.cancel()
     await stream.aclose()
     await listeners[0].aclose()

@@ -8,7 +8,7 @@ import trio
 
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
-from relay.outputs import base
+from relay.outputs import delivery
 from relay.outputs.udp import MAX_DATAGRAM, UdpOutput
 from relay.spool.spool import memory_spool
 from relay.stats import Counters
@@ -20,7 +20,7 @@ async def test_one_datagram_per_message_and_oversize_truncated() -> None:
         sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         port = sink.getsockname()[1]
         config = OutputConfig("u", Endpoint("udp", "127.0.0.1", port))
-        output = UdpOutput(config, memory_spool(), Counters("output", "u", base.COUNTERS))
+        output = UdpOutput(config, memory_spool(), Counters("output", "u", delivery.COUNTERS))
         messages = [b"<13>seq=%d" % i for i in range(200)] + [b"x" * (MAX_DATAGRAM + 10)]
         output.spool.put_nowait(Batch(messages, received=0))
         async with trio.open_nursery() as nursery:

@@ -18,7 +18,7 @@ import trio.testing
 
 from relay.config import Endpoint, OutputConfig, TargetMode
 from relay.message import Batch
-from relay.outputs import base, tcp
+from relay.outputs import delivery, tcp
 from relay.outputs.tcp import TcpOutput
 from relay.policy.backoff import Backoff
 from relay.policy.targets import (
@@ -187,7 +187,7 @@ PAD = b"x" * 1000
 def make_output(targets: Iterable[Endpoint], mode: TargetMode = TargetMode.FAILOVER) -> TcpOutput:
     targets = tuple(targets)
     config = OutputConfig("up", targets[0], targets=targets, mode=mode, retry_max=RETRY_MAX)
-    output = TcpOutput(config, memory_spool(), Counters("output", "up", base.COUNTERS))
+    output = TcpOutput(config, memory_spool(), Counters("output", "up", delivery.COUNTERS))
     # These tests are about choosing targets: a batch counts as delivered once the
     # peer's kernel has it (test_tcp.py tests the resend window itself).
     output.confirm_age = 0

@@ -5,12 +5,12 @@ them (the single commit point: what was not delivered stays queued). A
 failure is logged when its reason changes, not per attempt, and retried
 forever with exponential back-off and jitter; the spool holds what waits.
 
-An output may keep a window of batches it has written but does not yet count
-as safe (plain TCP until the peer has surely read them, RELP until ``rsp``):
-they stay at the head of the spool, the next batches are taken after them,
-and :meth:`Output.confirm` says when the oldest may be acked. When a
-connection is lost, :meth:`Output.unconfirmed` drops back to 0 and the window
-is written again from the head: at-least-once, duplicates bounded by it.
+What an output has written and does not yet know safe (plain TCP until the
+peer has surely read it, RELP until ``rsp``) is in its :class:`Window`
+(relay/outputs/window.py): the next batches are taken after it, it acks what
+became safe in order, and after a lost connection it is written again from
+the head. The loop asks the output to :meth:`Output.confirm` before each take
+and tells it what it has :meth:`Output.written` after each delivery.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import random
+from typing import Any
 
 import trio
 
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
+from relay.outputs.window import Window, WindowLost
 from relay.policy.backoff import Backoff
 from relay.spool.spool import Spool
 from relay.stats import Counters
@@ -69,11 +71,6 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 )
 
 
-class Rewind(Exception):
-    """Raised by deliver(): the window was lost while delivering, so the batches
-    in hand are no longer the ones after the head; take the head again."""
-
-
 class Output:
     """Base of every output: subclasses implement :meth:`deliver`."""
 
@@ -85,6 +82,9 @@ class Output:
         self.counters = counters
         self.name = config.name
         self.last_error = ""
+        # What is written and not yet known safe; by default a batch is safe
+        # once deliver() returned (written() below puts it in flight, safe).
+        self.window: Window[Any] = Window(spool, counters)
         self._nursery: trio.Nursery | None = None  # background work, while run() runs
         # tls:// and relp+tls://: one context per target host (the name it must
         # present), built by open() so that bad files stop the start.
@@ -144,20 +144,15 @@ class Output:
     async def reset(self) -> None:
         """Drop whatever connection state a failed delivery left behind."""
 
-    # The window of written but unconfirmed batches; none by default: a batch
-    # is safe once deliver() returned.
+    # The window: what the loop calls around each delivery.
 
-    def unconfirmed(self) -> int:
-        """How many head batches are written but not confirmed (0 after a loss)."""
-        return 0
+    def written(self, batches: list[Batch], now: float) -> None:
+        """``batches`` were just delivered: put them in flight (by default, safe)."""
+        self.window.written(batches, now, None)
 
-    def written(self, batches: list[Batch], now: float) -> int:
-        """``batches`` were just delivered: how many head batches to ack now."""
-        return self.unconfirmed() + len(batches)
-
-    def confirm(self, now: float) -> int:
-        """How many head batches became safe since the last call."""
-        return 0
+    def confirm(self, now: float) -> None:
+        """Ack what became safe (the loop calls this before taking batches)."""
+        self.window.confirm()
 
     async def aclose(self) -> None:
         await self.reset()
@@ -184,16 +179,18 @@ class Output:
     async def _deliver_forever(self) -> None:
         backoff = Backoff(maximum=self.config.retry_max)
         spool = self.spool
+        window = self.window
         while True:
-            self._ack(self.confirm(trio.current_time()))
+            self.confirm(trio.current_time())
+            skip = window.take()
             batches = []
-            with trio.move_on_after(CONFIRM_POLL if self.unconfirmed() else float("inf")):
-                batches = await spool.wait_batches(SEND_BYTES, skip=self.unconfirmed())
-            if not batches:
-                continue  # look again whether the window became safe
+            with trio.move_on_after(CONFIRM_POLL if skip else float("inf")):
+                batches = await spool.wait_batches(SEND_BYTES, skip=skip)
+            if not batches or window.moved():
+                continue  # look again whether the window became safe, or take again
             try:
                 await self.deliver(batches)
-            except Rewind:
+            except WindowLost:
                 continue
             except RETRYABLE as exc:
                 backoff = backoff.increment()
@@ -211,16 +208,7 @@ class Output:
                 )
                 backoff = backoff.reset()
                 self.last_error = ""
-            self._ack(self.written(batches, trio.current_time()))
-
-    def _ack(self, count: int) -> None:
-        """The ``count`` head batches are delivered and safe."""
-        if not count:
-            return
-        batches = self.spool.peek_head(count)
-        self.spool.ack(count)
-        self.counters.add("delivered", sum([len(b.messages) for b in batches]))
-        self.counters.add("bytes", sum([b.nbytes for b in batches]))
+            self.written(batches, trio.current_time())
 
     def _failed(self, exc: BaseException, delay: float) -> None:
         self.counters.add("failures")
