@@ -27,12 +27,12 @@ class Batch:
     ``messages`` are the raw bytes of each message (without framing).
     ``received`` is the wall-clock receive time (seconds since the epoch, with
     microseconds); ``peer`` the sender (``host:port``, a socket path, or ``""``);
-    ``input`` the name of the input it came in on. ``wire`` may hold the same
-    messages already octet-counted, exactly as they arrived, so that forwarding
-    them costs no re-encoding.
+    ``input`` the name of the input it came in on. ``octet_counted`` may hold the
+    same messages already octet-counted, exactly as they arrived, so that
+    forwarding them costs no re-encoding.
     """
 
-    __slots__ = ("_wire", "input", "messages", "nbytes", "peer", "received")
+    __slots__ = ("_octet_counted", "input", "messages", "nbytes", "peer", "received")
 
     def __init__(
         self,
@@ -41,14 +41,14 @@ class Batch:
         received: float,
         peer: str = "",
         input: str = "",
-        wire: bytes | None = None,
+        octet_counted: bytes | None = None,
         nbytes: int | None = None,
     ) -> None:
         self.messages = messages
         self.received = received
         self.peer = peer
         self.input = input
-        self._wire = wire
+        self._octet_counted = octet_counted
         self.nbytes = sum(map(len, messages)) if nbytes is None else nbytes
 
     def __len__(self) -> int:
@@ -60,15 +60,15 @@ class Batch:
     def octet_counted(self) -> bytes:
         """The batch as RFC 6587 octet-counted frames.
 
-        The frames as received when the input kept them (``wire``); otherwise
+        The frames as received when the input kept them (``octet_counted``); otherwise
         encoded anew at each call, not cached: a batch waits in its spool
         (unconfirmed in a TCP output's window, or at the head while the
         upstream is down) for as long as it takes, and a cached copy would
         double its memory beyond what the spool counts (queue_max_bytes).
         """
-        if self._wire is None:
+        if self._octet_counted is None:
             return framing.encode_octet_counted(self.messages)
-        return self._wire
+        return self._octet_counted
 
     def split(self, count: int) -> tuple[Batch, Batch]:
         """The first ``count`` messages and the rest, as two batches."""

@@ -8,7 +8,7 @@ from relay.protocol.syslog import Facility, Severity
 
 def test_batch_forwards_received_wire_bytes_unchanged() -> None:
     wire = b"5 <13>a"
-    batch = Batch([b"<13>a"], received=0.0, wire=wire)
+    batch = Batch([b"<13>a"], received=0.0, octet_counted=wire)
     assert batch.octet_counted() is wire
 
 

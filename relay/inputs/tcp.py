@@ -265,7 +265,11 @@ class TcpInput:
                 frames = decoder.receive_data(data)
                 if frames:
                     batch = Batch(
-                        frames, received=time.time(), peer=peer, input=name, wire=decoder.wire
+                        frames,
+                        received=time.time(),
+                        peer=peer,
+                        input=name,
+                        octet_counted=decoder.clean_octet_counted,
                     )
                     counters.add("received", len(frames))
                     counters.add("bytes", batch.nbytes)

@@ -94,9 +94,9 @@ class FrameDecoder:
     final non-transparent frame without trailer is complete then, and a partial
     octet-counted frame is returned truncated (and counted) rather than lost.
 
-    After each call, :attr:`wire` holds the exact octet-counted bytes of the
-    frames just returned when they arrived octet-counted and unaltered, so that
-    a relay can forward them without re-encoding; otherwise it is ``None``.
+    After each call, :attr:`clean_octet_counted` holds the exact bytes of the
+    frames just returned when they arrived octet-counted and unaltered, so
+    that a relay can forward them without re-encoding; otherwise ``None``.
     """
 
     def __init__(
@@ -111,7 +111,9 @@ class FrameDecoder:
         self.framing = framing
         self.max_frame = max_frame
         self.oversize = oversize
-        self.wire: bytes | None = None
+        #: the frames last returned, as the clean octet-counted bytes they came
+        #: in (forwarded unchanged), or None
+        self.clean_octet_counted: bytes | None = None
         self._buf = b""
         # Bytes of an oversize frame still to be thrown away: an int for an
         # octet-counted frame, -1 for a non-transparent one (until the next LF).
@@ -126,7 +128,7 @@ class FrameDecoder:
 
     def receive_data(self, data: bytes) -> list[bytes]:
         """Take the next bytes of the stream (``b""`` at EOF); return complete frames."""
-        self.wire = None
+        self.clean_octet_counted = None
         if self._eof:
             if data:
                 raise RuntimeError("receive_data after end of stream")
@@ -242,7 +244,7 @@ class FrameDecoder:
                 append(junk)
             pos = end + 1 if end < size and buf[end] == 0x0A else end
         if clean and frames:
-            self.wire = buf[:pos] if pos < size else buf
+            self.clean_octet_counted = buf[:pos] if pos < size else buf
         self._buf = buf[pos:] if pos < size else b""
         return frames
 

@@ -73,15 +73,15 @@ def test_wire_is_the_received_bytes_for_clean_octet_frames() -> None:
     decoder = FrameDecoder()
     wire = b"3 abc4 defg"
     assert decoder.receive_data(wire + b"5 hi") == [b"abc", b"defg"]
-    assert decoder.wire == wire
+    assert decoder.clean_octet_counted == wire
     assert decoder.receive_data(b"jkl") == [b"hijkl"]
-    assert decoder.wire == b"5 hijkl"
+    assert decoder.clean_octet_counted == b"5 hijkl"
 
 
 def test_wire_is_none_when_frames_were_repaired() -> None:
     decoder = FrameDecoder()
     decoder.receive_data(b"3 abc\n3 def")
-    assert decoder.wire is None
+    assert decoder.clean_octet_counted is None
 
 
 # -- malformed input: never crash, never lose the next good message ----------
