@@ -8,6 +8,9 @@ parsed on the way through; a forwarded message leaves byte-identical.
 fields (a filter, a rate-limit key on HOSTNAME, a JSON output). It is made on
 demand, never on the hot path, and parses lazily: ``pri`` costs a few byte
 operations, the full RFC 5424/3164 parse happens on the first ``parsed()``.
+Nothing in the relay asks for fields yet: the processing stage (filters,
+routes, rate limits, redaction) and JSON output will be the first callers,
+through ``Batch.__iter__``; until then the parsers are reached by tests only.
 """
 
 from __future__ import annotations
