@@ -8,7 +8,12 @@ the stats command and metrics that read :meth:`Registry.snapshot`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
+
+# Keys a LogLimit remembers; past this many it starts afresh (bounded memory
+# under a flood from many addresses).
+MAX_KEYS = 10_000
 
 
 class Counters:
@@ -57,3 +62,33 @@ def summary(snapshot: Mapping[str, Mapping[str, Mapping[str, int]]]) -> str:
             shown = ", ".join(f"{k}={v}" for k, v in values.items() if v)
             lines.append(f"{kind} {name}: {shown or 'nothing'}")
     return "\n".join(lines)
+
+
+class LogLimit:
+    """At most one log line per key (an address and category, a kind of
+    error) per ``interval`` seconds; the rest are counted, and the next line of
+    that key says how many were not logged. Time is passed in."""
+
+    def __init__(self, interval: float, what: str) -> None:
+        self.interval = interval
+        self.what = what  # "failures from this address": what was not logged
+        self._last: dict[str, tuple[float, int]] = {}  # key -> (logged at, suppressed)
+
+    def line(self, key: str, line: str, now: float) -> str | None:
+        """The line to log now (with how many were suppressed), or None."""
+        logged_at, suppressed = self._last.get(key, (float("-inf"), 0))
+        if now - logged_at < self.interval:
+            self._last[key] = (logged_at, suppressed + 1)
+            return None
+        if len(self._last) >= MAX_KEYS:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        if suppressed:
+            return f"{line} ({suppressed} more {self.what} not logged)"
+        return line
+
+    def log(self, logger: logging.Logger, level: int, key: str, line: str, now: float) -> None:
+        """Log ``line`` at ``level`` if ``key`` may have a line now."""
+        shown = self.line(key, line, now)
+        if shown is not None:
+            logger.log(level, "%s", shown)

@@ -41,8 +41,8 @@ from relay.errors import ADDRESS_IN_USE, RelayError, StartupError
 from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
 from relay.spool.router import Router
-from relay.stats import Counters
-from relay.tls.stream import ByteStream, FailureLog, TlsAcceptor, as_byte_stream
+from relay.stats import Counters, LogLimit
+from relay.tls.stream import ByteStream, TlsAcceptor, as_byte_stream
 from relay.tls.stream import aclose as tls_aclose
 
 log = logging.getLogger("relay.input")
@@ -112,9 +112,9 @@ class TcpInput:
         self._connections: dict[Connection, None] = {}
         # tls:// and relp+tls://: the handshake before the session (open() builds it).
         self.tls: TlsAcceptor | None = None
-        self._full_log = FailureLog(FULL_LOG_INTERVAL, "connections turned away")
-        self._idle_log = FailureLog(FULL_LOG_INTERVAL, "idle connections closed")
-        self._fault_log = FailureLog(FAULT_LOG_INTERVAL, "sessions ended by this error")
+        self._full_log = LogLimit(FULL_LOG_INTERVAL, "connections turned away")
+        self._idle_log = LogLimit(FULL_LOG_INTERVAL, "idle connections closed")
+        self._fault_log = LogLimit(FAULT_LOG_INTERVAL, "sessions ended by this error")
 
     @property
     def active(self) -> int:
@@ -203,14 +203,14 @@ class TcpInput:
         return True
 
     def _say_full(self, peer: str, what: str) -> None:
-        line = self._full_log.line(
+        self._full_log.log(
+            log,
+            logging.WARNING,
             "full",
             f"input {self.config.name}: {self.config.max_connections} connections open "
             f"(max_connections); a connection from {peer} came: {what}",
             trio.current_time(),
         )
-        if line is not None:
-            log.warning("%s", line)
 
     async def _serve_connection(self, stream: trio.SocketStream, connection: Connection) -> None:
         """The TLS handshake (if any) and the session, under the guard: whatever
@@ -235,15 +235,15 @@ class TcpInput:
         """A session ended by an error nobody handled: count, one line (rate-limited)."""
         self.counters.add("session_errors")
         ours = isinstance(exc, RelayError)  # a protocol error we raised on purpose
-        line = self._fault_log.line(
+        self._fault_log.log(
+            log,
+            logging.ERROR,
             type(exc).__name__,
             f"input {self.config.name}: connection from {peer} closed on an error: "
             f"{type(exc).__name__}: {exc}"
             + ("" if ours else " (a bug in relay; the traceback is logged at debug level)"),
             trio.current_time(),
         )
-        if line is not None:
-            log.error("%s", line)
         if not ours:
             log.debug("input %s: the error's traceback:", self.config.name, exc_info=exc)
 
@@ -342,14 +342,14 @@ class TcpInput:
         if not connection.closing:  # not evicted: the idle timeout
             connection.closing = "idle"
             self.counters.add("idle_timeouts")
-            line = self._idle_log.line(
+            self._idle_log.log(
+                log,
+                logging.INFO,
                 "idle",
                 f"input {self.config.name}: closed the connection from {connection.peer}: "
                 f"it sent nothing for {timeout:g} s (idle_timeout)",
                 trio.current_time(),
             )
-            if line is not None:
-                log.info("%s", line)
         return b""
 
 

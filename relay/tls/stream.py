@@ -22,7 +22,7 @@ from typing import Any, Protocol, cast
 import trio
 
 from relay.errors import ConfigError, StartupError
-from relay.stats import Counters
+from relay.stats import Counters, LogLimit
 from relay.tls.certs import CertificateInfo, expiry_warnings
 from relay.tls.context import ReloadableContext, TlsProfile
 from relay.tls.failures import (
@@ -47,8 +47,8 @@ HANDSHAKE_TIMEOUT = 10.0
 # seconds (a new kind of failure from the same host is news); the rest are
 # counted and the number is given with the next line.
 FAILURE_LOG_INTERVAL = 60.0
-# Remembered peer addresses (for the rate limit) and peer certificate
-# fingerprints (warned about once); past this many the memory starts afresh.
+# Remembered peer certificate fingerprints (warned about once); past this
+# many the memory starts afresh.
 MAX_REMEMBERED = 10_000
 # Over TLS 1.3 a client finishes its handshake before the server has checked
 # the client's certificate (RFC 8446 §4.4.4): a refusal (an alert, or
@@ -196,31 +196,6 @@ class PeerCertificates:
             log.warning("tls: %s", line)
 
 
-class FailureLog:
-    """At most one line per key (here: address and category) per ``interval``;
-    counts the rest and says how many with the next line of that key."""
-
-    def __init__(
-        self, interval: float = FAILURE_LOG_INTERVAL, what: str = "failures from this address"
-    ) -> None:
-        self.interval = interval
-        self.what = what
-        self._last: dict[str, tuple[float, int]] = {}  # address -> (logged at, suppressed)
-
-    def line(self, address: str, line: str, now: float) -> str | None:
-        """The line to log now (with how many were suppressed), or None."""
-        logged_at, suppressed = self._last.get(address, (float("-inf"), 0))
-        if now - logged_at < self.interval:
-            self._last[address] = (logged_at, suppressed + 1)
-            return None
-        if len(self._last) >= MAX_REMEMBERED:
-            self._last.clear()
-        self._last[address] = (now, 0)
-        if suppressed:
-            return f"{line} ({suppressed} more {self.what} not logged)"
-        return line
-
-
 class TlsAcceptor:
     """The TLS side of one listener."""
 
@@ -229,7 +204,7 @@ class TlsAcceptor:
         self.profile = profile
         self.counters = counters
         self.context = context_for(profile, server_side=True, what=f"input {name}")
-        self.failures = FailureLog()
+        self.failures = LogLimit(FAILURE_LOG_INTERVAL, "failures from this address")
         self.peers = PeerCertificates(profile.expiry_warning_days)
 
     async def accept(self, stream: trio.SocketStream, peer: str) -> trio.SSLStream[Any] | None:
@@ -249,9 +224,13 @@ class TlsAcceptor:
         count_failure(self.counters, failure)
         address = peer.rpartition(":")[0] or peer
         key = f"{address} {failure.category.value}"
-        line = self.failures.line(key, failure.line, trio.current_time())
-        if line is not None:
-            log.warning("input %s: %s [%s]", self.name, line, failure.category.value)
+        self.failures.log(
+            log,
+            logging.WARNING,
+            key,
+            f"input {self.name}: {failure.line} [{failure.category.value}]",
+            trio.current_time(),
+        )
         await aclose(ssl_stream)
         return None
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay.stats import Counters
+from relay.stats import Counters, LogLimit
 from relay.tls.certs import CertificateInfo
 from relay.tls.context import ReloadableContext
 from relay.tls.profile import TlsProfile
 from relay.tls.stream import (
     COUNTERS,
-    FailureLog,
     HandshakeError,
     PeerCertificates,
     TlsAcceptor,
@@ -27,7 +26,7 @@ from tests.certs import CertificateAuthority
 
 
 def test_failure_log_one_line_per_interval_then_the_count() -> None:
-    failures = FailureLog(interval=60)
+    failures = LogLimit(60, "failures from this address")
     assert failures.line("10.0.0.5 unknown_ca", "x", now=0) == "x"
     assert failures.line("10.0.0.5 unknown_ca", "x", now=30) is None
     assert failures.line("10.0.0.6 unknown_ca", "y", now=30) == "y"
