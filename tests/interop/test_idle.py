@@ -62,7 +62,8 @@ url = "tcp://127.0.0.1:{collector.tcp_port}"
         with RsyslogSender(tmp_path, action) as sender:
             for round_ in range(3):  # a burst, then quiet until relay closes the connection
                 sender.send_lines(line(round_ * 10 + i) for i in range(10))
-                wait_until(lambda r=round_: len(collector.seqs()) >= (r + 1) * 10, 20)
+                sent = (round_ + 1) * 10
+                wait_until(lambda: len(collector.seqs()) >= sent, 20)  # noqa: B023
                 wait_until(
                     lambda: established(port) == 0,
                     20,
