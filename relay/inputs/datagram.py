@@ -32,7 +32,7 @@ from relay.errors import ADDRESS_IN_USE, StartupError
 from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, utf8_cut
 from relay.spool.router import Router
-from relay.stats import Counters
+from relay.stats import Counters, LogLimit
 
 log = logging.getLogger("relay.input")
 
@@ -50,7 +50,16 @@ MAX_DATAGRAM = 65_507
 # Linux's SO_RCVBUFFORCE (asm-generic/socket.h); the socket module lacks the name.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
-COUNTERS = ("received", "bytes", "truncated", "dropped_oversize")
+COUNTERS = (
+    "received",
+    "bytes",
+    "truncated",
+    "dropped_oversize",
+    # queueing failed on an error the input did not handle (a bug; logged)
+    "handler_errors",
+)
+# Lines about such errors: one per kind per this many seconds.
+FAULT_LOG_INTERVAL = 60.0
 
 
 class DatagramInput:
@@ -63,6 +72,7 @@ class DatagramInput:
         self.sock: socket.socket | None = None
         self.address: str = config.endpoint.url
         self._scope = trio.CancelScope()
+        self._fault_log = LogLimit(FAULT_LOG_INTERVAL, "errors like it not logged")
 
     def open(self) -> None:
         """Create and bind the socket; StartupError with one clear line on failure."""
@@ -118,6 +128,21 @@ class DatagramInput:
         with self._scope:
             await self._serve()
 
+    def _fault(self, exc: Exception, count: int) -> None:
+        """An error nobody handled while queueing: counted, logged (once a minute
+        per kind), and the input goes on receiving."""
+        self.counters.add("handler_errors")
+        self._fault_log.log(
+            log,
+            logging.ERROR,
+            type(exc).__name__,
+            f"input {self.config.name}: {count} datagrams not queued after an error: "
+            f"{type(exc).__name__}: {exc} (a bug in relay; the traceback is logged at debug "
+            "level)",
+            trio.current_time(),
+        )
+        log.debug("input %s: the error's traceback:", self.config.name, exc_info=exc)
+
     async def _serve(self) -> None:
         sock = self.sock
         assert sock is not None
@@ -170,9 +195,12 @@ class DatagramInput:
                 now = time.time()
                 counters.add("received", count)
                 counters.add("bytes", nbytes)
-                for peer, messages in groups.items():
-                    batch = Batch(messages, received=now, peer=_peer_name(peer), input=name)
-                    put_nowait(batch)  # a full spool counts its own drops
+                try:
+                    for peer, messages in groups.items():
+                        batch = Batch(messages, received=now, peer=_peer_name(peer), input=name)
+                        put_nowait(batch)  # a full spool counts its own drops
+                except Exception as exc:  # the guard: this wake-up's datagrams, not the input
+                    self._fault(exc, count)
                 await trio.lowlevel.checkpoint()
         finally:
             sock.close()

@@ -12,6 +12,7 @@ import trio.testing
 from relay.config import Endpoint, InputConfig
 from relay.errors import StartupError
 from relay.inputs import datagram
+from relay.message import Batch
 from relay.outputs import delivery
 from relay.protocol.framing import OversizePolicy
 from relay.spool.router import Route, Router
@@ -130,3 +131,31 @@ def test_udp_port_in_use_is_a_startup_error() -> None:
         port = busy.getsockname()[1]
         with pytest.raises(StartupError, match=f"udp://127.0.0.1:{port}: address already in use"):
             make_input(memory_spool(), Endpoint("udp", "127.0.0.1", port))
+
+
+async def test_an_error_while_queueing_loses_that_wake_up_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spool = memory_spool()
+    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0))
+    port = int(dgram.address.rsplit(":", 1)[1])
+    put_nowait = dgram.router.put_nowait
+
+    def put_or_fail(batch: Batch) -> int:
+        if b"<13>boom" in batch.messages:
+            raise RuntimeError("injected")
+        return put_nowait(batch)
+
+    dgram.router.put_nowait = put_or_fail  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dgram.serve)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for message in (b"<13>before", b"<13>boom", b"<13>boom"):
+                client.sendto(message, ("127.0.0.1", port))
+                await await_until(lambda: dgram.counters["received"] >= 1, 5)
+            await await_until(lambda: dgram.counters["handler_errors"] >= 1, 5)
+            client.sendto(b"<13>after", ("127.0.0.1", port))
+            await wait_for(spool, 2)
+        nursery.cancel_scope.cancel()
+    assert queued(spool) == [b"<13>before", b"<13>after"]
+    assert "datagrams not queued after an error: RuntimeError: injected" in caplog.text
