@@ -1,0 +1,493 @@
+"""Redaction: masking secrets in a batch's messages before they leave.
+
+A :class:`Redactor` holds an ordered list of :class:`Rule` values and turns a
+batch's messages (``list[bytes]``) into the messages to forward, plus how many
+replacements each rule made. It works on bytes and never decodes MSG.
+
+Built-in rules (:data:`BUILTIN`, by name) and what they write:
+
+``card``
+    A payment card number: 13-19 digits, contiguous or in groups of 4 (or
+    Amex's 4-6-5) split by one space or dash, first digit 2-6 (the card
+    brands' ranges; a 13-digit epoch in milliseconds starts with 1), masked
+    only when the Luhn check passes: every digit but the last 4 becomes ``*``,
+    separators stay (``4111 1111 1111 1111`` -> ``**** **** **** 1111``).
+``credentials``
+    The value after a key ending in ``password``, ``passwd``, ``pwd``,
+    ``secret`` or ``token`` (any case, e.g. ``db_password``, ``client_secret``)
+    in ``key=value``, ``key: value``, URL query (``?password=x&``) and JSON
+    (``"password": "x"``) forms becomes ``***`` (quotes kept); the password
+    of a URL's userinfo too (``ftp://bob:x@host`` -> ``ftp://bob:***@host``).
+``bearer``
+    ``Bearer <token68>`` (as in ``Authorization: Bearer ...``) -> ``Bearer ***``.
+``aws_key``
+    An AWS access key id (``AKIA``/``ASIA`` and 16 upper-case letters or
+    digits): the 16 become ``*``, the prefix that says its kind stays.
+``email``
+    ``local@domain.tld`` -> ``***@domain.tld``.
+``ipv4``, ``ipv6``
+    As rsyslog's mmanon in its default ``zero`` mode: the low ``bits`` of
+    the address become zero (defaults 16 and 96, mmanon's ``ipv4.bits`` and
+    ``ipv6.bits``), ``10.1.12.123`` -> ``10.1.0.0``. An IPv6 address comes
+    out in mmanon's normalized form (8 groups, no ``::``, no leading zeros,
+    lower case; an embedded IPv4 stays dotted, its bits zeroed the same way):
+    ``2001:DB8::8a2e:370:7334`` -> ``2001:db8:0:0:0:0:0:0``.
+
+Custom rules (:func:`custom_rule`) are a regular expression and a
+replacement template, as ``re.sub`` reads it (``\\1``, ``\\g<name>``).
+
+Where a rule applies: MSG only, by default. For RFC 5424 that is what follows
+STRUCTURED-DATA, so the header and the structured data are forwarded byte for
+byte; a rule with ``structured_data=True`` is also applied to every
+PARAM-VALUE (unescaped, redacted, escaped again per §6.3.3), and the
+``credentials`` rule then masks the whole value of a PARAM-NAME that is a
+secret key. For RFC 3164, MSG is what follows the TAG. A message that is
+neither (no PRI) is redacted whole. A message whose RFC 5424 structured data
+does not parse is redacted after the PRI: a secret in a broken message is
+still a secret.
+
+Cost: a message is first folded (one ``bytes.translate``) and searched for
+each rule's markers (plain substring searches, no regular expression: a
+combined pre-check regex cost 3.5 times as much on a clean 300-byte
+message); only the rules whose markers are present run, on MSG. A
+message that wakes no rule comes back as the same object. A custom rule has
+no markers: its own regular expression is its pre-check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+
+from relay.errors import ConfigError, ParseError
+from relay.protocol import rfc3164
+from relay.protocol.syslog import parse_pri
+
+__all__ = [
+    "BUILTIN",
+    "DEFAULT_IPV4_BITS",
+    "DEFAULT_IPV6_BITS",
+    "Redactor",
+    "Rule",
+    "builtin_rule",
+    "custom_rule",
+    "redactor",
+]
+
+# mmanon's defaults: "what German data privacy rules consider as being
+# sufficiently anonymized" (rsyslog doc, mmanon ipv4.bits / ipv6.bits).
+DEFAULT_IPV4_BITS = 16
+DEFAULT_IPV6_BITS = 96
+
+MASK = b"***"
+
+# What the markers are searched in: case and digit values do not matter.
+FOLD = bytes(range(256)).translate(
+    bytes.maketrans(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", b"abcdefghijklmnopqrstuvwxyz0000000000"
+    )
+)
+
+Replace = Callable[["re.Match[bytes]"], bytes]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule:
+    """One redaction: where ``pattern`` matches, ``replace`` writes the mask.
+
+    The rule runs on a message only when it wakes: one of ``markers`` is in
+    the message folded by :data:`FOLD` (ASCII letters lower case, every digit
+    ``0``), or it has at least ``colons`` colons (when nonzero), or (a custom
+    rule, which has no markers) ``pattern`` finds something in it. Markers are
+    plain substring searches: a clean message costs no regular expression.
+    ``structured_data`` applies the rule to RFC 5424 PARAM-VALUEs too.
+    ``secret_params`` (``credentials`` only): PARAM-NAMEs whose whole value
+    is masked when ``structured_data`` is on.
+    """
+
+    name: str
+    pattern: re.Pattern[bytes]
+    replace: Replace | bytes
+    markers: tuple[bytes, ...] = ()
+    colons: int = 0
+    structured_data: bool = False
+    secret_params: re.Pattern[bytes] | None = None
+
+
+# --- built-in rules --------------------------------------------------------------
+
+_CARD = re.compile(
+    rb"(?<![\d.])(?:"
+    rb"[2-6]\d{12,18}"  # contiguous
+    rb"|[2-6]\d{3}([ -])\d{4}\1\d{4}\1\d{1,7}"  # 4-4-4-x (Visa, MasterCard, ...)
+    rb"|3\d{3}([ -])\d{6}\2\d{5}"  # 4-6-5 (American Express, Diners)
+    rb")(?!\d|\.\d)"
+)
+
+
+def _luhn(digits: bytes) -> bool:
+    total = 0
+    for index, octet in enumerate(reversed(digits)):
+        value = octet - 0x30
+        if index % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _mask_card(match: re.Match[bytes]) -> bytes:
+    text = match.group()
+    digits = bytes(octet for octet in text if 0x30 <= octet <= 0x39)
+    if not 13 <= len(digits) <= 19 or not _luhn(digits):
+        return text
+    keep = len(digits) - 4
+    out = bytearray(text)
+    seen = 0
+    for index, octet in enumerate(out):
+        if 0x30 <= octet <= 0x39:
+            if seen < keep:
+                out[index] = 0x2A  # "*"
+            seen += 1
+    return bytes(out)
+
+
+_SECRET_KEY = rb"[\w.-]*(?:password|passwd|pwd|secret|token)"
+_CREDENTIALS = re.compile(
+    # JSON: "db_password": "value" (escapes inside the value kept in the match)
+    rb'(?P<jk>"' + _SECRET_KEY + rb'"\s*:\s*")(?:[^"\\]|\\.)*(?=")'
+    # key=value, key: value, ?key=value&; a quoted value keeps its quotes
+    rb"|(?P<kk>(?<![\w.-])" + _SECRET_KEY + rb"\s*[=:]\s*)"
+    rb"(?:(?P<q>[\"'])(?:(?!(?P=q)).)*(?=(?P=q))|[^\s&,;\"'<>]+)"
+    # URL userinfo: scheme://user:password@
+    rb"|(?P<uk>://[^\s:/@]+:)[^\s/@]+(?=@)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _mask_credentials(match: re.Match[bytes]) -> bytes:
+    lead = match.group("jk") or match.group("kk") or match.group("uk") or b""
+    quote = match.group("q") or b""
+    return lead + quote + MASK
+
+
+_BEARER = re.compile(rb"(?<![\w-])(Bearer\s+)[\w.~+/-]+=*", re.IGNORECASE)
+_AWS_KEY = re.compile(rb"(?<![0-9A-Z])(A[KS]IA)[0-9A-Z]{16}(?![0-9A-Z])")
+_EMAIL = re.compile(
+    rb"(?<![\w.%+-])[\w.%+-]+@((?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63})(?![\w-])"
+)
+_IPV4 = re.compile(rb"(?<![\w.])\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w]|\.\d)")
+# A candidate only: ipaddress decides (it knows "::", zone-less embedded IPv4, ...).
+_IPV6 = re.compile(
+    rb"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]*[0-9A-Fa-f:]"
+    rb"(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})?(?![\w:]|\.\d)"
+)
+
+
+def _ipv4_masker(bits: int) -> Replace:
+    keep = ~((1 << bits) - 1) & 0xFFFFFFFF
+
+    def mask(match: re.Match[bytes]) -> bytes:
+        octets = match.group().split(b".")
+        if any(int(octet) > 255 for octet in octets):
+            return match.group()
+        value = int.from_bytes(bytes(int(octet) for octet in octets), "big") & keep
+        return b".".join(b"%d" % octet for octet in value.to_bytes(4, "big"))
+
+    return mask
+
+
+def _ipv6_masker(bits: int) -> Replace:
+    keep = ~((1 << bits) - 1) & ((1 << 128) - 1)
+
+    def mask(match: re.Match[bytes]) -> bytes:
+        text = match.group()
+        try:
+            address = ipaddress.IPv6Address(text.decode("ascii"))
+        except ValueError:
+            return text
+        value = int(address) & keep
+        if b"." in text:  # embedded IPv4 stays dotted (mmanon's embeddedIpv4)
+            groups = [b"%x" % ((value >> (112 - 16 * i)) & 0xFFFF) for i in range(6)]
+            tail = b".".join(b"%d" % octet for octet in (value & 0xFFFFFFFF).to_bytes(4, "big"))
+            return b":".join(groups) + b":" + tail
+        return b":".join(b"%x" % ((value >> (112 - 16 * i)) & 0xFFFF) for i in range(8))
+
+    return mask
+
+
+def builtin_rule(
+    name: str,
+    *,
+    ipv4_bits: int = DEFAULT_IPV4_BITS,
+    ipv6_bits: int = DEFAULT_IPV6_BITS,
+    structured_data: bool = False,
+) -> Rule:
+    """The built-in rule ``name`` (one of :data:`BUILTIN`); raises ValueError."""
+    sd = structured_data
+    if name == "card":
+        markers: tuple[bytes, ...] = (b"0" * 13, b"0000 0000", b"0000-0000")
+        return Rule(name, _CARD, _mask_card, markers, structured_data=sd)
+    if name == "credentials":
+        secret = re.compile(_SECRET_KEY + rb"\Z", re.IGNORECASE)
+        markers = (b"pass", b"pwd", b"secret", b"token", b"://")
+        return Rule(name, _CREDENTIALS, _mask_credentials, markers, 0, sd, secret)
+    if name == "bearer":
+        return Rule(name, _BEARER, rb"\1***", (b"bearer",), structured_data=sd)
+    if name == "aws_key":
+        return Rule(name, _AWS_KEY, rb"\1****************", (b"akia", b"asia"), 0, sd)
+    if name == "email":
+        return Rule(name, _EMAIL, rb"***@\1", (b"@",), structured_data=sd)
+    if name == "ipv4":
+        if not 0 <= ipv4_bits <= 32:
+            raise ValueError(f"ipv4 bits must be 0-32, not {ipv4_bits}")
+        markers = (b".0.0", b".00.0", b".000.0")  # \d.\d{1,3}.\d, folded
+        return Rule(name, _IPV4, _ipv4_masker(ipv4_bits), markers, structured_data=sd)
+    if name == "ipv6":
+        if not 0 <= ipv6_bits <= 128:
+            raise ValueError(f"ipv6 bits must be 0-128, not {ipv6_bits}")
+        # Every IPv6 address has "::" or 7 colons (6 before an embedded IPv4):
+        # a time of day (12:34:56) does not wake the rule.
+        return Rule(name, _IPV6, _ipv6_masker(ipv6_bits), (b"::",), 6, sd)
+    raise ValueError(f"unknown redaction rule {name!r} (built-in: {', '.join(BUILTIN)})")
+
+
+# In the order a Redactor should apply them: ipv6 before ipv4 (an embedded
+# IPv4 is the IPv6 rule's), credentials before email (user:pw@host).
+BUILTIN = ("credentials", "bearer", "aws_key", "card", "email", "ipv6", "ipv4")
+
+
+def custom_rule(
+    name: str, pattern: str, replacement: str, *, structured_data: bool = False
+) -> Rule:
+    """A rule from config values: ``pattern`` (Python ``re`` syntax) -> ``replacement``.
+
+    Raises :class:`ConfigError` naming the position in the pattern of a
+    syntax error, or a replacement that refers to a group the pattern lacks.
+    """
+    source = pattern.encode("utf-8")
+    try:
+        compiled = re.compile(source)
+    except re.error as exc:
+        where = f" at position {exc.pos}" if exc.pos is not None else ""
+        raise ConfigError(f"bad regular expression{where}: {exc.msg}", key=name) from None
+    template = replacement.encode("utf-8")
+    try:
+        compiled.sub(template, b"")  # parses the template: a bad group reference raises
+    except (re.error, IndexError) as exc:
+        raise ConfigError(f"bad replacement: {exc}", key=name) from None
+    return Rule(name, compiled, template, structured_data=structured_data)
+
+
+# --- where MSG starts ------------------------------------------------------------
+
+# rfc3164's year inference needs a "now"; MSG's start does not depend on it
+# except for Feb 29, which a leap year accepts.
+_LEAP_YEAR = datetime(2000, 6, 1, tzinfo=UTC)
+
+
+def _rfc5424_sd_start(raw: bytes, pos: int) -> int:
+    """Index of STRUCTURED-DATA after ``VERSION SP`` at ``pos``, or -1."""
+    for _ in range(5):  # TIMESTAMP HOSTNAME APP-NAME PROCID MSGID
+        space = raw.find(b" ", pos)
+        if space <= pos:
+            return -1
+        pos = space + 1
+    return pos
+
+
+def _sd_end(raw: bytes, pos: int, values: list[tuple[int, int, int, int]] | None) -> int:
+    """Index just after STRUCTURED-DATA at ``pos``, or -1 if it is malformed.
+
+    With ``values``, appends ``(name_start, name_end, value_start, value_end)``
+    of each SD-PARAM (the value's raw, escaped octets).
+    """
+    if raw[pos : pos + 1] == b"-":
+        return pos + 1
+    if raw[pos : pos + 1] != b"[":
+        return -1
+    end = len(raw)
+    while pos < end and raw[pos] == 0x5B:  # "["
+        pos += 1
+        while True:
+            stop = pos
+            while stop < end and raw[stop] not in b' ="]':
+                stop += 1
+            if stop >= end:
+                return -1
+            if raw[stop] == 0x5D:  # "]"
+                pos = stop + 1
+                break
+            if raw[stop] == 0x20:
+                pos = stop + 1
+                continue
+            if raw[stop : stop + 2] != b'="':
+                return -1
+            value = close = stop + 2
+            while True:
+                close = raw.find(b'"', close)
+                if close == -1:
+                    return -1
+                backslashes = 0
+                while raw[close - 1 - backslashes] == 0x5C:
+                    backslashes += 1
+                if backslashes % 2 == 0:
+                    break
+                close += 1
+            if values is not None:
+                values.append((pos, stop, value, close))
+            pos = close + 1
+    return pos
+
+
+def _msg_start(raw: bytes) -> int:
+    """Where MSG starts in ``raw`` (0 when there is no PRI)."""
+    try:
+        _, pos = parse_pri(raw)
+    except ParseError:
+        return 0
+    if raw[pos : pos + 2] == b"1 ":
+        sd = _rfc5424_sd_start(raw, pos + 2)
+        end = _sd_end(raw, sd, None) if sd != -1 else -1
+        if end == -1:
+            return pos
+        return end + 1 if raw[end : end + 1] == b" " else end
+    return len(raw) - len(rfc3164.parse(raw, now=_LEAP_YEAR).msg)
+
+
+def _unescape(value: bytes) -> bytes:
+    return re.sub(rb'\\([\\"\]])', rb"\1", value)
+
+
+def _escape(value: bytes) -> bytes:
+    return value.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"]", b"\\]")
+
+
+# --- the redactor ----------------------------------------------------------------
+
+
+class Redactor:
+    """Apply ``rules`` in order to the MSG part of each message of a batch."""
+
+    __slots__ = ("_sd_rules", "counts", "rules")
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        if len({rule.name for rule in rules}) != len(rules):
+            raise ValueError("redaction rule names must be unique")
+        self.rules = tuple(rules)
+        self.counts = dict.fromkeys((rule.name for rule in rules), 0)
+        self._sd_rules = tuple(rule for rule in rules if rule.structured_data)
+
+    def redact(self, messages: list[bytes]) -> list[bytes]:
+        """The messages with every secret masked; counts added to ``counts``.
+
+        Returns ``messages`` itself when nothing changed, and a clean message
+        as the same object.
+        """
+        out: list[bytes] | None = None
+        for index, raw in enumerate(messages):
+            new = self.redact_one(raw)
+            if new is not raw:
+                if out is None:
+                    out = list(messages)
+                out[index] = new
+        return messages if out is None else out
+
+    def redact_one(self, raw: bytes) -> bytes:
+        """One message, redacted (``raw`` itself when nothing matched)."""
+        folded = raw.translate(FOLD)
+        woken: list[Rule] = []
+        for rule in self.rules:
+            for marker in rule.markers:
+                if marker in folded:
+                    woken.append(rule)
+                    break
+            else:
+                if (rule.colons and raw.count(b":") >= rule.colons) or (
+                    not rule.markers and rule.pattern.search(raw) is not None
+                ):
+                    woken.append(rule)
+        if not woken:
+            return raw
+        start = _msg_start(raw)
+        head, msg = raw[:start], raw[start:]
+        changed = False
+        for rule in woken:
+            new, count = rule.pattern.subn(rule.replace, msg)
+            if count and self._count(rule, msg, new, count):
+                msg, changed = new, True
+        if self._sd_rules:
+            new_head = self._redact_sd(head)
+            if new_head is not head:
+                head, changed = new_head, True
+        if not changed:
+            return raw
+        return head + msg
+
+    def _count(self, rule: Rule, before: bytes, after: bytes, count: int) -> bool:
+        # A replacement that writes the same octets (a card failing Luhn, an
+        # address already zeroed) is not a redaction: count only real changes.
+        if after == before:
+            return False
+        if callable(rule.replace):
+            changes = 0
+            for match in rule.pattern.finditer(before):
+                changes += rule.replace(match) != match.group()
+            count = changes
+        self.counts[rule.name] += count
+        return True
+
+    def _redact_sd(self, head: bytes) -> bytes:
+        try:
+            _, pos = parse_pri(head)
+        except ParseError:
+            return head
+        if head[pos : pos + 2] != b"1 ":
+            return head
+        sd = _rfc5424_sd_start(head, pos + 2)
+        params: list[tuple[int, int, int, int]] = []
+        if sd == -1 or _sd_end(head, sd, params) == -1 or not params:
+            return head
+        parts: list[bytes] = []
+        last = 0
+        for name_start, name_end, value_start, value_end in params:
+            escaped = head[value_start:value_end]
+            value = _unescape(escaped)
+            new = self._redact_value(head[name_start:name_end], value)
+            if new != value:
+                parts += (head[last:value_start], _escape(new))
+                last = value_end
+        if not parts:
+            return head
+        parts.append(head[last:])
+        return b"".join(parts)
+
+    def _redact_value(self, name: bytes, value: bytes) -> bytes:
+        for rule in self._sd_rules:
+            if rule.secret_params is not None and rule.secret_params.match(name):
+                if value != MASK:
+                    self.counts[rule.name] += 1
+                    value = MASK
+                continue
+            new, count = rule.pattern.subn(rule.replace, value)
+            if count and new != value:
+                self._count(rule, value, new, count)
+                value = new
+        return value
+
+
+def redactor(
+    names: Iterable[str],
+    *,
+    ipv4_bits: int = DEFAULT_IPV4_BITS,
+    ipv6_bits: int = DEFAULT_IPV6_BITS,
+) -> Redactor:
+    """A Redactor of built-in rules by name, in :data:`BUILTIN`'s order."""
+    wanted = list(names)
+    for name in wanted:
+        if name not in BUILTIN:
+            raise ValueError(f"unknown redaction rule {name!r} (built-in: {', '.join(BUILTIN)})")
+    rules = [builtin_rule(n, ipv4_bits=ipv4_bits, ipv6_bits=ipv6_bits) for n in BUILTIN]
+    return Redactor([rule for rule in rules if rule.name in wanted])
