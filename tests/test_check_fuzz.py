@@ -30,7 +30,7 @@ INSERTS = [
     "-inf", "0x7fffffffffffffff", "true", "1979-05-27T07:32:00Z", "x" * 300, "\u00e9", "\ufeff",
 ]  # fmt: skip
 VALUES = [
-    '"/var/lib/relay\\u0000x"', '"/tmp/a\\nb"', '"/' + "d" * 300 + '"', '"/' + "p/" * 2100 + '"',
+    '"/srv/relay\\u0000x"', '"/tmp/a\\nb"', '"/' + "d" * 300 + '"', '"/' + "p/" * 2100 + '"',
     '"unix:///run/' + "s" * 120 + '"', '"unix:///run/\\u0000"', '"file:///var/log/\\u0000"',
     '"file:-"', '"unix:-"', '"tcp://a..b:514"', '"tcp://[::1"', '"tcp://[fe80::1%25x]:1"',
     '"tcp://a b:1"', '"udp://\\u0000:514"', '"tls://xn--:1"', '"relp+tls://h"', '"tcp://h:0"',
