@@ -1,4 +1,4 @@
-"""Decisions without I/O: back-off, which target takes the next batch, rate limits (next: filters).
+"""Decisions without I/O: back-off, target choice, selectors, rate limits, redaction.
 
 May import relay.config and below; never trio, socket, os or time (now is passed in).
 """
