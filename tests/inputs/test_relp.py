@@ -78,9 +78,13 @@ class Peer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         await sock.connect(("127.0.0.1", port))
         peer = cls(trio.SocketStream(sock), window)
-        await peer.stream.send_all(peer.client.open())
-        assert isinstance((await peer.next_events())[0], Opened)
+        await peer.open()
         return peer
+
+    async def open(self) -> None:
+        """Send open and wait for the server's 200."""
+        await self.stream.send_all(self.client.open())
+        assert isinstance((await self.next_events())[0], Opened)
 
     async def next_events(self) -> list[Event]:
         while True:
@@ -337,8 +341,7 @@ def assert_refused_as_relp_says(reply: bytes, orderly: bool, wire: bytes) -> Non
 async def good_sender(port: int, tls: TlsProfile | None, count: int, done: trio.Event) -> None:
     """A well-behaved client on its own connection: every message acked."""
     peer = Peer(await open_client(port, tls))
-    await peer.stream.send_all(peer.client.open())
-    assert isinstance((await peer.next_events())[0], Opened)
+    await peer.open()
     for start in range(0, count, 100):
         data, _ = peer.client.send([b"<13>good seq=%d" % i for i in range(start, start + 100)])
         await peer.stream.send_all(data)
@@ -402,11 +405,8 @@ async def test_messages_right_behind_the_open_in_one_write_are_taken() -> None:
         stand_in.receive_data(wire)
         client.receive_data(stand_in.accept_open())
         data, _ = client.send([b"<13>seq=%d" % i for i in range(100)])
-        await stream.send_all(wire + data + b"102 close 0\n")
-        reply = b""
-        with trio.fail_after(10):
-            while chunk := await stream.receive_some(65536):
-                reply += chunk
+        reply, orderly = await answers_until_closed(stream, [wire + data + b"102 close 0\n"])
+        assert orderly
         await stream.aclose()
         nursery.cancel_scope.cancel()
     frames, error = decode(reply)
