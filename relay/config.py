@@ -756,7 +756,7 @@ class _Validator:
                 except SelectorError as exc:
                     self.error(
                         f"{key}.filter",
-                        f"{exc.message} at position {exc.position + 1} of {_shorten(text)!r}",
+                        f"{exc.message} at position {exc.position + 1} of {_shorten(text)}",
                     )
         inputs = None
         if "inputs" in table:
@@ -840,6 +840,8 @@ class _Validator:
             if "\n" in replace or "\0" in replace:
                 self.error(f"{at}.replace", "may not hold a newline or NUL (it splits a message)")
                 continue
+            if self.get(item, f"{at}.pattern", _regex, None) is None:
+                continue  # reported, with its position
             try:
                 rules.append(
                     redact.custom_rule(
@@ -896,8 +898,8 @@ def _find_header(lines: list[str], table: list[str]) -> int | None:
     want = ".".join(table)
     for i, line in enumerate(lines):
         stripped = line.strip()
-        if stripped.startswith("[") and not stripped.startswith("[["):
-            name = stripped[1:].split("]", 1)[0].strip()
+        if stripped.startswith("["):  # [table], or [[array.of.tables]]: its first
+            name = stripped.lstrip("[").split("]", 1)[0].strip()
             name = ".".join(p.strip().strip('"').strip("'") for p in name.split("."))
             if name == want:
                 return i
