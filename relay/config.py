@@ -756,7 +756,7 @@ class _Validator:
                 except SelectorError as exc:
                     self.error(
                         f"{key}.filter",
-                        f"{exc.message} at position {exc.position + 1} of {_shorten(text)!r}",
+                        f"{exc.message} at position {exc.position + 1} of {_shorten(text)}",
                     )
         inputs = None
         if "inputs" in table:
