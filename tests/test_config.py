@@ -597,6 +597,12 @@ def test_a_bad_selector_names_its_position() -> None:
             8,
             "bad regular expression at position 2: missing ), unterminated subpattern",
         ),
+        (
+            '[output.o.match]\nregex = "é(b"',
+            "match.regex",
+            8,
+            "at position 2:",
+        ),  # characters, not bytes
         ("[output.o.match]\nregex = 5", "match.regex", 8, "must be a regular expression string"),
         ('redact = ["nope"]', "redact", 7, "unknown rule 'nope' (built-in: credentials"),
         ('redact = "card"\nredact_ipv4_bits = 24', "redact_ipv4_bits", 8, 'with "ipv4" in redact'),
@@ -665,8 +671,8 @@ RULE = '[[output.o.redact_rule]]\nname = "{name}"\npattern = "{pattern}"\nreplac
         ),
         (
             '[[output.o.redact_rule]]\nname = "a"\npattern = "b"\nreplace = "\\\\2"',
-            "redact_rule.pattern",
-            "bad replacement",
+            "redact_rule.replace",
+            "rule 'a': bad replacement",
         ),
         (RULE.format(name="a", pattern="b") + "colour = 1", "redact_rule.colour", "unknown"),
     ],
@@ -675,3 +681,42 @@ def test_redaction_rule_mistakes(extra: str, key: str, says: str) -> None:
     error = routing_error(extra + "\n")
     assert error.key == f"output.o.{key}", str(error)
     assert says in error.message
+
+
+@pytest.mark.parametrize(
+    ("item", "key"),
+    [
+        ('name = "a"\npattern = 123\nreplace = "x"', "pattern"),
+        ('name = 5\npattern = "b"\nreplace = "x"', "name"),
+        ('name = "a"\npattern = "b"\nreplace = true', "replace"),
+    ],
+)
+def test_a_redaction_rule_takes_strings_only(item: str, key: str) -> None:
+    # Not str(123): a pattern of digits the operator did not write as one.
+    error = routing_error(f"[[output.o.redact_rule]]\n{item}\n")
+    assert error.key == f"output.o.redact_rule.{key}"
+    assert "must be a string" in error.message
+
+
+def test_a_redaction_rule_mistake_points_at_its_own_line() -> None:
+    text = """\
+        [[output.o.redact_rule]]
+        name = "a"
+        pattern = "ok"
+        replace = "x"
+
+        [[output.o.redact_rule]]
+        name = "b"
+        replace = "x"
+        pattern = "a(b"
+        """
+    error = routing_error(text)  # line 7 is the first [[output.o.redact_rule]]
+    assert (error.key, error.line) == ("output.o.redact_rule.pattern", 15), str(error)
+    # The same position a [output.NAME.match] regex names: the "(" is the 2nd character.
+    assert error.message == (
+        "rule 'b': bad regular expression at position 2: missing ), unterminated subpattern"
+    )
+    error = routing_error(text.replace('pattern = "a(b"\n', ""))  # rule 2 needs pattern
+    assert (error.key, error.line) == ("output.o.redact_rule", 12), str(error)
+    error = routing_error(text.replace("a(b", "a(b)") + "colour = 1\n")
+    assert (error.key, error.line) == ("output.o.redact_rule.colour", 16), str(error)
