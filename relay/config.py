@@ -502,9 +502,11 @@ class _Validator:
         self.profiles = self.tls_profiles(data)
         inputs = tuple(self.endpoints(data, "input", self.input))
         outputs = tuple(self.endpoints(data, "output", self.output))
+        # Every [input.NAME] written, even one with mistakes (reported already).
+        input_names = set(self.table(data, "input"))
         for output in outputs:
             self.spool_name(output)
-            self.routed_inputs(output, {i.name for i in inputs})
+            self.routed_inputs(output, input_names)
         if not self.table(data, "input"):
             self.error("input", "no inputs: add at least one [input.NAME] table with a url")
         if not self.table(data, "output"):

@@ -618,6 +618,14 @@ def test_routing_mistakes_name_key_and_line(extra: str, key: str, line: int, say
     assert says in error.message
 
 
+def test_inputs_may_name_an_input_with_mistakes_of_its_own() -> None:
+    # One mistake, in the input: not a second one saying it does not exist.
+    text = ROUTED.replace("udp://127.0.0.1:514", "udpp://127.0.0.1:514") + 'inputs = "lan"\n'
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(text)
+    assert [e.key for e in caught.value.errors] == ["input.lan.url"]
+
+
 def test_redaction_rules_in_order_with_their_options() -> None:
     out = routed("""\
         redact = ["ipv4", "email"]
