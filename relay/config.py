@@ -19,6 +19,7 @@ must not silently fall back to a default.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import ipaddress
@@ -26,7 +27,7 @@ import os
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -428,6 +429,8 @@ class _Validator:
         self.source = source
         self.errors: list[ConfigError] = []
         self.profiles: dict[str, TlsProfile | None] = {}
+        # While one table of an array of tables is read: its key and index.
+        self._array_table: tuple[str, int] | None = None
 
     def error(self, key: str, message: str) -> None:
         # A table name or a value quoted back may hold a newline ("\n" in TOML):
@@ -441,8 +444,20 @@ class _Validator:
             )
         )
 
+    @contextlib.contextmanager
+    def array_table(self, key: str, index: int) -> Iterator[None]:
+        """Mistakes under ``key`` point at the ``index``-th ``[[key]]`` table."""
+        self._array_table = (key, index)
+        try:
+            yield
+        finally:
+            self._array_table = None
+
     def line_of(self, key: str) -> int | None:
         """Best-effort line of a dotted key: its table header, then the key under it."""
+        in_array = self._line_in_array_table(key)
+        if in_array is not None:
+            return in_array
         parts = key.split(".")
         for split in range(len(parts), 0, -1):
             table, leaf = parts[:split], parts[split:]
@@ -459,6 +474,20 @@ class _Validator:
                 return found + 1
         return None
 
+    def _line_in_array_table(self, key: str) -> int | None:
+        """The line of ``key`` in the ``[[table]]`` being read, if it is under it."""
+        if self._array_table is None:
+            return None
+        array, index = self._array_table
+        if key != array and not key.startswith(f"{array}."):
+            return None
+        header = _find_array_table(self.lines, array, index)
+        if header is None:  # written inline: redact_rule = [{...}]
+            return None
+        leaf = key[len(array) + 1 :].split(".")[0]
+        found = _find_key(self.lines, header + 1, leaf) if leaf else None
+        return (found if found is not None else header) + 1
+
     def config(self, data: dict[str, Any]) -> Config:
         for key in data:
             if key not in ("relay", "input", "output", "tls"):
@@ -473,9 +502,11 @@ class _Validator:
         self.profiles = self.tls_profiles(data)
         inputs = tuple(self.endpoints(data, "input", self.input))
         outputs = tuple(self.endpoints(data, "output", self.output))
+        # Every [input.NAME] written, even one with mistakes (reported already).
+        input_names = set(self.table(data, "input"))
         for output in outputs:
             self.spool_name(output)
-            self.routed_inputs(output, {i.name for i in inputs})
+            self.routed_inputs(output, input_names)
         if not self.table(data, "input"):
             self.error("input", "no inputs: add at least one [input.NAME] table with a url")
         if not self.table(data, "output"):
@@ -824,36 +855,47 @@ class _Validator:
                 f"must be tables ([[{key}.redact_rule]] with name, pattern and replace)",
             )
             custom = []
+        at = f"{key}.redact_rule"
         for index, item in enumerate(custom):
-            at = f"{key}.redact_rule"
-            self.unknown(item, at, REDACT_RULE_KEYS)
-            missing = [k for k in ("name", "pattern", "replace") if k not in item]
-            if missing:
-                self.error(at, f"rule {index + 1} needs {', '.join(missing)}")
-                continue
-            name = self.get(item, f"{at}.name", str, "")
-            pattern = self.get(item, f"{at}.pattern", str, "")
-            replace = self.get(item, f"{at}.replace", str, "")
-            if name in names or any(r.name == name for r in rules):
-                self.error(f"{at}.name", f"{name!r} is used twice: each rule needs its own name")
-                continue
-            if "\n" in replace or "\0" in replace:
-                self.error(f"{at}.replace", "may not hold a newline or NUL (it splits a message)")
-                continue
-            if self.get(item, f"{at}.pattern", _regex, None) is None:
-                continue  # reported, with its position
-            try:
-                rules.append(
-                    redact.custom_rule(
-                        name,
-                        pattern,
-                        replace,
-                        structured_data=self.get(item, f"{at}.structured_data", _bool, sd),
-                    )
-                )
-            except ConfigError as exc:
-                self.error(f"{at}.pattern", f"rule {name!r}: {exc.message}")
+            with self.array_table(at, index):
+                made = self.redaction_rule(at, index, item, names, rules, sd)
+            if made is not None:
+                rules.append(made)
         return tuple(rules)
+
+    def redaction_rule(
+        self,
+        at: str,
+        index: int,
+        item: Mapping[str, Any],
+        names: Collection[str],
+        rules: list[redact.Rule],
+        sd: bool,
+    ) -> redact.Rule | None:
+        """One ``[[output.NAME.redact_rule]]`` table (the ``index``-th)."""
+        self.unknown(item, at, REDACT_RULE_KEYS)
+        missing = [k for k in ("name", "pattern", "replace") if k not in item]
+        if missing:
+            self.error(at, f"rule {index + 1} needs {', '.join(missing)}")
+            return None
+        before = len(self.errors)
+        name = self.get(item, f"{at}.name", _text, "")
+        pattern = self.get(item, f"{at}.pattern", _text, "")
+        replace = self.get(item, f"{at}.replace", _text, "")
+        structured_data = self.get(item, f"{at}.structured_data", _bool, sd)
+        if len(self.errors) > before:
+            return None
+        if name in names or any(r.name == name for r in rules):
+            self.error(f"{at}.name", f"{name!r} is used twice: each rule needs its own name")
+            return None
+        if "\n" in replace or "\0" in replace:
+            self.error(f"{at}.replace", "may not hold a newline or NUL (it splits a message)")
+            return None
+        try:
+            return redact.custom_rule(name, pattern, replace, structured_data=structured_data)
+        except ConfigError as exc:
+            self.error(f"{at}.{exc.key}", f"rule {name!r}: {exc.message}")
+            return None
 
     def unknown(
         self,
@@ -903,6 +945,21 @@ def _find_header(lines: list[str], table: list[str]) -> int | None:
             name = ".".join(p.strip().strip('"').strip("'") for p in name.split("."))
             if name == want:
                 return i
+    return None
+
+
+def _find_array_table(lines: list[str], table: str, index: int) -> int | None:
+    """The line of the ``index``-th (0-based) ``[[table]]`` header, if there is one."""
+    seen = 0
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[["):
+            name = stripped[2:].split("]]", 1)[0]
+            name = ".".join(p.strip().strip('"').strip("'") for p in name.split("."))
+            if name == table:
+                if seen == index:
+                    return i
+                seen += 1
     return None
 
 
@@ -1018,6 +1075,12 @@ def _optional_path(value: Any) -> Path:
     return Path(_absolute_path(value))
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"must be a string in quotes, not {_kind(value)}")
+    return value
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"must be true or false, not {_kind(value)}")
@@ -1084,11 +1147,7 @@ def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
 def _regex(value: Any) -> re.Pattern[bytes]:
     if not isinstance(value, str):
         raise ValueError(f"must be a regular expression string, not {_kind(value)}")
-    try:
-        return re.compile(value.encode("utf-8"))
-    except re.error as exc:
-        where = f" at position {exc.pos + 1}" if exc.pos is not None else ""
-        raise ValueError(f"bad regular expression{where}: {exc.msg}") from None
+    return redact.compile_pattern(value)
 
 
 def _seconds(value: Any) -> float:

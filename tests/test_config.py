@@ -11,7 +11,8 @@ import pytest
 
 from relay import config
 from relay.config import Endpoint, parse_endpoint
-from relay.errors import ConfigErrors
+from relay.errors import ConfigError, ConfigErrors
+from relay.policy.redact import Redactor
 from relay.protocol import relp
 from relay.protocol.framing import Framing, OversizePolicy
 from relay.spool.settings import Durability, OnFull
@@ -500,3 +501,230 @@ def test_an_output_name_must_fit_its_spool_directory() -> None:
     assert "at most 255" in error.message
     # Without disk it has no spool directory.
     config.loads(text.format(name="o" * 256) + "disk_max_bytes = 0\n")
+
+
+# -- routing: filter, inputs, [output.NAME.match], redaction -----------------
+
+ROUTED = """\
+[input.lan]
+url = "udp://127.0.0.1:514"
+[input.app]
+url = "tcp://127.0.0.1:514"
+[output.o]
+url = "file:///var/log/o.log"
+"""  # the output's own keys start on line 7
+
+
+def routed(extra: str) -> config.OutputConfig:
+    (output,) = config.loads(ROUTED + textwrap.dedent(extra)).outputs
+    return output
+
+
+def routing_error(extra: str) -> ConfigError:
+    """The one mistake in ``extra``, as `relay check` would print it."""
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(ROUTED + textwrap.dedent(extra), source="r.toml")
+    (error,) = caught.value.errors
+    assert "\n" not in str(error)
+    return error
+
+
+def test_routing_keys_make_the_outputs_filter() -> None:
+    out = routed("""\
+        filter = "*.info;mail.none"
+        inputs = ["app"]
+        [output.o.match]
+        source = ["10.0.0.0/8", "2001:db8::1"]
+        hostname = "Web1.Example.NET"
+        app_name = ["sshd", "cron"]
+        msgid = "ID47"
+        contains = ["error", "fail"]
+        regex = "fail(ed|ure)"
+        """)
+    f = out.filter
+    assert f.selector is not None and f.selector.text == "*.info;mail.none"
+    # user.info (1*8+6) is selected, mail.info (2*8+6) and user.debug are not.
+    assert (f.selector.table[14], f.selector.table[22], f.selector.table[15]) == (1, 0, 0)
+    assert f.inputs == frozenset({"app"})
+    assert [str(n) for n in f.sources] == ["10.0.0.0/8", "2001:db8::1/128"]
+    assert f.hostnames == {"web1.example.net"}  # host names are case-insensitive
+    assert (f.app_names, f.msgids) == (frozenset({"sshd", "cron"}), frozenset({"ID47"}))
+    assert f.contains == (b"error", b"fail")
+    assert f.regex is not None and f.regex.pattern == b"fail(ed|ure)"
+    assert not f.takes_everything and f.per_message and f.per_message_fields
+    assert out.redact == ()
+
+
+def test_without_routing_keys_an_output_takes_everything() -> None:
+    out = routed("")
+    assert out.filter.takes_everything and not out.filter.per_message
+    assert out.redact == ()
+    # One input named as a string; "*.*" is no condition at all.
+    out = routed('inputs = "lan"\nfilter = "*.*"\n')
+    assert out.filter.inputs == frozenset({"lan"}) and not out.filter.per_message
+
+
+def test_a_bad_selector_names_its_position() -> None:
+    error = routing_error('filter = "mail.bogus"\n')
+    assert str(error) == (
+        "r.toml:7: output.o.filter: unknown priority name 'bogus' at position 6 of 'mail.bogus'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "line", "says"),
+    [
+        ('filter = ""', "filter", 7, "empty selector at position 1 of ''"),
+        ('filter = "mail.info "', "filter", 7, "unexpected character ' ' at position 10"),
+        ('filter = "local8.*"', "filter", 7, "found '8' at position 6 of 'local8.*'"),
+        ("filter = 5", "filter", 7, "must be a selector string, not a number"),
+        ('filter = ["mail.*"]', "filter", 7, "must be a selector string, not a list"),
+        ('inputs = ["lan", "nope"]', "inputs", 7, "no [input.nope] (known: app, lan)"),
+        ("inputs = []", "inputs", 7, "is empty: the output would take nothing"),
+        ("inputs = 3", "inputs", 7, "must be a list of strings"),
+        ('match = "x"', "match", 7, "must be a table"),
+        ('[output.o.match]\ncolour = "red"', "match.colour", 8, "unknown setting"),
+        ('[output.o.match]\nsource = "10.0.0.300/8"', "match.source", 8, "not an IP address"),
+        ('[output.o.match]\nsource = ["::1", "lan"]', "match.source", 8, "'lan' is not an IP"),
+        ("[output.o.match]\nhostname = 5", "match.hostname", 8, "must be a list of strings"),
+        ("[output.o.match]\napp_name = [1]", "match.app_name", 8, "must be a list of strings"),
+        ("[output.o.match]\nmsgid = true", "match.msgid", 8, "must be a list of strings"),
+        ('[output.o.match]\ncontains = ""', "match.contains", 8, "may not hold an empty"),
+        ('[output.o.match]\ncontains = ["a", ""]', "match.contains", 8, "may not hold an empty"),
+        (
+            '[output.o.match]\nregex = "a(b"',
+            "match.regex",
+            8,
+            "bad regular expression at position 2: missing ), unterminated subpattern",
+        ),
+        (
+            '[output.o.match]\nregex = "é(b"',
+            "match.regex",
+            8,
+            "at position 2:",
+        ),  # characters, not bytes
+        ("[output.o.match]\nregex = 5", "match.regex", 8, "must be a regular expression string"),
+        ('redact = ["nope"]', "redact", 7, "unknown rule 'nope' (built-in: credentials"),
+        ('redact = "card"\nredact_ipv4_bits = 24', "redact_ipv4_bits", 8, 'with "ipv4" in redact'),
+        ("redact_ipv6_bits = 48", "redact_ipv6_bits", 7, 'only applies with "ipv6" in redact'),
+        ('redact = "ipv4"\nredact_ipv4_bits = 33', "redact_ipv4_bits", 8, "between 0 and 32"),
+        ('redact = "card"\nredact_structured_data = 1', "redact_structured_data", 8, "true or"),
+        ('redact_rule = "x"', "redact_rule", 7, "must be tables ([[output.o.redact_rule]]"),
+    ],
+)
+def test_routing_mistakes_name_key_and_line(extra: str, key: str, line: int, says: str) -> None:
+    error = routing_error(extra + "\n")
+    assert (error.key, error.line) == (f"output.o.{key}", line), str(error)
+    assert says in error.message
+
+
+def test_inputs_may_name_an_input_with_mistakes_of_its_own() -> None:
+    # One mistake, in the input: not a second one saying it does not exist.
+    text = ROUTED.replace("udp://127.0.0.1:514", "udpp://127.0.0.1:514") + 'inputs = "lan"\n'
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(text)
+    assert [e.key for e in caught.value.errors] == ["input.lan.url"]
+
+
+def test_redaction_rules_in_order_with_their_options() -> None:
+    out = routed("""\
+        redact = ["ipv4", "email"]
+        redact_ipv4_bits = 8
+        [[output.o.redact_rule]]
+        name = "session"
+        pattern = "session=(\\\\w+)"
+        replace = "session=***"
+        [[output.o.redact_rule]]
+        name = "pin"
+        pattern = "pin: \\\\d+"
+        replace = "pin: ****"
+        structured_data = true
+        """)
+    # Built-in rules in their own order (BUILTIN), then the custom ones as written.
+    assert [r.name for r in out.redact] == ["email", "ipv4", "session", "pin"]
+    assert out.redact[2].pattern.pattern == rb"session=(\w+)"
+    assert (out.redact[2].structured_data, out.redact[3].structured_data) == (False, True)
+    assert Redactor(out.redact).redact_one(b"<13>h a: 10.1.2.3 session=abc") == (
+        b"<13>h a: 10.1.2.0 session=***"  # the last 8 bits, as mmanon
+    )
+
+
+RULE = '[[output.o.redact_rule]]\nname = "{name}"\npattern = "{pattern}"\nreplace = "x"\n'
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "says"),
+    [
+        (
+            '[[output.o.redact_rule]]\nname = "a"\npattern = "b"',
+            "redact_rule",
+            "rule 1 needs replace",
+        ),
+        ("[[output.o.redact_rule]]\nreplace = 'b'", "redact_rule", "rule 1 needs name, pattern"),
+        (RULE.format(name="a", pattern="a(b"), "redact_rule.pattern", "rule 'a': bad regular"),
+        (
+            RULE.format(name="a", pattern="a") + RULE.format(name="a", pattern="b"),
+            "redact_rule.name",
+            "'a' is used twice",
+        ),
+        (
+            'redact = "email"\n' + RULE.format(name="email", pattern="@"),
+            "redact_rule.name",
+            "'email' is used twice",
+        ),
+        (
+            '[[output.o.redact_rule]]\nname = "a"\npattern = "b"\nreplace = "\\n"',
+            "redact_rule.replace",
+            "may not hold a newline",
+        ),
+        (
+            '[[output.o.redact_rule]]\nname = "a"\npattern = "b"\nreplace = "\\\\2"',
+            "redact_rule.replace",
+            "rule 'a': bad replacement",
+        ),
+        (RULE.format(name="a", pattern="b") + "colour = 1", "redact_rule.colour", "unknown"),
+    ],
+)
+def test_redaction_rule_mistakes(extra: str, key: str, says: str) -> None:
+    error = routing_error(extra + "\n")
+    assert error.key == f"output.o.{key}", str(error)
+    assert says in error.message
+
+
+@pytest.mark.parametrize(
+    ("item", "key"),
+    [
+        ('name = "a"\npattern = 123\nreplace = "x"', "pattern"),
+        ('name = 5\npattern = "b"\nreplace = "x"', "name"),
+        ('name = "a"\npattern = "b"\nreplace = true', "replace"),
+    ],
+)
+def test_a_redaction_rule_takes_strings_only(item: str, key: str) -> None:
+    # Not str(123): a pattern of digits the operator did not write as one.
+    error = routing_error(f"[[output.o.redact_rule]]\n{item}\n")
+    assert error.key == f"output.o.redact_rule.{key}"
+    assert "must be a string" in error.message
+
+
+def test_a_redaction_rule_mistake_points_at_its_own_line() -> None:
+    text = """\
+        [[output.o.redact_rule]]
+        name = "a"
+        pattern = "ok"
+        replace = "x"
+
+        [[output.o.redact_rule]]
+        name = "b"
+        replace = "x"
+        pattern = "a(b"
+        """
+    error = routing_error(text)  # line 7 is the first [[output.o.redact_rule]]
+    assert (error.key, error.line) == ("output.o.redact_rule.pattern", 15), str(error)
+    # The same position a [output.NAME.match] regex names: the "(" is the 2nd character.
+    assert error.message == (
+        "rule 'b': bad regular expression at position 2: missing ), unterminated subpattern"
+    )
+    error = routing_error(text.replace('pattern = "a(b"\n', ""))  # rule 2 needs pattern
+    assert (error.key, error.line) == ("output.o.redact_rule", 12), str(error)
+    error = routing_error(text.replace("a(b", "a(b)") + "colour = 1\n")
+    assert (error.key, error.line) == ("output.o.redact_rule.colour", 16), str(error)

@@ -73,6 +73,7 @@ __all__ = [
     "Redactor",
     "Rule",
     "builtin_rule",
+    "compile_pattern",
     "custom_rule",
     "redactor",
 ]
@@ -259,25 +260,40 @@ def builtin_rule(
 BUILTIN = ("credentials", "bearer", "aws_key", "card", "email", "ipv6", "ipv4")
 
 
+def compile_pattern(pattern: str) -> re.Pattern[bytes]:
+    """``pattern`` (Python ``re`` syntax) compiled to search message bytes.
+
+    A syntax error raises ValueError naming its position in ``pattern``,
+    counted in characters from 1 (as relay check counts in a selector).
+    """
+    source = pattern.encode("utf-8")
+    try:
+        return re.compile(source)
+    except re.error as exc:
+        where = ""
+        if exc.pos is not None:  # an offset in the UTF-8 bytes
+            where = f" at position {len(source[: exc.pos].decode('utf-8', 'ignore')) + 1}"
+        raise ValueError(f"bad regular expression{where}: {exc.msg}") from None
+
+
 def custom_rule(
     name: str, pattern: str, replacement: str, *, structured_data: bool = False
 ) -> Rule:
     """A rule from config values: ``pattern`` (Python ``re`` syntax) -> ``replacement``.
 
     Raises :class:`ConfigError` naming the position in the pattern of a
-    syntax error, or a replacement that refers to a group the pattern lacks.
+    syntax error, or a replacement that refers to a group the pattern lacks;
+    its ``key`` is the setting at fault, ``pattern`` or ``replace``.
     """
-    source = pattern.encode("utf-8")
     try:
-        compiled = re.compile(source)
-    except re.error as exc:
-        where = f" at position {exc.pos}" if exc.pos is not None else ""
-        raise ConfigError(f"bad regular expression{where}: {exc.msg}", key=name) from None
+        compiled = compile_pattern(pattern)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="pattern") from None
     template = replacement.encode("utf-8")
     try:
         compiled.sub(template, b"")  # parses the template: a bad group reference raises
     except (re.error, IndexError) as exc:
-        raise ConfigError(f"bad replacement: {exc}", key=name) from None
+        raise ConfigError(f"bad replacement: {exc}", key="replace") from None
     return Rule(name, compiled, template, structured_data=structured_data)
 
 

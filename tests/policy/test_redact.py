@@ -141,12 +141,17 @@ def test_custom_rule() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pattern", "replacement", "message"),
-    [("a(b", "x", "at position 1"), ("a", r"\2", "bad replacement")],
+    ("pattern", "replacement", "key", "message"),
+    [
+        ("a(b", "x", "pattern", "at position 2"),
+        ("éé(b", "x", "pattern", "at position 3:"),  # characters, not UTF-8 bytes
+        ("a", r"\2", "replace", "bad replacement"),
+    ],
 )
-def test_custom_rule_errors(pattern: str, replacement: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+def test_custom_rule_errors(pattern: str, replacement: str, key: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
         custom_rule("bad", pattern, replacement)
+    assert caught.value.key == key
 
 
 def test_clean_batch_is_the_same_object() -> None:
