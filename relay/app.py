@@ -39,12 +39,14 @@ import trio
 from relay import stats
 from relay.config import Config, InputConfig, OutputConfig
 from relay.errors import StartupError
-from relay.inputs import datagram, relp, tcp
+from relay.inputs import datagram, limit, relp, tcp
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
 from relay.outputs.relp import RelpOutput
 from relay.outputs.tcp import TcpOutput
 from relay.outputs.udp import UdpOutput
+from relay.policy.redact import Redactor
+from relay.policy.stage import Stage
 from relay.spool import spool as spools
 from relay.spool.router import Route, Router
 from relay.spool.spool import Spool, SpoolSettings
@@ -78,7 +80,15 @@ class Relay:
         self.config = config
         self.stats = stats.Registry()
         self.outputs = [self._output(o) for o in config.outputs]
-        self.router = Router([Route(o.spool, o.counters) for o in self.outputs])
+        self.stage = Stage(
+            [o.filter for o in config.outputs],
+            [Redactor(o.redact) if o.redact else None for o in config.outputs],
+        )
+        self.stats.adopt("router", "stage", self.stage.counts)
+        for output, redactor in zip(config.outputs, self.stage.redactors, strict=True):
+            if redactor is not None:
+                self.stats.adopt("redaction", output.name, redactor.counts)
+        self.router = Router([Route(o.spool, o.counters) for o in self.outputs], self.stage)
         self.inputs: list[datagram.DatagramInput | tcp.TcpInput] = []
         self._lock: int | None = None
         self.lost = 0  # messages neither delivered nor saved at stop
@@ -185,12 +195,14 @@ class Relay:
         if config.endpoint.scheme in ("tcp", "relp", "tls", "relp+tls"):
             module = relp if config.endpoint.scheme.startswith("relp") else tcp
             names = module.COUNTERS + (TLS_COUNTERS if config.tls is not None else ())
+            names += limit.COUNTERS if config.rate_limit is not None else ()
             counters = self.stats.counters("input", config.name, names)
             kind = relp.RelpInput if module is relp else tcp.TcpInput
             tcp_input = kind(config, self.router, counters)
             await tcp_input.open()
             return tcp_input
-        counters = self.stats.counters("input", config.name, datagram.COUNTERS)
+        names = datagram.COUNTERS + (limit.COUNTERS if config.rate_limit is not None else ())
+        counters = self.stats.counters("input", config.name, names)
         dgram = datagram.DatagramInput(config, self.router, counters)
         dgram.open()
         return dgram
@@ -238,6 +250,9 @@ class Relay:
                 nursery.start_soon(output.spool.run)
             if self.tls_contexts():
                 nursery.start_soon(self._warn_expiry_daily)
+            for item in self.inputs:
+                if item.limit is not None:
+                    nursery.start_soon(item.limit.run)
             async with trio.open_nursery() as inputs:
                 for item in self.inputs:
                     inputs.start_soon(item.serve)
@@ -392,6 +407,9 @@ class Relay:
             )
 
     def _report(self) -> None:
+        for item in self.inputs:
+            if item.limit is not None:
+                item.limit.close()
         snapshot = self.stats.snapshot()
         for line in stats.summary(snapshot).splitlines():
             log.info("relay: %s", line)

@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from relay.errors import ConfigError, ConfigErrors
+from relay.policy import redact
+from relay.policy.filter import Filter
+from relay.policy.selector import SelectorError, parse_selector
 from relay.protocol.framing import DEFAULT_MAX_FRAME, Framing, OversizePolicy
 from relay.protocol.relp import DEFAULT_WINDOW
 from relay.spool.settings import (
@@ -91,7 +94,7 @@ MAX_SECONDS = 86400
 DEFAULT_RETRY_MAX = 30.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-_COMMON_INPUT = ("url", "max_message_size", "oversize")
+_COMMON_INPUT = ("url", "max_message_size", "oversize", "rate_limit")
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "udp": (*_COMMON_INPUT, "rcvbuf"),
     "unix": (*_COMMON_INPUT, "rcvbuf"),
@@ -110,6 +113,14 @@ _COMMON_OUTPUT = (
     "on_full",
     "durability",
     "fsync_interval",
+    "filter",
+    "inputs",
+    "match",
+    "redact",
+    "redact_ipv4_bits",
+    "redact_ipv6_bits",
+    "redact_structured_data",
+    "redact_rule",
 )
 OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
     "tcp": (*_COMMON_OUTPUT, "targets", "mode"),
@@ -166,6 +177,40 @@ class Endpoint:
         return host_port(self.host, self.port)
 
 
+class RateLimitKey(enum.StrEnum):
+    SOURCE = "source"  # the sender's IP address (a socket path for a unix input)
+    HOSTNAME = "hostname"  # the message's HOSTNAME (a parse per message)
+    APP_NAME = "app_name"  # the message's APP-NAME (a parse per message)
+
+
+class OnLimit(enum.StrEnum):
+    DROP = "drop"  # drop what is over the rate, count it
+    DELAY = "delay"  # stop reading that connection until the bucket refills (streams only)
+
+
+RATE_LIMIT_KEYS = ("rate", "burst", "key", "on_limit", "exempt_severity", "max_keys", "interval")
+# rsyslog's severity names (and numbers 0-7) for exempt_severity.
+SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+_SEVERITY_ALIASES = {"panic": 0, "error": 3, "warn": 4}
+DEFAULT_RATE_LIMIT_MAX_KEYS = 20_000
+DEFAULT_RATE_LIMIT_INTERVAL = 10.0
+MATCH_KEYS = ("source", "hostname", "app_name", "msgid", "contains", "regex")
+REDACT_RULE_KEYS = ("name", "pattern", "replace", "structured_data")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """``[input.NAME.rate_limit]``: a token bucket of ``burst`` refilled at ``rate``/s per key."""
+
+    rate: float
+    burst: int
+    key: RateLimitKey = RateLimitKey.SOURCE
+    on_limit: OnLimit = OnLimit.DROP
+    exempt_severity: int | None = None  # this severity and more severe ones pass uncharged
+    max_keys: int = DEFAULT_RATE_LIMIT_MAX_KEYS
+    interval: float = DEFAULT_RATE_LIMIT_INTERVAL  # one log line per key per interval
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class InputConfig:
     name: str
@@ -178,6 +223,7 @@ class InputConfig:
     rcvbuf: int = DEFAULT_RCVBUF
     tls: TlsProfile | None = None  # tls:// and relp+tls:// only
     tls_name: str = ""  # the [tls.NAME] it came from, for messages
+    rate_limit: RateLimitConfig | None = None
 
 
 class TargetMode(enum.StrEnum):
@@ -205,6 +251,8 @@ class OutputConfig:
     # CAs and the target's host name.
     tls: TlsProfile | None = None
     tls_name: str = ""
+    filter: Filter = dataclasses.field(default_factory=Filter)  # which messages it takes
+    redact: tuple[redact.Rule, ...] = ()  # applied in this order before the spool
 
     @property
     def all_targets(self) -> tuple[Endpoint, ...]:
@@ -427,6 +475,7 @@ class _Validator:
         outputs = tuple(self.endpoints(data, "output", self.output))
         for output in outputs:
             self.spool_name(output)
+            self.routed_inputs(output, {i.name for i in inputs})
         if not self.table(data, "input"):
             self.error("input", "no inputs: add at least one [input.NAME] table with a url")
         if not self.table(data, "output"):
@@ -442,6 +491,12 @@ class _Validator:
             source=self.source,
             tls={k: v for k, v in self.profiles.items() if v is not None},
         )
+
+    def routed_inputs(self, output: OutputConfig, names: set[str]) -> None:
+        """An output's ``inputs`` must name inputs that exist."""
+        for name in sorted((output.filter.inputs or set()) - names):
+            known = ", ".join(sorted(names)) or "none"
+            self.error(f"output.{output.name}.inputs", f"no [input.{name}] (known: {known})")
 
     def spool_name(self, output: OutputConfig) -> None:
         """The output's name makes its spool's directory name (one byte a character)."""
@@ -569,7 +624,44 @@ class _Validator:
                 table, f"{key}.idle_timeout", _seconds_or_off, DEFAULT_IDLE_TIMEOUT
             ),
             rcvbuf=self.get(table, f"{key}.rcvbuf", _size(4096, MAX_RCVBUF), DEFAULT_RCVBUF),
+            rate_limit=self.rate_limit(key, table, endpoint.scheme),
         )
+
+    def rate_limit(self, key: str, table: Mapping[str, Any], scheme: str) -> RateLimitConfig | None:
+        """``[input.NAME.rate_limit]``, or None without one."""
+        if "rate_limit" not in table:
+            return None
+        key = f"{key}.rate_limit"
+        limit = table["rate_limit"]
+        if not isinstance(limit, dict):
+            self.error(key, f"must be a table ([{key}]) with rate and burst, not {_kind(limit)}")
+            return None
+        self.unknown(limit, key, RATE_LIMIT_KEYS)
+        if "rate" not in limit:
+            self.error(key, "needs rate (messages a second per key), e.g. rate = 1000")
+            return None
+        before = len(self.errors)
+        rate = self.get(limit, f"{key}.rate", _rate, 1.0)
+        on_limit = self.get(limit, f"{key}.on_limit", _enum(OnLimit), OnLimit.DROP)
+        if on_limit is OnLimit.DELAY and scheme in ("udp", "unix"):
+            self.error(
+                f"{key}.on_limit",
+                f'"delay" needs a connection to stop reading; a {scheme}:// input can only "drop"',
+            )
+        config = RateLimitConfig(
+            rate=rate,
+            burst=self.get(limit, f"{key}.burst", _count(1, 1 << 40), max(1, round(rate))),
+            key=self.get(limit, f"{key}.key", _enum(RateLimitKey), RateLimitKey.SOURCE),
+            on_limit=on_limit,
+            exempt_severity=self.get(limit, f"{key}.exempt_severity", _severity, None),
+            max_keys=self.get(
+                limit, f"{key}.max_keys", _count(1, 1 << 24), DEFAULT_RATE_LIMIT_MAX_KEYS
+            ),
+            interval=self.get(
+                limit, f"{key}.interval", _interval_positive, DEFAULT_RATE_LIMIT_INTERVAL
+            ),
+        )
+        return config if len(self.errors) == before else None
 
     def multi_target(self, key: str, table: dict[str, Any]) -> OutputConfig | None:
         if "url" in table:
@@ -647,7 +739,121 @@ class _Validator:
             retry_max=self.get(table, f"{key}.retry_max", _seconds, DEFAULT_RETRY_MAX),
             format=self.get(table, f"{key}.format", _choice(("lines", "octet-counted")), "lines"),
             window=self.get(table, f"{key}.window", _count(1, 65536), DEFAULT_WINDOW),
+            filter=self.filter(key, table),
+            redact=self.redaction(key, table),
         )
+
+    def filter(self, key: str, table: Mapping[str, Any]) -> Filter:
+        """``filter``, ``inputs`` and ``[output.NAME.match]``: which messages it takes."""
+        selector = None
+        if "filter" in table:
+            text = table["filter"]
+            if not isinstance(text, str):
+                self.error(f"{key}.filter", f"must be a selector string, not {_kind(text)}")
+            else:
+                try:
+                    selector = parse_selector(text)
+                except SelectorError as exc:
+                    self.error(
+                        f"{key}.filter",
+                        f"{exc.message} at position {exc.position + 1} of {_shorten(text)}",
+                    )
+        inputs = None
+        if "inputs" in table:
+            names = self.get(table, f"{key}.inputs", _string_or_list, ())
+            if not names and isinstance(table["inputs"], list):
+                self.error(f"{key}.inputs", "is empty: the output would take nothing")
+            inputs = frozenset(names)
+        match = table.get("match", {})
+        if not isinstance(match, dict):
+            self.error(f"{key}.match", f"must be a table ([{key}.match]), not {_kind(match)}")
+            match = {}
+        self.unknown(match, f"{key}.match", MATCH_KEYS)
+        at = f"{key}.match"
+        regex = None
+        if "regex" in match:
+            regex = self.get(match, f"{at}.regex", _regex, None)
+        return Filter(
+            selector=selector,
+            inputs=inputs,
+            sources=self.get(match, f"{at}.source", _networks, ()),
+            hostnames=frozenset(
+                h.lower() for h in self.get(match, f"{at}.hostname", _string_or_list, ())
+            ),
+            app_names=frozenset(self.get(match, f"{at}.app_name", _string_or_list, ())),
+            msgids=frozenset(self.get(match, f"{at}.msgid", _string_or_list, ())),
+            contains=tuple(
+                c.encode("utf-8") for c in self.get(match, f"{at}.contains", _nonempty_strings, ())
+            ),
+            regex=regex,
+        )
+
+    def redaction(self, key: str, table: Mapping[str, Any]) -> tuple[redact.Rule, ...]:
+        """``redact``, its options and ``[[output.NAME.redact_rule]]``, as rules in order."""
+        names = self.get(table, f"{key}.redact", _string_or_list, ())
+        for name in names:
+            if name not in redact.BUILTIN:
+                self.error(
+                    f"{key}.redact",
+                    f"unknown rule {name!r} (built-in: {', '.join(redact.BUILTIN)}; "
+                    "add your own with [[output.NAME.redact_rule]])",
+                )
+        ipv4_bits = self.get(table, f"{key}.redact_ipv4_bits", _count(0, 32), None)
+        ipv6_bits = self.get(table, f"{key}.redact_ipv6_bits", _count(0, 128), None)
+        sd = self.get(table, f"{key}.redact_structured_data", _bool, False)
+        for option, rule, value in (
+            ("redact_ipv4_bits", "ipv4", ipv4_bits),
+            ("redact_ipv6_bits", "ipv6", ipv6_bits),
+        ):
+            if value is not None and rule not in names:
+                self.error(f"{key}.{option}", f'only applies with "{rule}" in redact')
+        rules = [
+            redact.builtin_rule(
+                name,
+                ipv4_bits=redact.DEFAULT_IPV4_BITS if ipv4_bits is None else ipv4_bits,
+                ipv6_bits=redact.DEFAULT_IPV6_BITS if ipv6_bits is None else ipv6_bits,
+                structured_data=sd,
+            )
+            for name in redact.BUILTIN
+            if name in names
+        ]
+        custom = table.get("redact_rule", [])
+        if not isinstance(custom, list) or not all(isinstance(c, dict) for c in custom):
+            self.error(
+                f"{key}.redact_rule",
+                f"must be tables ([[{key}.redact_rule]] with name, pattern and replace)",
+            )
+            custom = []
+        for index, item in enumerate(custom):
+            at = f"{key}.redact_rule"
+            self.unknown(item, at, REDACT_RULE_KEYS)
+            missing = [k for k in ("name", "pattern", "replace") if k not in item]
+            if missing:
+                self.error(at, f"rule {index + 1} needs {', '.join(missing)}")
+                continue
+            name = self.get(item, f"{at}.name", str, "")
+            pattern = self.get(item, f"{at}.pattern", str, "")
+            replace = self.get(item, f"{at}.replace", str, "")
+            if name in names or any(r.name == name for r in rules):
+                self.error(f"{at}.name", f"{name!r} is used twice: each rule needs its own name")
+                continue
+            if "\n" in replace or "\0" in replace:
+                self.error(f"{at}.replace", "may not hold a newline or NUL (it splits a message)")
+                continue
+            if self.get(item, f"{at}.pattern", _regex, None) is None:
+                continue  # reported, with its position
+            try:
+                rules.append(
+                    redact.custom_rule(
+                        name,
+                        pattern,
+                        replace,
+                        structured_data=self.get(item, f"{at}.structured_data", _bool, sd),
+                    )
+                )
+            except ConfigError as exc:
+                self.error(f"{at}.pattern", f"rule {name!r}: {exc.message}")
+        return tuple(rules)
 
     def unknown(
         self,
@@ -692,8 +898,8 @@ def _find_header(lines: list[str], table: list[str]) -> int | None:
     want = ".".join(table)
     for i, line in enumerate(lines):
         stripped = line.strip()
-        if stripped.startswith("[") and not stripped.startswith("[["):
-            name = stripped[1:].split("]", 1)[0].strip()
+        if stripped.startswith("["):  # [table], or [[array.of.tables]]: its first
+            name = stripped.lstrip("[").split("]", 1)[0].strip()
             name = ".".join(p.strip().strip('"').strip("'") for p in name.split("."))
             if name == want:
                 return i
@@ -822,6 +1028,67 @@ def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TypeError('must be a list of strings, e.g. ["client.example.net"]')
     return tuple(value)
+
+
+def _rate(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number of messages a second, not {_kind(value)}")
+    if not 0.001 <= value <= 1e9:
+        raise ValueError(f"must be between 0.001 and 1000000000 messages a second, not {value}")
+    return float(value)
+
+
+def _interval_positive(value: Any) -> float:
+    seconds = _seconds(value)
+    if seconds <= 0:
+        raise ValueError("must be more than 0 seconds")
+    return seconds
+
+
+def _severity(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 7:
+        return value
+    if isinstance(value, str):
+        name = value.lower()
+        if name in SEVERITIES:
+            return SEVERITIES.index(name)
+        if name in _SEVERITY_ALIASES:
+            return _SEVERITY_ALIASES[name]
+    raise ValueError(f"must be a severity ({', '.join(SEVERITIES)}) or 0-7, not {value!r}")
+
+
+def _string_or_list(value: Any) -> tuple[str, ...]:
+    """One string, or a list of them (any of which may match)."""
+    return (value,) if isinstance(value, str) else _strings(value)
+
+
+def _nonempty_strings(value: Any) -> tuple[str, ...]:
+    strings = _string_or_list(value)
+    if any(not s for s in strings):
+        raise ValueError("may not hold an empty string (it would match every message)")
+    return strings
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for text in _string_or_list(value):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not an IP address or network (e.g. 10.0.0.0/8, 2001:db8::/32)"
+            ) from None
+    return tuple(networks)
+
+
+def _regex(value: Any) -> re.Pattern[bytes]:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a regular expression string, not {_kind(value)}")
+    try:
+        return re.compile(value.encode("utf-8"))
+    except re.error as exc:
+        where = f" at position {exc.pos + 1}" if exc.pos is not None else ""
+        raise ValueError(f"bad regular expression{where}: {exc.msg}") from None
 
 
 def _seconds(value: Any) -> float:

@@ -47,6 +47,13 @@ class Registry:
         self._components[(kind, name)] = counters
         return counters
 
+    def adopt(self, kind: str, name: str, values: dict[str, int]) -> Counters:
+        """Counters kept by a component in its own dict (a redactor's per rule)."""
+        counters = Counters(kind, name, ())
+        counters._values = values
+        self._components[(kind, name)] = counters
+        return counters
+
     def snapshot(self) -> dict[str, dict[str, dict[str, int]]]:
         out: dict[str, dict[str, dict[str, int]]] = {}
         for (kind, name), counters in self._components.items():

@@ -73,7 +73,7 @@ def test_check_lists_each_mistake(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
         f"relay: error: {path}:3: input.a.rcvbufs: unknown setting for udp:// inputs "
-        "(known: url, max_message_size, oversize, rcvbuf)",
+        "(known: url, max_message_size, oversize, rate_limit, rcvbuf)",
         f"relay: error: {path}:6: output.b.queue_max_bytes: must be between 1024 and "
         "1125899906842624 bytes, not -1",
     ]

@@ -21,7 +21,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("relay", "relay.errors"),
     ("relay.protocol",),
     ("relay.message", "relay.stats"),
-    ("relay.spool.settings", "relay.tls.profile"),  # values the config is made of
+    # values the config is made of
+    (
+        "relay.spool.settings",
+        "relay.tls.profile",
+        "relay.policy.selector",
+        "relay.policy.filter",
+        "relay.policy.redact",
+    ),
     ("relay.config",),
     ("relay.policy",),
     ("relay.spool", "relay.tls"),

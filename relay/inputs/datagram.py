@@ -29,6 +29,7 @@ import trio
 
 from relay.config import InputConfig, host_port
 from relay.errors import ADDRESS_IN_USE, StartupError
+from relay.inputs.limit import InputLimit
 from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, utf8_cut
 from relay.spool.router import Router
@@ -69,6 +70,11 @@ class DatagramInput:
         self.config = config
         self.router = router
         self.counters = counters
+        self.limit = (
+            None
+            if config.rate_limit is None
+            else InputLimit(config.name, config.rate_limit, counters)
+        )
         self.sock: socket.socket | None = None
         self.address: str = config.endpoint.url
         self._scope = trio.CancelScope()
@@ -152,6 +158,7 @@ class DatagramInput:
         recvfrom_into = sock.recvfrom_into
         counters = self.counters
         put_nowait = self.router.put_nowait
+        rate_limit = self.limit
         bufsize = MAX_DATAGRAM + 1 if self.config.endpoint.scheme == "udp" else limit + 1
         buffer = bytearray(bufsize)
         view = memoryview(buffer)
@@ -198,6 +205,11 @@ class DatagramInput:
                 try:
                     for peer, messages in groups.items():
                         batch = Batch(messages, received=now, peer=_peer_name(peer), input=name)
+                        if rate_limit is not None:
+                            limited = rate_limit.admit(batch)
+                            if limited is None:
+                                continue
+                            batch = limited
                         put_nowait(batch)  # a full spool counts its own drops
                 except Exception as exc:  # the guard: this wake-up's datagrams, not the input
                     self._fault(exc, count)

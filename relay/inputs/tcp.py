@@ -38,6 +38,7 @@ import trio
 
 from relay.config import InputConfig, host_port
 from relay.errors import ADDRESS_IN_USE, RelayError, StartupError
+from relay.inputs.limit import InputLimit
 from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
 from relay.spool.router import Router
@@ -104,6 +105,11 @@ class TcpInput:
     def __init__(self, config: InputConfig, router: Router, counters: Counters) -> None:
         self.config = config
         self.router = router
+        self.limit = (
+            None
+            if config.rate_limit is None
+            else InputLimit(config.name, config.rate_limit, counters)
+        )
         self.counters = counters
         self.listeners: list[trio.SocketListener] = []
         self.address = config.endpoint.url
@@ -274,7 +280,11 @@ class TcpInput:
                     counters.add("received", len(frames))
                     counters.add("bytes", batch.nbytes)
                     try:
-                        await put(batch, keep_if_cancelled=True)
+                        limited: Batch | None = batch
+                        if self.limit is not None:
+                            limited = await self._limited(batch, self.limit)
+                        if limited is not None:
+                            await put(limited, keep_if_cancelled=True)
                     except trio.Cancelled:  # stopping while the queues are full
                         counters.add("kept_at_stop", len(frames))
                         log.info(
@@ -303,6 +313,18 @@ class TcpInput:
                     config.max_message_size,
                     errors,
                 )
+
+    async def _limited(self, batch: Batch, limit: InputLimit) -> Batch | None:
+        """``batch`` within the input's rate limit: what is left after dropping,
+        or all of it once the connection has waited (``on_limit = "delay"``)."""
+        if not limit.delaying:
+            return limit.admit(batch)
+        try:
+            await limit.delay(batch)
+        except trio.Cancelled:  # the stop, while waiting: read, so kept and saved
+            self.router.keep_at_stop(batch)
+            raise
+        return batch
 
     async def _read(self, stream: trio.SocketStream | ByteStream, connection: Connection) -> bytes:
         """The next read, ``b""`` at the end: EOF, a broken connection, the idle

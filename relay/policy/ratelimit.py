@@ -314,6 +314,14 @@ class RateLimiter:
         events, self._events = self._events, []
         return events
 
+    def end_all(self) -> list[Event]:
+        """Every open episode ended now (the input is closing), with the events
+        not taken yet: after it the log lines add up to the counters."""
+        for key in list(self._episodes):
+            self._end(key)
+        events, self._events = self._events, []
+        return events
+
     def statistics(self) -> RateLimitStatistics:
         totals = dict(self._top)
         for key, (_, _, dropped) in self._episodes.items():

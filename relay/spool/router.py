@@ -1,8 +1,11 @@
 """From inputs to the outputs' spools.
 
-For now every input feeds every output (fan-out). Each output has its own
-spool, so one slow upstream never stalls another output until that spool's
-memory and disk budgets are both spent; then its ``on_full`` policy decides.
+Every input feeds every output (fan-out) unless the processing stage
+(``policy/stage.py``: filters, routes, redaction) says which messages each
+output takes; with none configured the batch goes to every spool as it came,
+untouched. Each output has its own spool, so one slow upstream never stalls
+another output until that spool's memory and disk budgets are both spent;
+then its ``on_full`` policy decides.
 
 Reliable inputs (TCP) call :meth:`Router.put`. When every output's memory is
 full and every output is still delivering (and has on_full = block: a drop_*
@@ -25,6 +28,7 @@ from collections.abc import Sequence
 import trio
 
 from relay.message import Batch
+from relay.policy.stage import Stage
 from relay.spool.spool import STALL_AFTER, Admission, OnFull, Spool
 from relay.stats import Counters
 
@@ -43,8 +47,21 @@ class Route:
 
 
 class Router:
-    def __init__(self, routes: Sequence[Route]) -> None:
+    def __init__(self, routes: Sequence[Route], stage: Stage | None = None) -> None:
         self.routes = tuple(routes)
+        self.stage = None if stage is None or stage.passthrough else stage
+
+    @property
+    def unrouted(self) -> int:
+        """Messages no output's filter took."""
+        return 0 if self.stage is None else self.stage.counts["unrouted"]
+
+    def _plan(self, batch: Batch) -> list[tuple[Route, Batch]]:
+        """Each route with the batch it takes (the stage's decision)."""
+        if self.stage is None:
+            return [(route, batch) for route in self.routes]
+        chosen = self.stage.route(batch)
+        return [(r, b) for r, b in zip(self.routes, chosen, strict=True) if b is not None]
 
     async def put(self, batch: Batch, *, keep_if_cancelled: bool = False) -> None:
         """Queue ``batch`` for every output; waits as the module docstring says.
@@ -54,35 +71,42 @@ class Router:
         saved at the stop (:meth:`Spool.keep_at_stop`): for an input whose
         sender cannot send it again (plain TCP).
         """
-        pending: list[Route] = list(self.routes)
+        pending = self._plan(batch)
         try:
-            await self._put(batch, pending)
+            await self._put(pending)
         except trio.Cancelled:
             if keep_if_cancelled:
-                for route in pending:
-                    route.spool.keep_at_stop(batch)
-                    route.counters.add("queued", len(batch.messages))
+                for route, chosen in pending:
+                    route.spool.keep_at_stop(chosen)
+                    route.counters.add("queued", len(chosen.messages))
             raise
 
-    async def _put(self, batch: Batch, pending: list[Route]) -> None:
-        """:meth:`put`; ``pending`` loses each route as it takes ``batch``."""
-        waiting = [r for r in self.routes if not self._admit(r, batch, spill=False)]
-        pending[:] = waiting
+    def keep_at_stop(self, batch: Batch) -> None:
+        """Every spool that would take ``batch`` keeps it past its budget, to be
+        saved at the stop: read from a sender that cannot send it again."""
+        for route, chosen in self._plan(batch):
+            route.spool.keep_at_stop(chosen)
+            route.counters.add("queued", len(chosen.messages))
+
+    async def _put(self, pending: list[tuple[Route, Batch]]) -> None:
+        """:meth:`put`; ``pending`` loses each route as it takes its batch."""
+        planned = len(pending)
+        pending[:] = [(r, b) for r, b in pending if not self._admit(r, b, spill=False)]
         deadline = trio.current_time() + STALL_AFTER
         # Outputs with on_full = drop_* never slow an input: they spill at once.
-        blocking = all(r.spool.settings.on_full is OnFull.BLOCK for r in waiting)
-        while waiting and blocking and len(waiting) == len(self.routes):
-            if trio.current_time() >= deadline or any(r.spool.stalled() for r in waiting):
+        blocking = all(r.spool.settings.on_full is OnFull.BLOCK for r, _ in pending)
+        while pending and blocking and len(pending) == planned:
+            if trio.current_time() >= deadline or any(r.spool.stalled() for r, _ in pending):
                 break
             with trio.move_on_after(_RECHECK):
-                await waiting[0].spool.wait_changed()
-            waiting = [r for r in waiting if not self._admit(r, batch, spill=False)]
-            pending[:] = waiting
-        for route in waiting:
-            admission = await route.spool.put(batch)
-            pending.remove(route)
+                await pending[0][0].spool.wait_changed()
+            pending[:] = [(r, b) for r, b in pending if not self._admit(r, b, spill=False)]
+        while pending:
+            route, chosen = pending[0]
+            admission = await route.spool.put(chosen)
+            del pending[0]
             if admission is Admission.QUEUED:
-                route.counters.add("queued", len(batch.messages))
+                route.counters.add("queued", len(chosen.messages))
 
     async def wait_durable(self) -> None:
         """Until what every spool holds is as safe as its durability promises."""
@@ -99,12 +123,12 @@ class Router:
     def put_nowait(self, batch: Batch) -> int:
         """Queue ``batch`` where the spools take it; return how many outputs dropped it."""
         dropped = 0
-        for route in self.routes:
-            admission = route.spool.put_nowait(batch)
+        for route, chosen in self._plan(batch):
+            admission = route.spool.put_nowait(chosen)
             if admission is Admission.QUEUED:
-                route.counters.add("queued", len(batch.messages))
+                route.counters.add("queued", len(chosen.messages))
             elif admission is Admission.FULL:
-                route.counters.add("dropped_queue_full", len(batch.messages))
+                route.counters.add("dropped_queue_full", len(chosen.messages))
                 dropped += 1
             else:
                 dropped += 1  # counted by the spool, by its on_full policy

@@ -1,0 +1,147 @@
+"""An input's per-source rate limit: the thin trio part around ``policy/ratelimit``.
+
+:class:`InputLimit` charges each batch to its key and either drops what is
+over the rate (:meth:`InputLimit.admit`, any input) or says how long the
+connection must wait (:meth:`InputLimit.delay`, stream inputs: the caller
+awaits it before queueing, so it reads nothing meanwhile and the sender is
+slowed; nothing is lost). It logs each throttling episode's start and end
+(:func:`relay.policy.ratelimit.format_event`), on every call that produced
+events and once an interval from :meth:`InputLimit.run`, so that a key that
+went quiet gets its end line; :meth:`InputLimit.close` ends every open episode
+at the stop. The ``rate_limited`` counter is the sum of the end lines.
+
+The key is the batch's source address (one dictionary lookup per batch), or
+the HOSTNAME or APP-NAME of each message (a parse per message; the batch is
+charged one run of equal keys at a time).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import trio
+
+from relay.config import OnLimit, RateLimitConfig, RateLimitKey
+from relay.errors import ParseError
+from relay.message import Batch
+from relay.policy.filter import peer_host
+from relay.policy.ratelimit import Event, RateLimiter, format_event
+from relay.policy.stage import pris
+from relay.protocol.detect import parse_any
+from relay.stats import Counters
+
+log = logging.getLogger("relay.input")
+
+COUNTERS = ("rate_limited", "rate_limit_delays")
+
+
+class InputLimit:
+    def __init__(self, input_name: str, config: RateLimitConfig, counters: Counters) -> None:
+        self.name = input_name
+        self.config = config
+        self.counters = counters
+        self.limiter = RateLimiter(
+            config.rate,
+            config.burst,
+            exempt_severity=config.exempt_severity,
+            max_keys=config.max_keys,
+            interval=config.interval,
+        )
+        self.delaying = config.on_limit is OnLimit.DELAY
+
+    def admit(self, batch: Batch) -> Batch | None:
+        """The part of ``batch`` within the rate (``batch`` itself when all of it
+        is), or None when nothing is; what is dropped is counted."""
+        now = trio.current_time()
+        limiter = self.limiter
+        messages = batch.messages
+        exempting = self.config.exempt_severity is not None
+        if self.config.key is RateLimitKey.SOURCE:
+            key = peer_host(batch.peer)
+            if exempting:
+                kept = limiter.admit_exempting(key, messages, bytes(pris(messages)), now)
+            else:
+                allowed = limiter.admit(key, len(messages), now)
+                kept = messages if allowed == len(messages) else messages[:allowed]
+        else:
+            kept = self._admit_by_field(batch, now)
+        if limiter.has_events:
+            self._log(now)
+        if kept is messages:
+            return batch
+        self.counters.add("rate_limited", len(messages) - len(kept))
+        if not kept:
+            return None
+        return Batch(kept, received=batch.received, peer=batch.peer, input=batch.input)
+
+    def _admit_by_field(self, batch: Batch, now: float) -> list[bytes]:
+        """:meth:`admit` for a key read from each message, one run of equal keys at a time."""
+        messages = batch.messages
+        keys = self._keys(batch)
+        priorities = pris(messages) if self.config.exempt_severity is not None else None
+        kept: list[bytes] = []
+        start = 0
+        for end in range(1, len(messages) + 1):
+            if end < len(messages) and keys[end] == keys[start]:
+                continue
+            run = messages[start:end]
+            if priorities is not None:
+                kept += self.limiter.admit_exempting(
+                    keys[start], run, bytes(priorities[start:end]), now
+                )
+            else:
+                kept += run[: self.limiter.admit(keys[start], len(run), now)]
+            start = end
+        return messages if len(kept) == len(messages) else kept
+
+    def _keys(self, batch: Batch) -> list[str]:
+        received = dt.datetime.fromtimestamp(batch.received, dt.UTC)
+        hostname = self.config.key is RateLimitKey.HOSTNAME
+        keys = []
+        for raw in batch.messages:
+            try:
+                parsed = parse_any(raw, now=received)
+            except ParseError:
+                keys.append("-")  # no PRI, no fields: one key for all such messages
+                continue
+            value = parsed.hostname if hostname else parsed.app_name
+            keys.append(value or "-")
+        return keys
+
+    async def delay(self, batch: Batch) -> None:
+        """Wait until ``batch`` is within the rate (charged now, as of then)."""
+        now = trio.current_time()
+        count = len(batch.messages)
+        if self.config.exempt_severity is not None:
+            limit = self.config.exempt_severity
+            count -= sum(1 for pri in pris(batch.messages) if pri & 7 <= limit)
+            if not count:
+                return
+        if self.config.key is RateLimitKey.SOURCE:
+            wait = self.limiter.delay(peer_host(batch.peer), count, now)
+        else:
+            keys = self._keys(batch)
+            wait = max(self.limiter.delay(k, keys.count(k), now) for k in dict.fromkeys(keys))
+        if wait:
+            self.counters.add("rate_limit_delays")
+            await trio.sleep(wait)
+
+    async def run(self) -> None:
+        """Once an interval: log the episodes of keys that went quiet."""
+        while True:
+            await trio.sleep(self.config.interval)
+            self._log(trio.current_time())
+
+    def close(self) -> None:
+        """At the stop: end every open episode, so the lines add up to the counter."""
+        for event in self.limiter.end_all():
+            self._say(event)
+
+    def _log(self, now: float) -> None:
+        for event in self.limiter.take_events(now):
+            self._say(event)
+
+    def _say(self, event: Event) -> None:
+        line = format_event(event, float(self.limiter.rate), self.limiter.burst)
+        log.warning("input %s: %s", self.name, line)
