@@ -193,7 +193,7 @@ class RateLimiter:
         three C loops and no object per message. Returns ``items`` itself when
         all pass."""
         raw = pris if isinstance(pris, (bytes, bytearray)) else bytes(pris)
-        charged = raw.translate(self._charged).count(1)
+        charged = self.charged(raw).count(1)
         self._exempt += len(items) - charged
         if not charged:
             self._clock(now)
@@ -209,6 +209,11 @@ class RateLimiter:
                 kept.append(item)
                 allowed -= 1
         return kept
+
+    def charged(self, pris: bytes | bytearray) -> bytes | bytearray:
+        """One byte per PRI of ``pris``: 1 where its message is charged, 0 where
+        it is exempt (a C loop: no object per message)."""
+        return pris.translate(self._charged)
 
     # -- delay mode ------------------------------------------------------------
 
