@@ -20,9 +20,10 @@ counts what the file holds by sequence number.
   that has churned through a million keys (250-330 at its peak, while the
   dictionary is rebuilt); the rest is allocator slack. With eviction disabled
   the million keys took 185 MiB.
-* ``on_limit = "delay"`` on a TCP input: a sender writing as fast as it can
-  loses nothing and is slowed to the rate: the time from the first arrival to
-  the last is (N - burst) / rate within 10%.
+* ``on_limit = "delay"`` on a TCP input (``relay send``) and on a RELP input
+  (rsyslogd's omrelp): a sender writing as fast as it can loses nothing and
+  is slowed to the rate: the time from the first arrival to the last is
+  (N - burst) / rate within 10%.
 
 The 127.0.0.x addresses and the spoofed sources are all loopback (127/8).
 The spoofing needs a raw socket, so root (CAP_NET_RAW), as the suite runs.
@@ -31,22 +32,27 @@ The spoofing needs a raw socket, so root (CAP_NET_RAW), as the suite runs.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from relay.config import DEFAULT_RATE_LIMIT_MAX_KEYS
+from relay.cli.sender import SendPlan, build_messages
+from relay.config import DEFAULT_RATE_LIMIT_MAX_KEYS, Endpoint
 from tests.interop.peers import (
     LOOPBACK,
     RelayProcess,
     RelaySendProcess,
+    RsyslogSender,
     free_port,
+    omrelp_action,
     process_memory_kib,
     relay_counters,
     udp_drops,
@@ -318,42 +324,74 @@ def test_a_million_spoofed_sources_stay_within_the_key_table_bound(
     assert peak - before <= bound, (before, peak, bound)
 
 
-# -- c: delay on a TCP input ------------------------------------------------
+# -- c: delay on a TCP (and a RELP) input ----------------------------------
 
 DELAY_RATE = 2_000
 DELAY_COUNT = 22_000  # (count - burst) / rate = 10 s
 DELAY_SIZE = 500
 
 
-def test_delay_slows_a_tcp_flooder_to_its_rate_and_loses_nothing(tmp_path: Path) -> None:
+class _Flooder:
+    """A sender writing DELAY_COUNT numbered messages of DELAY_SIZE bytes as fast
+    as relay reads them: ``relay send`` over TCP, or rsyslogd's omrelp."""
+
+    def __init__(self, tmp_path: Path, kind: str, port: int, stack: contextlib.ExitStack) -> None:
+        self.thread: threading.Thread | None = None
+        if kind == "tcp":
+            sender = RelaySendProcess(port, DELAY_COUNT, size=DELAY_SIZE)
+            self.process: RelaySendProcess | None = stack.enter_context(sender)
+            return
+        self.process = None
+        rsyslog = stack.enter_context(RsyslogSender(tmp_path, omrelp_action(port)))
+        plan = SendPlan(endpoint=Endpoint("relp", LOOPBACK, port), size=DELAY_SIZE)
+        lines = build_messages(plan, 0, DELAY_COUNT)
+        # In a thread: rsyslogd may take a while to read them all, and the
+        # first arrival must be timed meanwhile.
+        self.thread = threading.Thread(target=rsyslog.send_lines, args=(lines, 60))
+        self.thread.start()
+        stack.callback(self.thread.join)
+
+    def running(self) -> bool:
+        if self.process is not None:
+            return self.process.running()
+        assert self.thread is not None
+        return self.thread.is_alive()
+
+    def finish(self) -> None:
+        if self.process is not None:
+            self.process.finish(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "relp"])
+def test_delay_slows_a_flooder_to_its_rate_and_loses_nothing(tmp_path: Path, kind: str) -> None:
     port = free_port("tcp")
     relay = LimitedRelay(
-        tmp_path, f"tcp://{LOOPBACK}:{port}", f'rate = {DELAY_RATE}\non_limit = "delay"'
+        tmp_path, f"{kind}://{LOOPBACK}:{port}", f'rate = {DELAY_RATE}\non_limit = "delay"'
     )
-    total = DELAY_COUNT * (DELAY_SIZE + 1)  # relay send pads each to DELAY_SIZE; the file adds LF
+    total = DELAY_COUNT * (DELAY_SIZE + 1)  # each padded to DELAY_SIZE; the file adds LF
     expected = (DELAY_COUNT - DELAY_RATE) / DELAY_RATE
-    with relay.process.start():
+    done: list[float] = []
+    with relay.process.start(), contextlib.ExitStack() as stack:
         relay.process.wait_for_tcp(port)
         started = time.monotonic()
-        with RelaySendProcess(port, DELAY_COUNT, size=DELAY_SIZE) as sender:
-            wait_until(lambda: relay.out.exists() and relay.out.stat().st_size, 10, interval=0.005)
-            first = time.monotonic()
-            done: list[float] = []
+        sender = _Flooder(tmp_path, kind, port, stack)
+        wait_until(lambda: relay.out.exists() and relay.out.stat().st_size, 10, interval=0.005)
+        first = time.monotonic()
 
-            def all_arrived() -> bool:
-                if not done and not sender.running():
-                    done.append(time.monotonic() - started)
-                return relay.out.stat().st_size >= total
+        def all_arrived() -> bool:
+            if not done and not sender.running():
+                done.append(time.monotonic() - started)
+            return relay.out.stat().st_size >= total
 
-            wait_until(all_arrived, 3 * expected, interval=0.005, message=relay.process.log_tail)
-            last = time.monotonic()
-            sender.finish(timeout=10)
+        wait_until(all_arrived, 3 * expected, interval=0.005, message=relay.process.log_tail)
+        last = time.monotonic()
+        sender.finish()
         _, counters = relay.stop()
     took = last - first
     print(
-        f"{DELAY_COUNT} messages at {DELAY_RATE}/s: first to last arrival {took:.2f} s "
-        f"(expected {expected:.2f} s); the sender was done after {done[0] if done else -1:.2f} s; "
-        f"{counters}"
+        f"{kind}: {DELAY_COUNT} messages at {DELAY_RATE}/s: first to last arrival {took:.2f} s "
+        f"(expected {expected:.2f} s); the sender was done writing after "
+        f"{done[0] if done else -1:.2f} s; {counters}"
     )
     seqs = collections.Counter(int(n) for n in re.findall(rb"seq=(\d+)", relay.data()))
     assert seqs == collections.Counter(range(DELAY_COUNT))
