@@ -17,7 +17,9 @@ charged one run of equal keys at a time).
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import itertools
 import logging
 
 import trio
@@ -112,17 +114,22 @@ class InputLimit:
     async def delay(self, batch: Batch) -> None:
         """Wait until ``batch`` is within the rate (charged now, as of then)."""
         now = trio.current_time()
-        count = len(batch.messages)
+        messages = batch.messages
+        charged: bytes | bytearray | None = None  # 1: charged, 0: exempt; None: all charged
+        count = len(messages)
         if self.config.exempt_severity is not None:
-            limit = self.config.exempt_severity
-            count -= sum(1 for pri in pris(batch.messages) if pri & 7 <= limit)
+            charged = self.limiter.charged(bytes(pris(messages)))
+            count = charged.count(1)
             if not count:
                 return
         if self.config.key is RateLimitKey.SOURCE:
             wait = self.limiter.delay(peer_host(batch.peer), count, now)
         else:
             keys = self._keys(batch)
-            wait = max(self.limiter.delay(k, keys.count(k), now) for k in dict.fromkeys(keys))
+            if charged is not None:
+                keys = list(itertools.compress(keys, charged))
+            counts = collections.Counter(keys)
+            wait = max(self.limiter.delay(k, n, now) for k, n in counts.items())
         if wait:
             self.counters.add("rate_limit_delays")
             await trio.sleep(wait)

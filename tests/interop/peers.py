@@ -164,10 +164,8 @@ def udp_port_bound(port: int) -> bool:
     return False
 
 
-def udp_receive_queue(port: int) -> int | None:
-    """Bytes waiting in the receive queue of the socket bound to UDP ``port``
-    (the ``rx_queue`` column of /proc/net/udp{,6}), or None if none is bound:
-    0 once the process that owns it has read everything sent to it."""
+def _udp_socket_row(port: int) -> list[str] | None:
+    """The row of /proc/net/udp{,6} of the socket bound to UDP ``port``, split."""
     suffix = f":{port:04X}"
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
@@ -177,8 +175,24 @@ def udp_receive_queue(port: int) -> int | None:
         for row in rows:
             fields = row.split()
             if fields and fields[1].endswith(suffix):
-                return int(fields[4].split(":")[1], 16)
+                return fields
     return None
+
+
+def udp_receive_queue(port: int) -> int | None:
+    """Bytes waiting in the receive queue of the socket bound to UDP ``port``
+    (the ``rx_queue`` column of /proc/net/udp{,6}), or None if none is bound:
+    0 once the process that owns it has read everything sent to it."""
+    fields = _udp_socket_row(port)
+    return None if fields is None else int(fields[4].split(":")[1], 16)
+
+
+def udp_drops(port: int) -> int | None:
+    """Datagrams the kernel dropped for the socket bound to UDP ``port`` (its
+    receive buffer was full: the ``drops`` column of /proc/net/udp{,6}), or
+    None if none is bound. Loss that relay cannot see, so cannot count."""
+    fields = _udp_socket_row(port)
+    return None if fields is None else int(fields[-1])
 
 
 def process_memory_kib(pid: int, field: str = "VmHWM") -> int:
