@@ -28,7 +28,7 @@ from relay.config import OnLimit, RateLimitConfig, RateLimitKey
 from relay.errors import ParseError
 from relay.message import Batch
 from relay.policy.filter import peer_host
-from relay.policy.ratelimit import Event, RateLimiter, format_event
+from relay.policy.ratelimit import Event, RateLimiter, ThrottleEnded, format_event
 from relay.policy.stage import pris
 from relay.protocol.detect import parse_any
 from relay.stats import Counters
@@ -36,6 +36,10 @@ from relay.stats import Counters
 log = logging.getLogger("relay.input")
 
 COUNTERS = ("rate_limited", "rate_limit_delays")
+# Episode lines an input logs per interval; past it, one summary line an
+# interval with the sums (a flood from a million spoofed addresses would
+# otherwise log two lines for each).
+MAX_LINES = 50
 
 
 class InputLimit:
@@ -51,6 +55,9 @@ class InputLimit:
             interval=config.interval,
         )
         self.delaying = config.on_limit is OnLimit.DELAY
+        self._window_start = float("-inf")  # the interval that MAX_LINES counts in
+        self._lines = 0
+        self._unlogged_started = self._unlogged_ended = self._unlogged_dropped = 0
 
     def admit(self, batch: Batch) -> Batch | None:
         """The part of ``batch`` within the rate (``batch`` itself when all of it
@@ -144,11 +151,43 @@ class InputLimit:
         """At the stop: end every open episode, so the lines add up to the counter."""
         for event in self.limiter.end_all():
             self._say(event)
+        self._summarise()
 
     def _log(self, now: float) -> None:
+        if now - self._window_start >= self.config.interval:
+            self._summarise()
+            self._window_start, self._lines = now, 0
         for event in self.limiter.take_events(now):
             self._say(event)
 
     def _say(self, event: Event) -> None:
+        if self._lines >= MAX_LINES:
+            # A flood from many (spoofed) sources: their lines are summed up,
+            # once an interval, so that the log stays small and still adds up.
+            if isinstance(event, ThrottleEnded):
+                self._unlogged_ended += 1
+                self._unlogged_dropped += event.dropped
+            else:
+                self._unlogged_started += 1
+            return
+        self._lines += 1
         line = format_event(event, float(self.limiter.rate), self.limiter.burst)
         log.warning("input %s: %s", self.name, line)
+
+    def _summarise(self) -> None:
+        started, ended = self._unlogged_started, self._unlogged_ended
+        if not started and not ended:
+            return
+        dropped = self._unlogged_dropped
+        noun = "message" if dropped == 1 else "messages"
+        log.warning(
+            "input %s: rate limit: %s more keys started throttling and %s more ended, "
+            "%s %s dropped (at most %d lines an interval)",
+            self.name,
+            f"{started:,}",
+            f"{ended:,}",
+            f"{dropped:,}",
+            noun,
+            MAX_LINES,
+        )
+        self._unlogged_started = self._unlogged_ended = self._unlogged_dropped = 0
