@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import ConfigError
 from relay.policy.redact import BUILTIN, CHUNK, Redactor, builtin_rule, custom_rule, redactor
-from relay.protocol import rfc5424
+from relay.protocol import rfc3164, rfc5424
+from relay.protocol.syslog import Facility, SDElement, Severity, SyslogMessage
 from tests.policy.redact_corpus import LINES, RULES, Line
 
 H5424 = b"<38>1 2024-05-06T12:34:56.123Z web01 sshd 4242 AUTH - "
@@ -154,44 +157,100 @@ def test_only_changed_messages_are_new() -> None:
     assert out[0] is clean and out[1] == H3164 + b"password=***"
 
 
-_text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters='"\\]'), max_size=20)
-_secrets = st.sampled_from(
-    [
-        "password=hunter2",
-        '"token": "abc"',
-        "4111 1111 1111 1111",
-        "10.1.2.3",
-        "fe80::1",
-        "Bearer abc.def",
-        "AKIAIOSFODNN7EXAMPLE",
-        "bob@example.com",
-        "x://u:p@h",
-        "plain",
-    ]
+# --- hypothesis: a redacted RFC 5424 message keeps its header and structured data ---
+
+
+def _msg_of(raw: bytes) -> bytes:
+    if raw[raw.index(b">") + 1 :].startswith(b"1 "):
+        return rfc5424.parse(raw).msg
+    return rfc3164.parse(raw, now=datetime(2024, 6, 1, tzinfo=UTC)).msg
+
+
+# The MSG of every corpus line with a secret, and a few fragments that look
+# like secrets or like the delimiters around them.
+_CORPUS_SECRETS = sorted({_msg_of(line.raw) for line in LINES if line.counts})
+_FRAGMENTS = [
+    *_CORPUS_SECRETS,
+    *(b"password=", b"token: ", b'"secret": "', b"://u:", b"@example.com", b"Bearer "),
+    *(b"4111 1111 1111 1111", b"10.1.2.3", b"fe80::1", b"AKIAIOSFODNN7EXAMPLE"),
+    *(b'"', b"\\", b"]", b"[", b"=", b" ", b"-", b":", b"@"),
+]
+_fragments = st.sampled_from(_FRAGMENTS)
+_utf8 = st.text(st.characters(codec="utf-8"), max_size=12).map(str.encode)
+_msg_text = st.lists(st.one_of(_fragments, _utf8, st.binary(max_size=6)), max_size=8).map(b" ".join)
+# SD-PARAM values: text with the three octets that must be escaped (§6.3.3),
+# secrets next to them.
+_sd_value = st.lists(
+    st.one_of(_fragments, _utf8, st.sampled_from([b'"', b"\\", b"]", b'\\"', b"\\]"])),
+    max_size=6,
+).map(lambda parts: b"".join(parts).decode("utf-8", "replace"))
+
+
+def _printusascii(max_size: int, exclude: str = "") -> st.SearchStrategy[str]:
+    chars = st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=exclude)
+    return st.text(chars, min_size=1, max_size=max_size)
+
+
+def _header_field(limit: int) -> st.SearchStrategy[str | None]:
+    # PRINTUSASCII (§6), "-" being the NILVALUE; secrets in the header stay.
+    looks_secret = ["10.1.2.3", "fe80::1", "bob@example.com", "password=x", "4111111111111111"]
+    field = _printusascii(limit) | st.sampled_from([v for v in looks_secret if len(v) <= limit])
+    return st.none() | field.filter(lambda value: value != "-")
+
+
+_sd_name = _printusascii(32, exclude='=]"') | st.sampled_from(
+    ["password", "db_pwd", "token", "ip", "mail", "origin@32473", "x@1.2"]
+)
+_sd_elements = st.builds(
+    SDElement,
+    _sd_name,
+    st.lists(st.tuples(_sd_name, _sd_value), max_size=4).map(tuple),
+)
+_timestamps = st.none() | st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+_messages = st.builds(
+    SyslogMessage,
+    facility=st.sampled_from(Facility),
+    severity=st.sampled_from(Severity),
+    timestamp=_timestamps,
+    hostname=_header_field(rfc5424.MAX_HOSTNAME),
+    app_name=_header_field(rfc5424.MAX_APP_NAME),
+    procid=_header_field(rfc5424.MAX_PROCID),
+    msgid=_header_field(rfc5424.MAX_MSGID),
+    structured_data=st.lists(_sd_elements, max_size=3, unique_by=lambda e: e.id).map(tuple),
+    msg=_msg_text,
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    sd_value=st.one_of(_text, _secrets),
-    words=st.lists(st.one_of(_secrets, st.text(max_size=10)), max_size=6),
-    sd_rules=st.booleans(),
-)
-def test_redacted_rfc5424_still_parses(sd_value: str, words: list[str], sd_rules: bool) -> None:
-    value = sd_value.encode().replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"]", b"\\]")
-    sd = b'[x@32473 password="%s" v="%s"]' % (value, value)
-    raw = b"<38>1 2024-05-06T12:34:56Z 10.1.2.3 app 1 ID " + sd + b" " + " ".join(words).encode()
+def _header(m: SyslogMessage) -> tuple[object, ...]:
+    return (m.pri, m.version, m.timestamp, m.hostname, m.app_name, m.procid, m.msgid)
+
+
+@settings(max_examples=500, deadline=None)
+@given(message=_messages, structured_data=st.booleans())
+def test_redacted_rfc5424_keeps_header_and_structured_data(
+    message: SyslogMessage, structured_data: bool
+) -> None:
+    raw = rfc5424.format(message)
     before = rfc5424.parse(raw)
-    rules = [builtin_rule(n, structured_data=sd_rules) for n in BUILTIN]
-    after = rfc5424.parse(Redactor(rules).redact_one(raw))
-    assert after.pri == before.pri and after.timestamp == before.timestamp
-    assert (after.hostname, after.app_name, after.procid, after.msgid) == (
-        before.hostname,
-        before.app_name,
-        before.procid,
-        before.msgid,
-    )
-    if not sd_rules:
+    r = Redactor([builtin_rule(name, structured_data=structured_data) for name in BUILTIN])
+    out = r.redact_one(raw)
+    after = rfc5424.parse(out)  # still a valid RFC 5424 message
+    assert _header(after) == _header(before)
+    _assert_only_masked(before.msg, after.msg)
+    head = raw[: len(raw) - len(before.msg)]
+    if not structured_data:
+        # Header and structured data forwarded byte for byte.
+        assert out.startswith(head)
         assert after.structured_data == before.structured_data
     else:
-        assert [p[0] for p in after.structured_data[0].params] == ["password", "v"]
+        assert [(e.id, [name for name, _ in e.params]) for e in after.structured_data] == [
+            (e.id, [name for name, _ in e.params]) for e in before.structured_data
+        ]
+        for old, new in zip(before.structured_data, after.structured_data, strict=True):
+            for (_, old_value), (_, new_value) in zip(old.params, new.params, strict=True):
+                _assert_only_masked(old_value.encode(), new_value.encode())
+    if out == raw:
+        assert out is raw
+        assert set(r.counts.values()) == {0}
