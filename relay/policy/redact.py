@@ -73,10 +73,10 @@ message with a secret: 44.7 -> 25.2; clean messages in batches of one (the
 searches then run on each message, plus a fixed cost of a few calls), all
 7: 13.9 -> 5.2, ``ipv4`` 2.1 -> 1.0, ``credentials`` 3.0 -> 2.6. A woken
 message costs finding its MSG (2 us for RFC 5424, more for RFC 3164, which
-is parsed) and the rule's pattern: the ``credentials`` pattern,
-case-insensitive, costs about 100 ns per octet of MSG, 25 us on a 250-octet
-MSG. A custom rule has no needles: its own regular expression is its
-pre-check, run on every message.
+is parsed) and the rule's pattern, which re tries at every octet of MSG:
+5-10 us on a 234-octet MSG, 18.5 for the case-insensitive ``credentials``
+pattern (26 before its key was taken possessively). A custom rule has no
+needles: its own regular expression is its pre-check, run on every message.
 """
 
 from __future__ import annotations
@@ -202,11 +202,16 @@ def _mask_card(match: re.Match[bytes]) -> bytes:
 
 
 _SECRET_KEY = rb"[\w.-]*(?:password|passwd|pwd|secret|token)"
+# The same key where what follows it cannot be [\w.-] (a quote, a space, "=" or
+# ":"): the whole run, taken at once, that ends in one of the words. No
+# backtracking through every word of MSG: 18.5 us instead of 26 for the
+# credentials pattern on a 234-octet MSG holding one password.
+_WHOLE_SECRET_KEY = rb"[\w.-]*+(?:(?<=password)|(?<=passwd)|(?<=pwd)|(?<=secret)|(?<=token))"
 _CREDENTIALS = re.compile(
     # JSON: "db_password": "value" (escapes inside the value kept in the match)
-    rb'(?P<jk>"' + _SECRET_KEY + rb'"\s*:\s*")(?:[^"\\]|\\.)*(?=")'
+    rb'(?P<jk>"' + _WHOLE_SECRET_KEY + rb'"\s*:\s*")(?:[^"\\]|\\.)*(?=")'
     # key=value, key: value, ?key=value&; a quoted value keeps its quotes
-    rb"|(?P<kk>(?<![\w.-])" + _SECRET_KEY + rb"\s*[=:]\s*)"
+    rb"|(?P<kk>(?<![\w.-])" + _WHOLE_SECRET_KEY + rb"\s*[=:]\s*)"
     rb"(?:(?P<q>[\"'])(?:(?!(?P=q)).)*(?=(?P=q))|[^\s&,;\"'<>]+)"
     # URL userinfo: scheme://user:password@
     rb"|(?P<uk>://[^\s:/@]+:)[^\s/@]+(?=@)",
