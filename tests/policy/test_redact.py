@@ -2,106 +2,99 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import ConfigError
-from relay.policy.redact import BUILTIN, Redactor, builtin_rule, custom_rule, redactor
-from relay.protocol import rfc5424
+from relay.policy.redact import BUILTIN, CHUNK, Redactor, builtin_rule, custom_rule, redactor
+from relay.protocol import rfc3164, rfc5424
+from relay.protocol.syslog import Facility, SDElement, Severity, SyslogMessage
+from tests.policy.redact_corpus import LINES, RULES, Line
 
 H5424 = b"<38>1 2024-05-06T12:34:56.123Z web01 sshd 4242 AUTH - "
 H3164 = b"<38>Oct 11 22:14:15 web01 sshd[4242]: "
-
-# (message, redacted, {rule: count}); every byte not in a secret is unchanged.
-CORPUS = [
-    # cards: Luhn passes (masked, last 4 kept) or fails (kept)
-    (
-        H5424 + b"charge card=4111111111111111 ok",
-        H5424 + b"charge card=************1111 ok",
-        {"card": 1},
-    ),
-    (
-        H5424 + b"pan 4111 1111 1111 1111 exp 12/27",
-        H5424 + b"pan **** **** **** 1111 exp 12/27",
-        {"card": 1},
-    ),
-    (H5424 + b"pan 5500-0000-0000-0004.", H5424 + b"pan ****-****-****-0004.", {"card": 1}),
-    (H5424 + b"amex 3782 822463 10005 paid", H5424 + b"amex **** ****** *0005 paid", {"card": 1}),
-    (H5424 + b"order 4111111111111112 failed Luhn", None, {}),
-    (H5424 + b"ts=1700000000123 id=9999999999999999999999", None, {}),
-    # credentials: key=value, key: value, URL query, JSON, URL userinfo
-    (
-        H3164 + b"login user=bob password=hunter2 ok",
-        H3164 + b"login user=bob password=*** ok",
-        {"credentials": 1},
-    ),
-    (H3164 + b"passwd: s3cr3t!", H3164 + b"passwd: ***", {"credentials": 1}),
-    (H3164 + b'DB_PASSWORD="a b c" next', H3164 + b'DB_PASSWORD="***" next', {"credentials": 1}),
-    (
-        H5424 + b"GET /cb?code=1&client_secret=xyz&state=2 200",
-        H5424 + b"GET /cb?code=1&client_secret=***&state=2 200",
-        {"credentials": 1},
-    ),
-    (
-        H5424 + b'{"user":"bob","password": "p\\"w d","n":1}',
-        H5424 + b'{"user":"bob","password": "***","n":1}',
-        {"credentials": 1},
-    ),
-    (
-        H5424 + b"connect postgres://app:Xy9z@db.internal:5432/main",
-        H5424 + b"connect postgres://app:***@db.internal:5432/main",
-        {"credentials": 1},
-    ),
-    (
-        H5424 + b"refresh access_token=eyJ.a.b expires_in=3600",
-        H5424 + b"refresh access_token=*** expires_in=3600",
-        {"credentials": 1},
-    ),
-    # bearer tokens, AWS keys
-    (
-        H5424 + b"hdr Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig-_x= end",
-        H5424 + b"hdr Authorization: Bearer *** end",
-        {"bearer": 1},
-    ),
-    (
-        H5424 + b"aws key=AKIAIOSFODNN7EXAMPLE region",
-        H5424 + b"aws key=AKIA**************** region",
-        {"aws_key": 1},
-    ),
-    (H5424 + b"sts ASIAY34FZKBOKMUTVV7A,", H5424 + b"sts ASIA****************,", {"aws_key": 1}),
-    # e-mail
-    (
-        H3164 + b"mail from=<alice.smith+x@mail.example.co.uk> sent",
-        H3164 + b"mail from=<***@mail.example.co.uk> sent",
-        {"email": 1},
-    ),
-    # IPv4 / IPv6, mmanon zero mode with its default bits (16, 96)
-    (
-        H3164 + b"Failed password for root from 203.0.113.77 port 22",
-        H3164 + b"Failed password for root from 203.0.0.0 port 22",
-        {"ipv4": 1},
-    ),
-    (H3164 + b"peer 10.1.12.123:5514 closed", H3164 + b"peer 10.1.0.0:5514 closed", {"ipv4": 1}),
-    (
-        H3164 + b"from 2001:DB8:85a3::8a2e:370:7334 via [fe80::1]:22",
-        H3164 + b"from 2001:db8:0:0:0:0:0:0 via [fe80:0:0:0:0:0:0:0]:22",
-        {"ipv6": 2},
-    ),
-    (H3164 + b"mapped ::ffff:192.0.2.1 ok", H3164 + b"mapped 0:0:0:0:0:0:0.0.0.0 ok", {"ipv6": 1}),
-    (H3164 + b"at 12:34:56 mac 00:1a:2b:3c:4d:5e std::vector v1.2.3 999.1.1.1", None, {}),
-]
+SECRET_LINES = [line for line in LINES if line.counts]
 
 
-@pytest.mark.parametrize(("raw", "expected", "counts"), CORPUS)
-def test_corpus(raw: bytes, expected: bytes | None, counts: dict[str, int]) -> None:
-    r = redactor(BUILTIN)
-    out = r.redact([raw])
-    if expected is None:
-        assert out[0] is raw
-    else:
-        assert out[0] == expected
-    assert {k: v for k, v in r.counts.items() if v} == counts
+def _line_id(line: Line) -> str:
+    return line.raw[-40:].decode()
+
+
+def test_corpus_is_what_the_interop_test_needs() -> None:
+    assert set(RULES) == set(BUILTIN)
+    for line in LINES:
+        assert b"\n" not in line.raw and b"\n" not in line.redacted
+        assert line.raw.isascii()
+        assert (line.raw == line.redacted) == (not line.counts)
+
+
+@pytest.mark.parametrize("line", LINES, ids=_line_id)
+def test_corpus(line: Line) -> None:
+    r = redactor(RULES)
+    batch = [line.raw]
+    out = r.redact(batch)
+    assert out[0] == line.redacted
+    assert {name: n for name, n in r.counts.items() if n} == line.counts
+    if not line.counts:
+        assert out is batch
+        assert out[0] is line.raw
+
+
+@pytest.mark.parametrize("line", SECRET_LINES, ids=_line_id)
+def test_corpus_with_only_its_rules(line: Line) -> None:
+    r = redactor(line.counts)
+    assert r.redact_one(line.raw) == line.redacted
+    assert r.counts == line.counts
+
+
+# What a mask writes: "*", and the digits, hex letters and separators of a
+# zeroed (IPv4) or normalised (IPv6) address.
+_MASK_OCTETS = frozenset(b"*0123456789abcdef:.")
+
+
+def _assert_only_masked(before: bytes, after: bytes) -> None:
+    """``after`` is ``before`` with some spans replaced by mask octets, nothing else.
+
+    Every octet of ``after`` that no mask writes is one of ``before``, in order.
+    """
+    octets = iter(before)
+    kept = [octet for octet in after if octet not in _MASK_OCTETS]
+    assert all(octet in octets for octet in kept), (before, after)
+
+
+@pytest.mark.parametrize("line", SECRET_LINES, ids=_line_id)
+def test_corpus_changes_only_secrets(line: Line) -> None:
+    # The expected values themselves.
+    assert line.raw != line.redacted
+    _assert_only_masked(line.raw, line.redacted)
+
+
+def test_corpus_as_one_batch_across_chunks() -> None:
+    # Some thousand messages: several CHUNKs, with secrets on both sides of
+    # every chunk boundary; each message comes out as it does alone.
+    batch = [line.raw for line in LINES] * 250
+    assert sum(map(len, batch)) > 8 * CHUNK
+    r = redactor(RULES)
+    out = r.redact(batch)
+    assert out is not batch
+    assert out == [line.redacted for line in LINES] * 250
+    for line in LINES:
+        for name, n in line.counts.items():
+            r.counts[name] -= 250 * n
+    assert set(r.counts.values()) == {0}
+    clean = [i for i, line in enumerate(LINES) if not line.counts]
+    assert all(out[i] is batch[i] for i in clean)
+
+
+def test_needle_across_two_messages_wakes_nothing() -> None:
+    # "pass" + "word=1" and "10.1" + ".2.3" meet only in the joined batch.
+    batch = [H3164 + b"my pass", b"word=1 10.1", b".2.3 end"]
+    r = redactor(RULES)
+    assert r.redact(batch) is batch
+    assert set(r.counts.values()) == {0}
 
 
 def test_header_and_structured_data_untouched_by_default() -> None:
@@ -169,44 +162,100 @@ def test_only_changed_messages_are_new() -> None:
     assert out[0] is clean and out[1] == H3164 + b"password=***"
 
 
-_text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters='"\\]'), max_size=20)
-_secrets = st.sampled_from(
-    [
-        "password=hunter2",
-        '"token": "abc"',
-        "4111 1111 1111 1111",
-        "10.1.2.3",
-        "fe80::1",
-        "Bearer abc.def",
-        "AKIAIOSFODNN7EXAMPLE",
-        "bob@example.com",
-        "x://u:p@h",
-        "plain",
-    ]
+# --- hypothesis: a redacted RFC 5424 message keeps its header and structured data ---
+
+
+def _msg_of(raw: bytes) -> bytes:
+    if raw[raw.index(b">") + 1 :].startswith(b"1 "):
+        return rfc5424.parse(raw).msg
+    return rfc3164.parse(raw, now=datetime(2024, 6, 1, tzinfo=UTC)).msg
+
+
+# The MSG of every corpus line with a secret, and a few fragments that look
+# like secrets or like the delimiters around them.
+_CORPUS_SECRETS = sorted({_msg_of(line.raw) for line in LINES if line.counts})
+_FRAGMENTS = [
+    *_CORPUS_SECRETS,
+    *(b"password=", b"token: ", b'"secret": "', b"://u:", b"@example.com", b"Bearer "),
+    *(b"4111 1111 1111 1111", b"10.1.2.3", b"fe80::1", b"AKIAIOSFODNN7EXAMPLE"),
+    *(b'"', b"\\", b"]", b"[", b"=", b" ", b"-", b":", b"@"),
+]
+_fragments = st.sampled_from(_FRAGMENTS)
+_utf8 = st.text(st.characters(codec="utf-8"), max_size=12).map(str.encode)
+_msg_text = st.lists(st.one_of(_fragments, _utf8, st.binary(max_size=6)), max_size=8).map(b" ".join)
+# SD-PARAM values: text with the three octets that must be escaped (§6.3.3),
+# secrets next to them.
+_sd_value = st.lists(
+    st.one_of(_fragments, _utf8, st.sampled_from([b'"', b"\\", b"]", b'\\"', b"\\]"])),
+    max_size=6,
+).map(lambda parts: b"".join(parts).decode("utf-8", "replace"))
+
+
+def _printusascii(max_size: int, exclude: str = "") -> st.SearchStrategy[str]:
+    chars = st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=exclude)
+    return st.text(chars, min_size=1, max_size=max_size)
+
+
+def _header_field(limit: int) -> st.SearchStrategy[str | None]:
+    # PRINTUSASCII (§6), "-" being the NILVALUE; secrets in the header stay.
+    looks_secret = ["10.1.2.3", "fe80::1", "bob@example.com", "password=x", "4111111111111111"]
+    field = _printusascii(limit) | st.sampled_from([v for v in looks_secret if len(v) <= limit])
+    return st.none() | field.filter(lambda value: value != "-")
+
+
+_sd_name = _printusascii(32, exclude='=]"') | st.sampled_from(
+    ["password", "db_pwd", "token", "ip", "mail", "origin@32473", "x@1.2"]
+)
+_sd_elements = st.builds(
+    SDElement,
+    _sd_name,
+    st.lists(st.tuples(_sd_name, _sd_value), max_size=4).map(tuple),
+)
+_timestamps = st.none() | st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+_messages = st.builds(
+    SyslogMessage,
+    facility=st.sampled_from(Facility),
+    severity=st.sampled_from(Severity),
+    timestamp=_timestamps,
+    hostname=_header_field(rfc5424.MAX_HOSTNAME),
+    app_name=_header_field(rfc5424.MAX_APP_NAME),
+    procid=_header_field(rfc5424.MAX_PROCID),
+    msgid=_header_field(rfc5424.MAX_MSGID),
+    structured_data=st.lists(_sd_elements, max_size=3, unique_by=lambda e: e.id).map(tuple),
+    msg=_msg_text,
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    sd_value=st.one_of(_text, _secrets),
-    words=st.lists(st.one_of(_secrets, st.text(max_size=10)), max_size=6),
-    sd_rules=st.booleans(),
-)
-def test_redacted_rfc5424_still_parses(sd_value: str, words: list[str], sd_rules: bool) -> None:
-    value = sd_value.encode().replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"]", b"\\]")
-    sd = b'[x@32473 password="%s" v="%s"]' % (value, value)
-    raw = b"<38>1 2024-05-06T12:34:56Z 10.1.2.3 app 1 ID " + sd + b" " + " ".join(words).encode()
+def _header(m: SyslogMessage) -> tuple[object, ...]:
+    return (m.pri, m.version, m.timestamp, m.hostname, m.app_name, m.procid, m.msgid)
+
+
+@settings(max_examples=500, deadline=None)
+@given(message=_messages, structured_data=st.booleans())
+def test_redacted_rfc5424_keeps_header_and_structured_data(
+    message: SyslogMessage, structured_data: bool
+) -> None:
+    raw = rfc5424.format(message)
     before = rfc5424.parse(raw)
-    rules = [builtin_rule(n, structured_data=sd_rules) for n in BUILTIN]
-    after = rfc5424.parse(Redactor(rules).redact_one(raw))
-    assert after.pri == before.pri and after.timestamp == before.timestamp
-    assert (after.hostname, after.app_name, after.procid, after.msgid) == (
-        before.hostname,
-        before.app_name,
-        before.procid,
-        before.msgid,
-    )
-    if not sd_rules:
+    r = Redactor([builtin_rule(name, structured_data=structured_data) for name in BUILTIN])
+    out = r.redact_one(raw)
+    after = rfc5424.parse(out)  # still a valid RFC 5424 message
+    assert _header(after) == _header(before)
+    _assert_only_masked(before.msg, after.msg)
+    head = raw[: len(raw) - len(before.msg)]
+    if not structured_data:
+        # Header and structured data forwarded byte for byte.
+        assert out.startswith(head)
         assert after.structured_data == before.structured_data
     else:
-        assert [p[0] for p in after.structured_data[0].params] == ["password", "v"]
+        assert [(e.id, [name for name, _ in e.params]) for e in after.structured_data] == [
+            (e.id, [name for name, _ in e.params]) for e in before.structured_data
+        ]
+        for old, new in zip(before.structured_data, after.structured_data, strict=True):
+            for (_, old_value), (_, new_value) in zip(old.params, new.params, strict=True):
+                _assert_only_masked(old_value.encode(), new_value.encode())
+    if out == raw:
+        assert out is raw
+        assert set(r.counts.values()) == {0}
