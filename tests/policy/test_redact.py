@@ -259,3 +259,28 @@ def test_redacted_rfc5424_keeps_header_and_structured_data(
     if out == raw:
         assert out is raw
         assert set(r.counts.values()) == {0}
+
+
+def test_address_rules_over_a_whole_batch_keep_headers_and_count_each_change() -> None:
+    """ipv4/ipv6 run over a batch's MSGs joined by LF: the same result as one
+    message at a time, a MSG that holds LF included, and headers kept."""
+    messages = [
+        b"<14>1 - 10.9.8.7 app - - - from 10.1.12.123 and 2001:db8::1",
+        b'<14>1 - host app - - [x@1 ip="10.1.2.3"] to 192.168.7.9',
+        b"<14>1 - host app - - - two\nlines 172.16.5.4",
+        b"<13>Dec  1 12:00:00 10.9.8.7 sshd[1]: from 10.1.12.123",
+        b"<14>1 - host app - - - nothing here",
+    ]
+    together = redactor(["ipv4", "ipv6"])
+    alone = redactor(["ipv4", "ipv6"])
+    assert together.redact(messages) == [alone.redact([m])[0] for m in messages]
+    assert together.counts == alone.counts == {"ipv6": 1, "ipv4": 4}
+    redacted = together.redact(messages)
+    assert redacted[0].startswith(b"<14>1 - 10.9.8.7 app")
+    assert b"from 10.1.0.0 and 2001:db8:0:0:0:0:0:0" in redacted[0]
+    assert redacted[2].endswith(b"two\nlines 172.16.0.0")
+    assert redacted[4] is messages[4]
+    without_lf = [m for m in messages if b"\n" not in m]
+    assert redactor(["ipv4", "ipv6"]).redact(without_lf) == [
+        alone.redact([m])[0] for m in without_lf
+    ]
