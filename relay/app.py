@@ -84,7 +84,8 @@ class Relay:
             [o.filter for o in config.outputs],
             [Redactor(o.redact) if o.redact else None for o in config.outputs],
         )
-        self.stats.adopt("router", "stage", self.stage.counts)
+        if not self.stage.passthrough:  # no filter: no line about it at stop
+            self.stats.adopt("router", "stage", self.stage.counts)
         for output, redactor in zip(config.outputs, self.stage.redactors, strict=True):
             if redactor is not None:
                 self.stats.adopt("redaction", output.name, redactor.counts)

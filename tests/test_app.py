@@ -133,3 +133,19 @@ async def test_an_error_in_the_relays_own_task_saves_every_queued_message(
         batches = await spool.wait_batches(1 << 40)  # read back from disk
     assert [m for b in batches for m in b.messages] == [b"<13>seq=%d" % i for i in range(1000)]
     await again.aclose_inputs()
+
+
+def test_the_stage_is_counted_only_when_it_has_work(tmp_path: Path) -> None:
+    """No filter: batches never enter the stage, and no 'router stage' line;
+    with one, the stage and each redacting output have their counters."""
+    base = f'[relay]\nstate_dir = "{tmp_path}"\n[input.u]\nurl = "udp://127.0.0.1:0"\n'
+    plain = app.Relay(config.loads(base + '[output.o]\nurl = "file:-"\n'))
+    assert plain.router.stage is None
+    assert "router" not in plain.stats.snapshot()
+    filtered = app.Relay(
+        config.loads(base + '[output.o]\nurl = "file:-"\nfilter = "auth.*"\nredact = ["ipv4"]\n')
+    )
+    assert filtered.router.stage is not None
+    snapshot = filtered.stats.snapshot()
+    assert snapshot["router"]["stage"] == {"unrouted": 0}
+    assert snapshot["redaction"]["o"] == {"ipv4": 0}
