@@ -18,19 +18,16 @@ charged one run of equal keys at a time).
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import itertools
 import logging
 
 import trio
 
 from relay.config import OnLimit, RateLimitConfig, RateLimitKey
-from relay.errors import ParseError
 from relay.message import Batch
 from relay.policy.filter import peer_host
 from relay.policy.ratelimit import Event, RateLimiter, ThrottleEnded, format_event
-from relay.policy.stage import pris
-from relay.protocol.detect import parse_any
+from relay.policy.stage import header_fields, pris
 from relay.stats import Counters
 
 log = logging.getLogger("relay.input")
@@ -105,17 +102,12 @@ class InputLimit:
         return messages if len(kept) == len(messages) else kept
 
     def _keys(self, batch: Batch) -> list[str]:
-        received = dt.datetime.fromtimestamp(batch.received, dt.UTC)
-        hostname = self.config.key is RateLimitKey.HOSTNAME
+        """Each message's HOSTNAME (lower case) or APP-NAME; "-" when it has none."""
+        field = 0 if self.config.key is RateLimitKey.HOSTNAME else 1
         keys = []
         for raw in batch.messages:
-            try:
-                parsed = parse_any(raw, now=received)
-            except ParseError:
-                keys.append("-")  # no PRI, no fields: one key for all such messages
-                continue
-            value = parsed.hostname if hostname else parsed.app_name
-            keys.append(value or "-")
+            fields = header_fields(raw, batch.received)
+            keys.append((fields[field] if fields is not None else "") or "-")
         return keys
 
     async def delay(self, batch: Batch) -> None:
