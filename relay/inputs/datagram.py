@@ -29,7 +29,7 @@ import trio
 
 from relay.config import InputConfig, host_port
 from relay.errors import ADDRESS_IN_USE, StartupError
-from relay.inputs.limit import InputLimit
+from relay.inputs.limit import for_input
 from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, utf8_cut
 from relay.spool.router import Router
@@ -70,11 +70,7 @@ class DatagramInput:
         self.config = config
         self.router = router
         self.counters = counters
-        self.limit = (
-            None
-            if config.rate_limit is None
-            else InputLimit(config.name, config.rate_limit, counters)
-        )
+        self.limit = for_input(config, counters)
         self.sock: socket.socket | None = None
         self.address: str = config.endpoint.url
         self._scope = trio.CancelScope()

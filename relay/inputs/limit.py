@@ -23,7 +23,7 @@ import logging
 
 import trio
 
-from relay.config import OnLimit, RateLimitConfig, RateLimitKey
+from relay.config import InputConfig, OnLimit, RateLimitConfig, RateLimitKey
 from relay.message import Batch
 from relay.policy.filter import peer_host
 from relay.policy.ratelimit import Event, RateLimiter, ThrottleEnded, format_event
@@ -37,6 +37,13 @@ COUNTERS = ("rate_limited", "rate_limit_delays")
 # interval with the sums (a flood from a million spoofed addresses would
 # otherwise log two lines for each).
 MAX_LINES = 50
+
+
+def for_input(config: InputConfig, counters: Counters) -> InputLimit | None:
+    """The input's rate limit, or None when it has none."""
+    if config.rate_limit is None:
+        return None
+    return InputLimit(config.name, config.rate_limit, counters)
 
 
 class InputLimit:
@@ -109,6 +116,14 @@ class InputLimit:
             fields = header_fields(raw, batch.received)
             keys.append((fields[field] if fields is not None else "") or "-")
         return keys
+
+    async def apply(self, batch: Batch) -> Batch | None:
+        """``batch`` within the rate: :meth:`admit`'s part of it, or (``on_limit =
+        "delay"``) all of it once :meth:`delay` has waited."""
+        if not self.delaying:
+            return self.admit(batch)
+        await self.delay(batch)
+        return batch
 
     async def delay(self, batch: Batch) -> None:
         """Wait until ``batch`` is within the rate (charged now, as of then)."""

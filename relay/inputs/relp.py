@@ -188,13 +188,12 @@ class RelpInput(TcpInput):
         self.counters.add("bytes", batch.nbytes)
         try:
             if self.limit is not None:
-                if not self.limit.delaying:
-                    limited = self.limit.admit(batch)
-                    if limited is None:
-                        return
-                    batch = limited
-                else:
-                    await self.limit.delay(batch)  # not answered yet: the client waits
+                # Delayed, not answered yet: the client waits (and at the stop
+                # sends it again). Dropped: answered, as rsyslog's imrelp does.
+                limited = await self.limit.apply(batch)
+                if limited is None:
+                    return
+                batch = limited
             await self.router.put(batch)
             await self.router.wait_durable()  # fsync durability: on disk before the ack
         except trio.Cancelled:  # stopping while the queues are full

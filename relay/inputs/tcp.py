@@ -38,7 +38,7 @@ import trio
 
 from relay.config import InputConfig, host_port
 from relay.errors import ADDRESS_IN_USE, RelayError, StartupError
-from relay.inputs.limit import InputLimit
+from relay.inputs.limit import InputLimit, for_input
 from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
 from relay.spool.router import Router
@@ -105,11 +105,7 @@ class TcpInput:
     def __init__(self, config: InputConfig, router: Router, counters: Counters) -> None:
         self.config = config
         self.router = router
-        self.limit = (
-            None
-            if config.rate_limit is None
-            else InputLimit(config.name, config.rate_limit, counters)
-        )
+        self.limit = for_input(config, counters)
         self.counters = counters
         self.listeners: list[trio.SocketListener] = []
         self.address = config.endpoint.url
@@ -314,17 +310,15 @@ class TcpInput:
                     errors,
                 )
 
-    async def _limited(self, batch: Batch, limit: InputLimit) -> Batch | None:
-        """``batch`` within the input's rate limit: what is left after dropping,
-        or all of it once the connection has waited (``on_limit = "delay"``)."""
-        if not limit.delaying:
-            return limit.admit(batch)
+    async def _limited(self, batch: Batch, rate_limit: InputLimit) -> Batch | None:
+        """``batch`` within the input's rate limit (:meth:`InputLimit.apply`); the
+        stop while it waits keeps the batch: it was read, and plain TCP cannot
+        ask for it again."""
         try:
-            await limit.delay(batch)
-        except trio.Cancelled:  # the stop, while waiting: read, so kept and saved
+            return await rate_limit.apply(batch)
+        except trio.Cancelled:
             self.router.keep_at_stop(batch)
             raise
-        return batch
 
     async def _read(self, stream: trio.SocketStream | ByteStream, connection: Connection) -> bytes:
         """The next read, ``b""`` at the end: EOF, a broken connection, the idle

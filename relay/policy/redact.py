@@ -99,7 +99,7 @@ from datetime import UTC, datetime
 from itertools import accumulate
 
 from relay.errors import ConfigError, ParseError
-from relay.protocol import rfc3164
+from relay.protocol import rfc3164, rfc5424
 from relay.protocol.syslog import parse_pri
 
 __all__ = [
@@ -456,16 +456,12 @@ def _sd_end(raw: bytes, pos: int, values: list[tuple[int, int, int, int]] | None
     return pos
 
 
-# "<PRI>1" for every valid PRI: the first field of an RFC 5424 message.
-_RFC5424_START = frozenset(b"<%d>1" % pri for pri in range(192))
-
-
 def _msg_start(raw: bytes) -> int:
     """Where MSG starts in ``raw`` (0 when there is no PRI)."""
     # The common case, RFC 5424 without structured data: MSG follows the
     # seventh space (one split, no PRI parse).
-    parts = raw.split(b" ", 7)
-    if len(parts) == 8 and parts[6] == b"-" and parts[0] in _RFC5424_START:
+    parts = rfc5424.split_header(raw)
+    if parts is not None and len(parts) == 8 and parts[6] == b"-":
         return len(raw) - len(parts[7])
     try:
         _, pos = parse_pri(raw)

@@ -32,6 +32,7 @@ from relay.message import Batch
 from relay.policy.filter import Filter
 from relay.policy.redact import Redactor
 from relay.policy.selector import DEFAULT_PRI
+from relay.protocol import rfc5424
 from relay.protocol.detect import parse_any
 
 # Every valid PRI part (RFC 5424 §6.2.1: no leading zero, at most 191) to its value.
@@ -72,16 +73,14 @@ def header_fields(raw: bytes, received: float) -> Fields:
     full parse, timestamp included, costs 30); anything else is read by the
     tolerant RFC 3164 parser (about 30 us), as
     :func:`~relay.protocol.detect.parse_any` would."""
-    end = raw.find(b">", 1, 5) + 1
-    if end > 2 and raw[end : end + 2] == b"1 " and raw[:end] in _PRI:
-        parts = raw.split(b" ", 7)
-        if len(parts) >= 7:
-            _, _, hostname, app_name, _, msgid, *_ = parts
-            return (
-                "" if hostname == b"-" else hostname.decode("ascii", "replace").lower(),
-                "" if app_name == b"-" else app_name.decode("ascii", "replace"),
-                "" if msgid == b"-" else msgid.decode("ascii", "replace"),
-            )
+    parts = rfc5424.split_header(raw)
+    if parts is not None:
+        _, _, hostname, app_name, _, msgid, *_ = parts
+        return (
+            "" if hostname == b"-" else hostname.decode("ascii", "replace").lower(),
+            "" if app_name == b"-" else app_name.decode("ascii", "replace"),
+            "" if msgid == b"-" else msgid.decode("ascii", "replace"),
+        )
     try:
         parsed = parse_any(raw, now=dt.datetime.fromtimestamp(received, dt.UTC))
     except ParseError:

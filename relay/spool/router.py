@@ -51,11 +51,6 @@ class Router:
         self.routes = tuple(routes)
         self.stage = None if stage is None or stage.passthrough else stage
 
-    @property
-    def unrouted(self) -> int:
-        """Messages no output's filter took."""
-        return 0 if self.stage is None else self.stage.counts["unrouted"]
-
     def _plan(self, batch: Batch) -> list[tuple[Route, Batch]]:
         """Each route with the batch it takes (the stage's decision)."""
         if self.stage is None:

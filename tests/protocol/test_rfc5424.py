@@ -551,3 +551,13 @@ def test_parse_raises_only_parse_error(tail: bytes) -> None:
     for prefix in (b"", b"<13>1 ", b"<13>1 - - - - - "):
         with contextlib.suppress(ParseError):
             rfc5424.parse(prefix + tail)
+
+
+def test_split_header_cuts_at_spaces_and_refuses_what_is_not_rfc5424() -> None:
+    parts = rfc5424.split_header(b"<13>1 2026-12-01T00:00:00Z host app 12 ID - text here")
+    assert parts == [b"<13>1", b"2026-12-01T00:00:00Z", b"host", b"app", b"12", b"ID", b"-",
+                     b"text here"]  # fmt: skip
+    assert rfc5424.split_header(b"<13>1 - - - - - -") == [b"<13>1", *[b"-"] * 6]
+    for not_5424 in (b"<13>1 - - - - -", b"<192>1 - - - - - -", b"<013>1 - - - - - -",
+                     b"<13>Dec  1 00:00:00 host app: text", b"no PRI at all x y z w"):  # fmt: skip
+        assert rfc5424.split_header(not_5424) is None
