@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import ConfigError
-from relay.policy.redact import BUILTIN, CHUNK, Redactor, builtin_rule, custom_rule, redactor
+from relay.policy.redact import (
+    BUILTIN,
+    CHUNK,
+    Redactor,
+    _msg_start,
+    builtin_rule,
+    custom_rule,
+    redactor,
+)
 from relay.protocol import rfc3164, rfc5424
 from relay.protocol.syslog import Facility, SDElement, Severity, SyslogMessage
 from tests.policy.redact_corpus import LINES, RULES, Line
@@ -284,3 +292,63 @@ def test_address_rules_over_a_whole_batch_keep_headers_and_count_each_change() -
     assert redactor(["ipv4", "ipv6"]).redact(without_lf) == [
         alone.redact([m])[0] for m in without_lf
     ]
+
+
+# --- hypothesis: the ipv4 rule over a whole batch is _IPV4 on each MSG ---
+
+_ADDRESSY = st.lists(
+    st.sampled_from(
+        [
+            *(b"10.1.12.123", b"1.2.3.4", b"256.1.1.1", b"1234.5.6.7", b"1.2.3.4.5", b"0.0.0.0"),
+            *(b"010.001.12.123", b"1.2.00.0", b"255.255.255.255", b"1.2.3.04", b"09.1.0.0"),
+            *(b"9", b"99", b"999", b".", b"..", b"a", b"_", b" ", b"\n", b"=", b":", b"-", b"["),
+        ]
+    ),
+    max_size=14,
+).map(b"".join)
+_HEADS = st.sampled_from(
+    [
+        b"<14>1 - host app - - - ",
+        b"<14>1 2024-05-06T12:34:56.123456Z 10.9.8.7 app 1 - - ",
+        b'<14>1 - host app - - [x@1 ip="10.1.2.3"] ',
+        b"<14>1 - host app - - [broken ",
+        b"<14>1 - 1.2.3.4 a b c -",
+        b"<13>Dec  1 12:00:00 10.9.8.7 sshd[1]: ",
+        b"<13>Dec  1 12:00:00 host 1.2.3.4",
+        b"<13>",
+        b"<999>1 - h a - - - ",
+        b"",
+        b"1.2.3",
+    ]
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(_HEADS, _ADDRESSY), min_size=1, max_size=6),
+    st.sampled_from([16, 24, 20, 8]),
+    st.booleans(),
+)
+def test_ipv4_over_a_batch_is_the_pattern_on_each_msg(
+    parts: list[tuple[bytes, bytes]], bits: int, safe_heads: bool
+) -> None:
+    """A batch gets what _IPV4 and the mask give each MSG alone, whether the
+    batch is one re.sub does at once (16 and 24 bits, every header a plain
+    RFC 5424 one) or one the rule does address by address."""
+    if safe_heads:
+        parts = [(b"<14>1 - host app - - - ", text) for _, text in parts]
+    messages = [head + text for head, text in parts]
+    rule = builtin_rule("ipv4", ipv4_bits=bits)
+    replace = rule.replace
+    assert callable(replace)
+    expected: list[bytes] = []
+    changes = 0
+    for raw in messages:  # the rule's pattern on each MSG alone: the reference
+        start = _msg_start(raw)
+        expected.append(raw[:start] + rule.pattern.sub(replace, raw[start:]))
+        changes += sum(replace(m) != m.group() for m in rule.pattern.finditer(raw[start:]))
+    r = redactor(["ipv4"], ipv4_bits=bits)
+    out = r.redact(messages)
+    assert out == expected
+    assert r.counts["ipv4"] == changes
+    assert (out is messages) == (expected == messages)
