@@ -189,7 +189,7 @@ class FileOutput(Output):
         if not self._lock.locked():
             self._close_all()
             self._reopen = False
-        log.info("output %s: reopening its files", self.name)
+        log.info("output %s: closed its files; reopened at the next write", self.name)
 
     def _close_all(self) -> None:
         files, self.files = self.files, collections.OrderedDict()
