@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import tomllib
 import urllib.parse
@@ -104,6 +106,37 @@ INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "tls": (*_COMMON_INPUT, "framing", "max_connections", "idle_timeout", "tls"),
     "relp+tls": (*_COMMON_INPUT, "max_connections", "idle_timeout", "tls"),
 }
+# file:// outputs (see FileSettings): modes and owner at creation, dynamic
+# paths, buffering.
+FILE_KEYS = (
+    "file_mode",
+    "dir_mode",
+    "owner",
+    "group",
+    "create_dirs",
+    "flush_interval",
+    "fsync",
+    "max_open_files",
+)
+FILE_FORMATS = ("lines", "octet-counted", "traditional", "rsyslog", "rfc5424")
+# {name} in a file:// path: per message (from the header, as rsyslog reads it)
+# or per batch (the rest; the date is the reception's, local time).
+PATH_PLACEHOLDERS = (
+    "hostname",
+    "app_name",
+    "facility",
+    "severity",
+    "source",
+    "input",
+    "year",
+    "month",
+    "day",
+)
+_PLACEHOLDER = re.compile(r"\{([^{}/]*)\}")
+# rsyslog's dynaFileCacheSize defaults to 10; a host directory tree for a
+# regional relay has more, and a file descriptor is cheap next to reopening.
+DEFAULT_MAX_OPEN_FILES = 100
+DEFAULT_FLUSH_INTERVAL = 1.0
 _COMMON_OUTPUT = (
     "url",
     "queue_max_messages",
@@ -126,7 +159,7 @@ _COMMON_OUTPUT = (
 OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
     "tcp": (*_COMMON_OUTPUT, "targets", "mode"),
     "udp": _COMMON_OUTPUT,
-    "file": (*_COMMON_OUTPUT, "format"),
+    "file": (*_COMMON_OUTPUT, "format", *FILE_KEYS),
     "relp": (*_COMMON_OUTPUT, "window"),
     "tls": (*_COMMON_OUTPUT, "targets", "mode", "tls"),
     "relp+tls": (*_COMMON_OUTPUT, "window", "tls"),
@@ -227,6 +260,44 @@ class InputConfig:
     rate_limit: RateLimitConfig | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileSettings:
+    """A file:// output's files: how they are created, named and written.
+
+    ``path`` is the path with its ``{placeholders}`` cut out: literal text at
+    even indexes, placeholder names at odd ones (one element: a fixed path).
+    Mode, owner and group apply when a file or directory is created, as
+    rsyslog's $FileCreateMode, $DirCreateMode, $FileOwner and $FileGroup.
+    """
+
+    path: tuple[str, ...] = ()
+    file_mode: int = 0o640
+    dir_mode: int = 0o755
+    uid: int = -1  # -1: the relay's own
+    gid: int = -1
+    create_dirs: bool = True
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL  # 0: write every batch at once
+    fsync: bool = False
+    max_open_files: int = DEFAULT_MAX_OPEN_FILES
+
+    @property
+    def dynamic(self) -> bool:
+        return len(self.path) > 1
+
+
+def split_path_template(path: str) -> tuple[str, ...]:
+    """``path`` cut at its ``{placeholders}`` (see FileSettings.path); ValueError
+    names an unknown one."""
+    parts = tuple(_PLACEHOLDER.split(path))
+    for name in parts[1::2]:
+        if name not in PATH_PLACEHOLDERS:
+            raise ValueError(
+                f"unknown placeholder {{{name}}} in {_shorten(path)} "
+                f"(known: {', '.join('{' + p + '}' for p in PATH_PLACEHOLDERS)})"
+            )
+    return parts
+
+
 class TargetMode(enum.StrEnum):
     FAILOVER = "failover"  # the first healthy target; back to the first when it returns
     LOADBALANCE = "loadbalance"  # round-robin over the healthy targets
@@ -239,7 +310,8 @@ class OutputConfig:
     queue_max_messages: int = DEFAULT_MAX_MESSAGES
     queue_max_bytes: int = DEFAULT_MAX_BYTES
     retry_max: float = DEFAULT_RETRY_MAX
-    format: str = "lines"  # file outputs: "lines" or "octet-counted"
+    format: str = "lines"  # file outputs: one of FILE_FORMATS
+    file: FileSettings = FileSettings()  # file outputs
     targets: tuple[Endpoint, ...] = ()  # every target, in order; () means (endpoint,)
     mode: TargetMode = TargetMode.FAILOVER
     disk_max_bytes: int = DEFAULT_DISK_MAX_BYTES
@@ -768,10 +840,37 @@ class _Validator:
                 table, f"{key}.queue_max_bytes", _size(1024, 1 << 50), DEFAULT_MAX_BYTES
             ),
             retry_max=self.get(table, f"{key}.retry_max", _seconds, DEFAULT_RETRY_MAX),
-            format=self.get(table, f"{key}.format", _choice(("lines", "octet-counted")), "lines"),
+            format=self.get(table, f"{key}.format", _choice(FILE_FORMATS), "lines"),
+            file=self.file_settings(key, table, endpoint),
             window=self.get(table, f"{key}.window", _count(1, 65536), DEFAULT_WINDOW),
             filter=self.filter(key, table),
             redact=self.redaction(key, table),
+        )
+
+    def file_settings(self, key: str, table: Mapping[str, Any], endpoint: Endpoint) -> FileSettings:
+        """The file:// keys (FILE_KEYS); an unknown user or group is an error here,
+        so that ``relay check`` finds it."""
+        if endpoint.scheme != "file":
+            return FileSettings()
+        path: tuple[str, ...] = (endpoint.path,)
+        try:
+            path = split_path_template(endpoint.path)
+        except ValueError as exc:
+            self.error(f"{key}.url", str(exc))
+        return FileSettings(
+            path=path,
+            file_mode=self.get(table, f"{key}.file_mode", _mode, 0o640),
+            dir_mode=self.get(table, f"{key}.dir_mode", _mode, 0o755),
+            uid=self.get(table, f"{key}.owner", _user, -1),
+            gid=self.get(table, f"{key}.group", _group, -1),
+            create_dirs=self.get(table, f"{key}.create_dirs", _bool, True),
+            flush_interval=self.get(
+                table, f"{key}.flush_interval", _interval, DEFAULT_FLUSH_INTERVAL
+            ),
+            fsync=self.get(table, f"{key}.fsync", _bool, False),
+            max_open_files=self.get(
+                table, f"{key}.max_open_files", _count(1, 65536), DEFAULT_MAX_OPEN_FILES
+            ),
         )
 
     def filter(self, key: str, table: Mapping[str, Any]) -> Filter:
@@ -1164,6 +1263,42 @@ def _seconds_or_off(value: Any) -> float:
     if not 0 <= value <= MAX_SECONDS:
         raise ValueError(f"must be from 0 (never) to {MAX_SECONDS} seconds, not {value}")
     return float(value)
+
+
+def _mode(value: Any) -> int:
+    """A file mode as octal digits in a string ("0640"), as chmod takes it."""
+    if not isinstance(value, str):
+        raise TypeError(f'must be octal digits in quotes, e.g. "0640", not {_kind(value)}')
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ValueError(f'must be octal digits, e.g. "0640", not {value!r}') from None
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"must be at most 7777, not {value!r}")
+    return mode
+
+
+def _user(value: Any) -> int:
+    """A user name or number: its uid (an unknown name is an error)."""
+    return _account(value, "user", lambda name: pwd.getpwnam(name).pw_uid)
+
+
+def _group(value: Any) -> int:
+    """A group name or number: its gid (an unknown name is an error)."""
+    return _account(value, "group", lambda name: grp.getgrnam(name).gr_gid)
+
+
+def _account(value: Any, what: str, lookup: Callable[[str], int]) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32 - 1:
+        return value
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"must be a {what} name or number, not {_kind(value)}")
+    if value.isdigit():
+        return _account(int(value), what, lookup)
+    try:
+        return lookup(value)
+    except KeyError:
+        raise ValueError(f"no such {what} {value!r} on this host") from None
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:

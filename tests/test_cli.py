@@ -106,10 +106,12 @@ def test_run_on_busy_port_exits_with_one_line() -> None:
 
 
 def test_run_with_unwritable_file_output(tmp_path: Path) -> None:
+    # A missing directory is created (create_dirs); a file in its place is not.
+    (tmp_path / "not-a-dir").write_text("")
     result = relay(
-        "run", "--input", "udp://127.0.0.1:0", "--output", f"file://{tmp_path}/missing-dir/out.log"
+        "run", "--input", "udp://127.0.0.1:0", "--output", f"file://{tmp_path}/not-a-dir/out.log"
     )
-    assert_one_line_error(result, "cannot open", "No such file or directory")
+    assert_one_line_error(result, "cannot open", "Not a directory")
 
 
 def test_tls_listener_on_command_line_needs_a_config_file() -> None:

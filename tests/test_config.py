@@ -728,3 +728,45 @@ def test_a_redaction_rule_mistake_points_at_its_own_line() -> None:
     assert (error.key, error.line) == ("output.o.redact_rule", 12), str(error)
     error = routing_error(text.replace("a(b", "a(b)") + "colour = 1\n")
     assert (error.key, error.line) == ("output.o.redact_rule.colour", 16), str(error)
+
+
+def test_file_output_settings() -> None:
+    cfg = config.loads(
+        '[input.t]\nurl = "tcp://0.0.0.0:514"\n[output.f]\n'
+        'url = "file:///var/log/hosts/{hostname}/{year}-{month}.log"\nformat = "traditional"\n'
+        'file_mode = "0600"\ndir_mode = "0750"\nowner = "root"\ngroup = 0\n'
+        "create_dirs = false\nflush_interval = 0.5\nfsync = true\nmax_open_files = 7\n",
+        source="f",
+    )
+    settings = cfg.outputs[0].file
+    assert settings.path == ("/var/log/hosts/", "hostname", "/", "year", "-", "month", ".log")
+    assert (settings.file_mode, settings.dir_mode, settings.uid, settings.gid) == (
+        0o600,
+        0o750,
+        0,
+        0,
+    )
+    assert (settings.create_dirs, settings.flush_interval, settings.fsync) == (False, 0.5, True)
+    assert settings.max_open_files == 7
+    assert cfg.outputs[0].format == "traditional"
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "says"),
+    [
+        ('url = "file:///x"\nowner = "no-such-user-here"', "owner", "no such user"),
+        ('url = "file:///x"\ngroup = "no-such-group-here"', "group", "no such group"),
+        ('url = "file:///x"\nfile_mode = 640', "file_mode", "octal digits in quotes"),
+        ('url = "file:///x"\ndir_mode = "0999"', "dir_mode", "octal digits"),
+        ('url = "file:///x/{host}.log"', "url", "unknown placeholder {host}"),
+        ('url = "file:///x"\nformat = "json"', "format", "must be one of"),
+        ('url = "file:///x"\nmax_open_files = 0', "max_open_files", "between 1 and"),
+        ('url = "tcp://a:514"\nfsync = true', "fsync", "unknown setting"),
+    ],
+)
+def test_file_output_mistakes(table: str, key: str, says: str) -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(f'[input.t]\nurl = "tcp://0.0.0.0:514"\n[output.o]\n{table}\n', source="f")
+    (error,) = caught.value.errors
+    assert error.key == f"output.o.{key}"
+    assert says in error.message

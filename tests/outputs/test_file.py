@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay.config import Endpoint, OutputConfig
+from relay.config import Endpoint, FileSettings, OutputConfig, split_path_template
+from relay.errors import StartupError
 from relay.message import Batch
 from relay.outputs import delivery
-from relay.outputs.file import FileOutput
+from relay.outputs.file import FileOutput, safe_component
 from relay.spool.spool import memory_spool
 from relay.stats import Counters
+from tests.waiting import await_until
 
 
 def make_output(path: Path, fmt: str = "lines") -> FileOutput:
@@ -82,3 +84,92 @@ async def test_reopen_after_rotation(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
     assert (tmp_path / "out.log.1").read_bytes() == b"one\n"
     assert out.read_bytes() == b"two\n"
+
+
+def make_settings_output(path: str, fmt: str = "lines", **settings: object) -> FileOutput:
+    file = FileSettings(path=split_path_template(path), **settings)  # type: ignore[arg-type]
+    config = OutputConfig("f", Endpoint("file", path=path), format=fmt, retry_max=0.05, file=file)
+    return FileOutput(config, memory_spool(), Counters("output", "f", delivery.COUNTERS))
+
+
+async def test_modes_and_owner_are_applied_at_creation(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "out.log"
+    output = make_settings_output(str(path), file_mode=0o604, dir_mode=0o710, uid=65534, gid=65534)
+    await deliver_all(output, [Batch([b"<13>x"], received=0)])
+    assert path.read_bytes() == b"<13>x\n"
+    info = path.stat()
+    assert (info.st_mode & 0o7777, info.st_uid, info.st_gid) == (0o604, 65534, 65534)
+    assert (tmp_path / "a").stat().st_mode & 0o7777 == 0o710
+    assert (tmp_path / "a" / "b").stat().st_mode & 0o7777 == 0o710
+    # At creation only: an existing file keeps what it has.
+    path.chmod(0o600)
+    output = make_settings_output(str(path), file_mode=0o644)
+    await deliver_all(output, [Batch([b"<13>y"], received=0)])
+    assert path.stat().st_mode & 0o7777 == 0o600
+    assert path.read_bytes() == b"<13>x\n<13>y\n"
+
+
+async def test_no_directories_without_create_dirs(tmp_path: Path) -> None:
+    output = make_settings_output(str(tmp_path / "missing" / "out.log"), create_dirs=False)
+    with pytest.raises(StartupError, match="No such file or directory"):
+        await output.open()
+
+
+async def test_dynamic_paths_group_by_host_and_stay_in_their_directory(tmp_path: Path) -> None:
+    output = make_settings_output(
+        f"{tmp_path}/{{hostname}}/{{app_name}}-{{severity}}.log", "traditional", max_open_files=2
+    )
+    batch = Batch(
+        [
+            b"<11>Jan  5 10:11:12 web1 nginx: one",
+            b"<14>Jan  5 10:11:12 web2 nginx[2]: two",
+            b"<11>Jan  5 10:11:12 web1 nginx: three",
+            b"<14>Jan  5 10:11:12 ..: dots",  # no hostname: the sender's address
+            b"<14>Jan  5 10:11:12 web3 ..: app name '..'",
+        ],
+        received=0,
+        peer="10.0.0.9:514",
+    )
+    await deliver_all(output, [batch])
+    assert (tmp_path / "web1" / "nginx-err.log").read_bytes() == (
+        b"Jan  5 10:11:12 web1 nginx: one\nJan  5 10:11:12 web1 nginx: three\n"
+    )
+    assert (tmp_path / "web2" / "nginx-info.log").read_bytes() == (
+        b"Jan  5 10:11:12 web2 nginx[2]: two\n"
+    )
+    assert (tmp_path / "10.0.0.9" / "_-info.log").exists()
+    assert (tmp_path / "web3" / "_-info.log").exists()
+    assert len(output.files) <= 2  # the least recently used were closed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["10.0.0.9", "web1", "web2", "web3"]
+
+
+def test_placeholder_values_cannot_leave_the_directory() -> None:
+    assert [safe_component(v) for v in ("..", ".", "", "a/b", "x\0y", "ok")] == [
+        "_",
+        "_",
+        "_",
+        "a_b",
+        "x_y",
+        "ok",
+    ]
+
+
+async def test_a_buffered_batch_is_acked_only_once_written(tmp_path: Path) -> None:
+    out = tmp_path / "out.log"
+    output = make_settings_output(str(out), flush_interval=0.5, fsync=True)
+    await output.open()
+    output.spool.put_nowait(Batch([b"one"], received=0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.run)
+        await await_until(lambda: output.window.batches == 1, 5)  # delivered, in flight
+        assert out.read_bytes() == b""  # buffered: not written, not acked
+        assert len(output.spool) == 1
+        await await_until(lambda: out.read_bytes() == b"one\n", 5)
+        with trio.fail_after(5):
+            await output.spool.wait_empty()
+        # At stop, what is buffered is written (and acked) first.
+        output.spool.put_nowait(Batch([b"two"], received=0))
+        await await_until(lambda: output.window.batches == 1, 5)
+        nursery.cancel_scope.cancel()
+    assert out.read_bytes() == b"one\ntwo\n"
+    assert len(output.spool) == 0
