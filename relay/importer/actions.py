@@ -236,7 +236,8 @@ def _host_port(body: str, default: str) -> tuple[str, str]:
         host, _, rest = body[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else default
     else:
-        host, _, port = body.partition(":")
+        host, colon, port = body.partition(":")
+        port = port if colon else default
     if not host or not port:
         raise ValueProblem(f"no host or port in {body!r}")
     return host, port
@@ -320,8 +321,9 @@ def queue(params: dict[str, str], table: Table) -> None:
         )
 
 
-def file_output(params: dict[str, str], defaults: FileDefaults, table: Table) -> None:
-    """Modes, owner, group and fsync of an omfile output (the path comes later)."""
+def file_output(params: dict[str, str], defaults: FileDefaults, table: Table) -> list[str]:
+    """Modes, owner, group and fsync of an omfile output (the path comes later);
+    returns what could not be kept."""
     umask = defaults.umask or 0
     file_mode = _mode(params, "filecreatemode", defaults.file_mode)
     dir_mode = _mode(params, "dircreatemode", defaults.dir_mode)
@@ -350,12 +352,12 @@ def file_output(params: dict[str, str], defaults: FileDefaults, table: Table) ->
         table.keys["flush_interval"] = values.number(params["flushinterval"])
     if "dynafilecachesize" in params:
         table.keys["max_open_files"] = values.number(params["dynafilecachesize"])
-    for what, mine, files in (("owner", dir_owner, owner), ("group", dir_group, group)):
-        if mine and mine != files:
-            raise ValueProblem(
-                f"directory {what} {mine!r} differs from the files' {files or 'default'!r}: "
-                f"relay gives new directories the files' {what}"
-            )
+    return [
+        f"directory {what} {mine!r} differs from the files' {files or 'default'!r}: "
+        f"relay gives new directories the files' {what}"
+        for what, mine, files in (("owner", dir_owner, owner), ("group", dir_group, group))
+        if mine and mine != files
+    ]
 
 
 def _mode(params: dict[str, str], name: str, default: int | None) -> int | None:

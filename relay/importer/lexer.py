@@ -157,7 +157,7 @@ class _Reader:
     def value(self) -> str | list[str]:
         self.skip_space()
         c = self.peek()
-        if c in "\"'":
+        if c in ('"', "'"):
             return self.string()
         if c == "[":
             self.pos += 1
@@ -206,7 +206,7 @@ class _Reader:
         while not self.at_end():
             self.skip_space()
             c = self.peek()
-            if c in "\"'":
+            if c in ('"', "'"):
                 self.string()
                 continue
             self.pos += 1
@@ -259,7 +259,7 @@ def _statement(reader: _Reader) -> Statement:
     line, text = reader.line_of(start), reader.line_text(start)
     c = reader.peek()
     if c == "$":
-        body = reader.rest_of_line().strip()[1:]
+        body = _strip_comment(reader.rest_of_line()).strip()[1:]
         name, _, value = body.partition(" ") if " " in body else body.partition("\t")
         return Statement(
             kind="directive", line=line, text=text, name=name.lower(), value=value.strip()
@@ -320,7 +320,7 @@ def _property_filter(reader: _Reader) -> str:
 
 def _rule(reader: _Reader, selector: str, line: int, text: str) -> Statement:
     reader.skip_space(newlines=False)
-    if reader.at_end() or reader.peek() in "\n#":
+    if reader.at_end() or reader.peek() in ("\n", "#"):
         raise _Unreadable("a filter without an action")
     start = reader.pos
     word = reader.word().lower()
@@ -340,12 +340,16 @@ def _rule(reader: _Reader, selector: str, line: int, text: str) -> Statement:
     return Statement(kind="rule", line=line, text=text, selector=selector, action=legacy)
 
 
-def _strip_comment(action: str) -> str:
-    """A legacy action ends where a ``#`` after white space starts a comment."""
-    for i, c in enumerate(action):
-        if c == "#" and i > 0 and action[i - 1] in " \t":
-            return action[:i]
-    return action
+def _strip_comment(line: str) -> str:
+    """A legacy line ends where a ``#`` after white space, outside quotes,
+    starts a comment."""
+    quoted = False
+    for i, c in enumerate(line):
+        if c == '"' and (i == 0 or line[i - 1] != "\\"):
+            quoted = not quoted
+        elif c == "#" and not quoted and i > 0 and line[i - 1] in " \t":
+            return line[:i]
+    return line
 
 
 def _object(reader: _Reader, name: str, line: int, text: str) -> Statement:
@@ -368,7 +372,7 @@ def _skip_condition(reader: _Reader) -> None:
     while not reader.at_end():
         reader.skip_space()
         c = reader.peek()
-        if c in "\"'":
+        if c in ('"', "'"):
             reader.string()
         elif c.isalpha():
             if reader.word().lower() == "then":
@@ -385,20 +389,29 @@ def _skip_condition(reader: _Reader) -> None:
 
 
 def _skip_one(reader: _Reader) -> None:
+    """Skip what follows ``then`` or ``else``: a block, an action() or a legacy action."""
     reader.skip_space()
+    start = reader.pos
     if reader.peek() == "{":
         reader.skip_block()
-    elif not reader.at_end():
-        _statement(reader)
+        return
+    word = reader.word().lower()
+    reader.skip_space(newlines=False)
+    if word == "action" and reader.peek() == "(":
+        reader.pos += 1
+        reader.params()
+        return
+    reader.pos = start
+    reader.rest_of_line(continuation=True)
 
 
 def _skip_script(reader: _Reader) -> None:
     """Skip a ``set``/``call``/... statement: to its ``;``, or the end of the line."""
     while not reader.at_end():
         c = reader.peek()
-        if c in "\"'":
+        if c in ('"', "'"):
             reader.string()
-        elif c in ";\n":
+        elif c in (";", "\n"):
             reader.pos += 1
             return
         elif c == "{":

@@ -591,16 +591,17 @@ class _Converter:
         )
         output = _Output(table, self.ruleset, module)
         if module == "omfile":
-            actions.file_output(params, self.file_defaults, table)
+            for lost in actions.file_output(params, self.file_defaults, table):
+                self.problem(origin, lost)
             output.dynamic = params.get("dynafile", "")
             output.template = params.get("template") or self.file_defaults.template or ""
             if not output.dynamic and not params.get("file", "").startswith("/"):
                 raise ValueProblem("omfile without an absolute file or a dynaFile")
         else:
             actions.forward_output(module, params, table)
-            why = actions.forward_template(params)
-            if why:
-                self.problem(origin, why)
+            dropped = actions.forward_template(params)
+            if dropped:
+                self.problem(origin, dropped)
         actions.queue(params, table)
         if module == "omfile" and not output.dynamic:
             table.keys = {"url": f"file://{params['file']}", **table.keys}

@@ -76,4 +76,6 @@ def render(pris: bytes) -> str:
         if common:
             parts.append(f"{facilities}.none")
         parts.extend(f"{facilities}.{p}" for p in _severities(mask) if mask)
-    return ";".join(parts) or "*.none"
+    text = ";".join(parts) or "*.none"
+    # A selector must start with a name or "*" (rsyslog's lexer): not a number.
+    return f"*.none;{text}" if text[0].isdigit() else text

@@ -81,7 +81,8 @@ def render(tables: list[Table], header: str) -> str:
 
 def unique_name(wanted: str, taken: set[str]) -> str:
     """``wanted`` made a readable bare key, with -2, -3 ... if it is taken."""
-    base = re.sub(r"[^A-Za-z0-9_-]+", "-", wanted).strip("-") or "unnamed"
+    base = re.sub(r"[^A-Za-z0-9_-]+", "-", wanted)
+    base = re.sub(r"-{2,}", "-", base).strip("-") or "unnamed"
     name, n = base, 1
     while name in taken:
         n += 1
