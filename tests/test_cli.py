@@ -39,7 +39,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
         assert needle in errors[0]
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["send"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["send"], ["import-rsyslog"]])
 def test_help(command: list[str]) -> None:
     result = relay(*command, "--help")
     assert result.returncode == 0
