@@ -39,7 +39,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
         assert needle in errors[0]
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["send"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["send"], ["import-rsyslog"]])
 def test_help(command: list[str]) -> None:
     result = relay(*command, "--help")
     assert result.returncode == 0
@@ -291,3 +291,28 @@ def test_a_failed_start_leaves_no_new_directory(tmp_path: Path) -> None:
             assert_one_line_error(relay("run", "-c", str(path)), "address already in use")
     assert not (tmp_path / "new").exists()
     assert sorted(p.name for p in kept.iterdir()) == ["lock", "notes"]
+
+
+def test_import_rsyslog_exit_statuses(tmp_path: Path) -> None:
+    """0 all converted, 1 something listed (the rest still printed), 2 unreadable."""
+    full = tmp_path / "full.conf"
+    full.write_text("$ModLoad imuxsock\n*.* @@127.0.0.1:6514\n")
+    done = relay("import-rsyslog", str(full))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert '[output.fwd-127-0-0-1]\nurl = "tcp://127.0.0.1:6514"' in done.stdout
+    (tmp_path / "full.toml").write_text(done.stdout)
+    assert relay("check", "-c", str(tmp_path / "full.toml")).returncode == 0
+
+    partial = tmp_path / "partial.conf"
+    partial.write_text("$ModLoad imuxsock\n*.emerg :omusrmsg:*\n*.* @@127.0.0.1:6514\n")
+    listed = relay("import-rsyslog", str(partial))
+    assert listed.returncode == 1
+    assert (
+        listed.stderr == f"{partial}:2: user-message actions (omusrmsg) have no relay equivalent\n"
+    )
+    assert "[output.fwd-127-0-0-1]" in listed.stdout
+
+    for missing in (tmp_path / "nope.conf", tmp_path):
+        result = relay("import-rsyslog", str(missing))
+        assert result.returncode == 2
+        assert_one_line_error(result, f"cannot read {missing}")

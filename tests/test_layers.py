@@ -30,6 +30,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "relay.policy.redact",
     ),
     ("relay.config",),
+    # `relay import-rsyslog`'s converter: reads selectors, writes TOML text
+    ("relay.importer",),
     ("relay.policy",),
     ("relay.spool", "relay.tls"),
     ("relay.inputs", "relay.outputs"),
@@ -37,7 +39,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("relay.cli", "relay.__main__"),
 )
 # No I/O, no clock, no event loop: time is passed in.
-PURE = ("relay.protocol", "relay.policy", "relay.spool.settings", "relay.tls.profile")
+PURE = (
+    "relay.protocol",
+    "relay.policy",
+    "relay.spool.settings",
+    "relay.tls.profile",
+    "relay.importer",
+)
 IMPURE = ("trio", "socket", "os", "time", "ssl", "select", "asyncio", "subprocess")
 
 
