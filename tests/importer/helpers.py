@@ -16,19 +16,6 @@ from relay.importer.toml import key, value
 # this tree's loader does not know them yet, so the check below takes them
 # out first. Once merged, every conversion must pass config.loads as it is:
 # delete these and `_without_pending`.
-PENDING_FILE_KEYS = frozenset(
-    {
-        "file_mode",
-        "dir_mode",
-        "owner",
-        "group",
-        "fsync",
-        "create_dirs",
-        "flush_interval",
-        "max_open_files",
-    }
-)
-PENDING_FORMATS = frozenset({"traditional", "rsyslog", "rfc5424"})
 PENDING_UNIX_KEYS = frozenset({"mode", "annotate", "hostname"})
 PENDING_RATE_LIMIT_KEYS = frozenset({"pid"})
 # ---------------------------------------------------------------------------
@@ -61,13 +48,6 @@ def _without_pending(data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {k: dict(v) for k, v in data.items()}
     for name, table in data.get("output", {}).items():
         table = dict(table)
-        if str(table.get("url", "")).startswith("file://"):
-            for pending in PENDING_FILE_KEYS & set(table):
-                del table[pending]
-            if table.get("format") in PENDING_FORMATS:
-                del table["format"]
-            # A dynamic path's placeholders are pending too: a plain name here.
-            table["url"] = table["url"].replace("{", "").replace("}", "")
         out["output"][name] = table
     for name, table in data.get("input", {}).items():
         table = dict(table)

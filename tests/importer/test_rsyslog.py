@@ -198,11 +198,11 @@ CASES: list[tuple[str, str, dict[str, Any], list[tuple[int, str]]]] = [
     ),
     (
         "modes-owner-group-after-the-directives",
-        "$ModLoad imuxsock\n*.* /var/log/before\n$FileOwner syslog\n$FileGroup adm\n"
+        "$ModLoad imuxsock\n*.* /var/log/before\n$FileOwner nobody\n$FileGroup adm\n"
         "$FileCreateMode 0666\n$DirCreateMode 0777\n$Umask 0027\n*.* -/var/log/after\n",
         {
             "output.file-before": {"url": "file:///var/log/before", "format": "rsyslog"},
-            "output.file-after.owner": "syslog",
+            "output.file-after.owner": "nobody",
             "output.file-after.group": "adm",
             "output.file-after.file_mode": "0640",
             "output.file-after.dir_mode": "0750",
