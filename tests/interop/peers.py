@@ -271,10 +271,23 @@ class Rsyslog:
         )
         try:
             self.wait_ready()
+            # rsyslogd writes its pid file after it opened its inputs: a
+            # loaded host may see the ports before the file.
+            wait_until(
+                lambda: self._pid_written() or _exited(self.process) is not None,
+                10.0,
+                message=lambda: f"rsyslogd wrote no pid file; log:\n{self.log_tail()}",
+            )
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _pid_written(self) -> bool:
+        try:
+            return self.pid_path.read_text().strip() != ""
+        except FileNotFoundError:
+            return False
 
     def _validate(self, rsyslogd: str) -> None:
         # rsyslogd keeps running with a broken config (it logs and drops the
