@@ -96,6 +96,10 @@ class Output:
         # once deliver() returned (written() below puts it in flight, safe).
         self.window: Window[Any] = Window(spool, counters)
         self._nursery: trio.Nursery | None = None  # background work, while run() runs
+        # Whether the loop already yielded to other tasks (slept to coalesce)
+        # since it took the batches being delivered: then a deliver() that
+        # wrote without awaiting need not yield again.
+        self.yielded = False
         # tls:// and relp+tls://: one context per target host (the name it must
         # present), built by open() so that bad files stop the start.
         self.tls_contexts: dict[str, ReloadableContext] = {}
@@ -202,6 +206,7 @@ class Output:
                 batches = await spool.wait_batches(SEND_BYTES)
             if not batches or window.moved():
                 continue  # look again whether the window became safe, or take again
+            self.yielded = False
             if batches[0].nbytes < COALESCE_BYTES and len(batches) < 256:
                 now = trio.current_time()
                 if now - last_write < COALESCE_DELAY and _total(batches) < COALESCE_BYTES:
@@ -211,6 +216,7 @@ class Output:
                     batches = spool.batches_nowait(SEND_BYTES, skip)
                     if not batches:
                         continue
+                    self.yielded = True
             last_write = trio.current_time()
             try:
                 await self.deliver(batches)
