@@ -52,12 +52,15 @@ MAX_DATAGRAM = 65_507
 # ones gather for up to DEFER_MAX before it looks again, so that one wake-up
 # (a trio scheduling round, a Batch, a spool put) carries several: at 5,000
 # msg/s each wake-up otherwise carries one or two. The wait is chosen so
-# that, at the rate just seen, the socket's queue fills to half at most: a
+# that, at the rate just seen, the socket's queue fills to a quarter at most
+# (scheduling delays on a busy host take the rest; with half, senders at
+# 5,000/s were blocked 0.7 s in 10 s, up to 7.7 ms at once, here): a
 # unix sender blocks once net.unix.max_dgram_qlen datagrams wait (10 by
 # kernel default, 512 under systemd), and local programs must never wait.
 # Waits are whole multiples of DEFER_MIN: trio's timers are epoll's, which
 # rounds up to the millisecond, so a shorter wait would last 1 ms anyway.
-# When half the queue would fill sooner than that, the input does not wait.
+# When a quarter of the queue would fill sooner than that, the input does
+# not wait (with the kernel's default of 10: above 2,500 msg/s).
 DEFER_MAX = 0.002
 DEFER_MIN = 0.001
 # What the wait is planned for when the queue is not bounded in datagrams
@@ -176,8 +179,8 @@ class DatagramInput:
         bufsize = MAX_DATAGRAM + 1 if udp else limit + 1
         buffer = bytearray(bufsize)
         view = memoryview(buffer)
-        # The deferral (DEFER_MAX): plan for half the queue.
-        half = (UDP_QUEUE if udp else _queue_length()) / 2
+        # The deferral (DEFER_MAX): plan for a quarter of the queue.
+        quarter = (UDP_QUEUE if udp else _queue_length()) / 4
         monotonic = time.monotonic
         last = monotonic()
         deferred = False
@@ -217,11 +220,11 @@ class DatagramInput:
                     count += 1
                     if nbytes >= DRAIN_BYTES:
                         break
-                # At the rate seen since the last look, how long until half the
-                # queue is full? That long (whole ms: trio's timers are
+                # At the rate seen since the last look, how long until a quarter
+                # of the queue is full? That long (whole ms: trio's timers are
                 # epoll's) the next ones may gather; nothing came: wait.
                 now = monotonic()
-                delay = half * (now - last) / count if count else 0.0
+                delay = quarter * (now - last) / count if count else 0.0
                 delay = min(DEFER_MAX, delay // DEFER_MIN * DEFER_MIN)
                 last = now
                 deferred = delay > 0.0
