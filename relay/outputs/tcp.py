@@ -88,7 +88,7 @@ class _Connection:
     """An open connection to one target, and a second handle on its socket
     for the non-blocking peek that finds a peer close."""
 
-    __slots__ = ("address", "closed", "probe", "stream", "written")
+    __slots__ = ("address", "closed", "plain", "probe", "stream", "written")
 
     def __init__(
         self, stream: trio.SocketStream, address: str, wrapped: ByteStream | None = None
@@ -96,10 +96,19 @@ class _Connection:
         stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         # What batches are written to: the socket, or the TLS stream over it.
         self.stream: trio.SocketStream | ByteStream = wrapped or stream
+        self.plain = wrapped is None  # bytes may go straight to the socket (write_nowait)
         self.address = address
         self.probe = socket.fromfd(stream.socket.fileno(), stream.socket.family, socket.SOCK_STREAM)
         self.written = 0  # bytes written on it
         self.closed = False  # closed by us, in order (the kernel still sends what it holds)
+
+    def write_nowait(self, data: bytes) -> int:
+        """Write what the socket takes now, without trio (plain TCP only):
+        how many bytes went. OSError as trio's send would raise it."""
+        try:
+            return self.probe.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
 
     def acked_through(self, end: int) -> bool:
         """Whether the peer's kernel acknowledged our bytes up to ``end``.
@@ -189,7 +198,7 @@ class TcpOutput(Output):
                 else:
                     connection = self._connections[index]
                     try:
-                        await connection.stream.send_all(data)
+                        await self._write(connection, data)
                     except RETRYABLE:
                         # Part of it may have arrived: writing it again may
                         # duplicate it, like the window (counted alike).
@@ -205,6 +214,17 @@ class TcpOutput(Output):
                 failed.add(index)
                 last = exc
                 self._rewind_if_lost()
+
+    async def _write(self, connection: _Connection, data: bytes) -> None:
+        """Write ``data``: straight to the socket when it takes it all (no
+        trio round: most writes of a trickle, or of 1 MiB on a fast link),
+        through the stream for the rest; yields once in any case unless the
+        delivery loop just did."""
+        sent = connection.write_nowait(data) if connection.plain else 0
+        if sent < len(data):
+            await connection.stream.send_all(memoryview(data)[sent:] if sent else data)
+        elif not self.yielded:
+            await trio.lowlevel.checkpoint()
 
     def _rewind_if_lost(self) -> None:
         """The window was just lost: what is written next must be the spool's

@@ -559,10 +559,16 @@ class Spool:
             if len(self._memory) > skip:
                 break
             await self._changed.wait()
+        return self.batches_nowait(max_bytes, skip)
+
+    def batches_nowait(self, max_bytes: int, skip: int = 0) -> list[Batch]:
+        """:meth:`wait_batches` without waiting (and without reading from disk):
+        what memory holds after the first ``skip``; may be empty."""
         out: list[Batch] = []
         total = 0
-        for i in range(skip, len(self._memory)):
-            batch = self._memory[i].batch
+        memory = self._memory
+        for i in range(skip, len(memory)):
+            batch = memory[i].batch
             if out and total + batch.nbytes > max_bytes:
                 break
             out.append(batch)
