@@ -349,7 +349,11 @@ class Config:
 
 
 def default_state_dir() -> Path:
-    """``/var/lib/relay`` for root, else ``$XDG_STATE_HOME/relay`` (~/.local/state)."""
+    """systemd's ``$STATE_DIRECTORY`` (``StateDirectory=``), else ``/var/lib/relay``
+    for root, else ``$XDG_STATE_HOME/relay`` (~/.local/state)."""
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]  # the first, if several
+    if os.path.isabs(given):
+        return Path(given)
     if os.geteuid() == 0:
         return Path("/var/lib/relay")
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")

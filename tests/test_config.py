@@ -175,6 +175,17 @@ def test_default_config_needs_no_root(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.outputs[0].endpoint == Endpoint("file", path="-")
 
 
+def test_default_state_dir_under_systemd_is_its_state_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 998)  # User=relay
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/relay:/var/lib/other")
+    assert config.default_state_dir() == Path("/var/lib/relay")
+    monkeypatch.setenv("STATE_DIRECTORY", "relative")  # not systemd's: ignored
+    monkeypatch.setenv("XDG_STATE_HOME", "/home/u/.state")
+    assert config.default_state_dir() == Path("/home/u/.state/relay")
+
+
 # relay-tls.toml names certificates under /etc/relay/tls/, which `relay check`
 # loads: it is checked below with a copy pointing at minted certificates.
 @pytest.mark.parametrize(

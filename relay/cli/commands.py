@@ -132,8 +132,8 @@ def main() -> None:
     "--state-dir",
     type=click.Path(file_okay=False),
     metavar="DIR",
-    help="Where spools and the lock live [default: /var/lib/relay as root, else "
-    "$XDG_STATE_HOME/relay].",
+    help="Where spools and the lock live [default: $STATE_DIRECTORY under systemd, "
+    "/var/lib/relay as root, else $XDG_STATE_HOME/relay].",
 )
 @click.option(
     "--stop-timeout",
