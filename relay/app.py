@@ -20,6 +20,11 @@ key and CA bundle: new connections use the new files, established ones keep
 theirs; files that do not load leave the old ones in use, with one line why.
 Certificates in use that expire within ``expiry_warning_days`` are named at
 start and once a day.
+
+Under systemd (``Type=notify``) the relay says READY=1 once every input is
+bound, STOPPING=1 at the stop, a STATUS= summary, and WATCHDOG=1 pings when
+asked (relay/service/notify.py). With ``user`` (``--user``) it drops root
+after the start and before serving (relay/service/privileges.py).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ from relay.outputs.tcp import TcpOutput
 from relay.outputs.udp import UdpOutput
 from relay.policy.redact import Redactor
 from relay.policy.stage import Stage
+from relay.service import privileges
+from relay.service.notify import Notifier
 from relay.spool import spool as spools
 from relay.spool.router import Route, Router
 from relay.spool.spool import Spool, SpoolSettings
@@ -94,6 +101,9 @@ class Relay:
         self._lock: int | None = None
         self.lost = 0  # messages neither delivered nor saved at stop
         self._saved = False
+        # Connected now: before a drop of root (--user) could shut it out.
+        self.notifier = Notifier.from_environ()
+        self.stopping = False
 
     def _output(self, config: OutputConfig) -> Output:
         settings = SpoolSettings(
@@ -266,6 +276,7 @@ class Relay:
                     ),
                 )
                 task_status.started(addresses)
+                self._notify_ready(nursery)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         self.reopen()
@@ -273,6 +284,7 @@ class Relay:
                         continue
                     log.info("relay: %s received; stopping", signal.Signals(signum).name)
                     break
+                self._notify_stopping(signum)
                 # Stop accepting; let connections hand over what is already
                 # in our kernel's buffers, within a short grace.
                 for item in self.inputs:
@@ -281,6 +293,43 @@ class Relay:
                 inputs.cancel_scope.deadline = trio.current_time() + grace
             await self._drain(signals)
             nursery.cancel_scope.cancel()
+
+    def _notify_ready(self, nursery: trio.Nursery) -> None:
+        """READY=1 to systemd (every input is bound and listening), then the
+        watchdog pings and STATUS= updates for as long as the relay serves."""
+        self.notifier.ready(self.summary())
+        nursery.start_soon(self.notifier.keep_alive, self.summary)
+
+    def _notify_stopping(self, signum: int) -> None:
+        self.stopping = True
+        self.notifier.stopping(f"{signal.Signals(signum).name} received; {self.summary()}")
+
+    def summary(self) -> str:
+        """One line for ``systemctl status``: inputs, outputs up and down, queued."""
+        down = [f"{o.name}: {o.last_error}" for o in self.outputs if o.last_error]
+        outputs = f"{len(self.outputs) - len(down)} of {len(self.outputs)} outputs up"
+        if down:
+            outputs += f" (down: {'; '.join(down)})"
+        inputs = "stopping" if self.stopping else f"{len(self.inputs)} inputs listening"
+        return f"{inputs}; {outputs}; {self.queued():,} messages queued"
+
+    async def become(self, identity: privileges.Identity) -> None:
+        """After :meth:`open`, before :meth:`run`: give the state directory to
+        the user and drop root (StartupError, inputs closed, if it fails)."""
+        try:
+            privileges.give_state_dir(self.config.state_dir, identity)
+            privileges.drop(identity)
+            privileges.check_state_dir(self.config.state_dir, identity)
+        except BaseException:
+            await self.aclose_inputs()
+            raise
+        log.info(
+            "relay: running as user %s (uid %d), group %s (gid %d)",
+            identity.user,
+            identity.uid,
+            identity.group,
+            identity.gid,
+        )
 
     def reopen(self) -> None:
         log.info("relay: SIGHUP received; reopening file outputs")
@@ -439,7 +488,16 @@ async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope
 
 async def run(config: Config) -> int:
     """Open and run a relay; returns the exit status (0 unless messages were lost)."""
+    identity = None
+    if config.user:  # checked before anything is bound: a mistake costs nothing
+        identity = privileges.resolve(config.user, config.group)
+        privileges.check_root(identity)
     relay = Relay(config)
-    await relay.open()
-    await relay.run()
+    try:
+        await relay.open()
+        if identity is not None:
+            await relay.become(identity)
+        await relay.run()
+    finally:
+        relay.notifier.close()
     return 1 if relay.lost else 0

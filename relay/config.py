@@ -342,10 +342,18 @@ class Config:
     source: str = "<built-in default>"
     tls: Mapping[str, TlsProfile] = dataclasses.field(default_factory=dict)  # [tls.NAME]
     path: Path | None = None  # the file it was read from (``source`` may say more)
+    # Started as root, become this user (and group: default the user's) once
+    # every input is bound: relay/service/privileges.py. "": stay who we are.
+    user: str = ""
+    group: str = ""
 
 
 def default_state_dir() -> Path:
-    """``/var/lib/relay`` for root, else ``$XDG_STATE_HOME/relay`` (~/.local/state)."""
+    """systemd's ``$STATE_DIRECTORY`` (``StateDirectory=``), else ``/var/lib/relay``
+    for root, else ``$XDG_STATE_HOME/relay`` (~/.local/state)."""
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]  # the first, if several
+    if os.path.isabs(given):
+        return Path(given)
     if os.geteuid() == 0:
         return Path("/var/lib/relay")
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
@@ -570,7 +578,11 @@ class _Validator:
         state_dir = self.get(relay, "relay.state_dir", _absolute_path, str(default_state_dir()))
         stop_timeout = self.get(relay, "relay.stop_timeout", _seconds, DEFAULT_STOP_TIMEOUT)
         log_level = self.get(relay, "relay.log_level", _choice(LOG_LEVELS), "info")
-        self.unknown(relay, "relay", ("state_dir", "stop_timeout", "log_level"))
+        user = self.get(relay, "relay.user", _user_name, "")
+        group = self.get(relay, "relay.group", _group_name, "")
+        if group and not user and "user" not in relay:
+            self.error("relay.group", "needs [relay] user: the group is the one the user runs with")
+        self.unknown(relay, "relay", ("state_dir", "stop_timeout", "log_level", "user", "group"))
         self.profiles = self.tls_profiles(data)
         inputs = tuple(self.endpoints(data, "input", self.input))
         outputs = tuple(self.endpoints(data, "output", self.output))
@@ -593,6 +605,8 @@ class _Validator:
             log_level=log_level,
             source=self.source,
             tls={k: v for k, v in self.profiles.items() if v is not None},
+            user=user,
+            group=group,
         )
 
     def routed_inputs(self, output: OutputConfig, names: set[str]) -> None:
@@ -1286,6 +1300,17 @@ def _user(value: Any) -> int:
 def _group(value: Any) -> int:
     """A group name or number: its gid (an unknown name is an error)."""
     return _account(value, "group", lambda name: grp.getgrnam(name).gr_gid)
+
+
+def _user_name(value: Any) -> str:
+    """A user that exists, by name or number, kept as written ([relay] user)."""
+    _user(value)
+    return str(value)
+
+
+def _group_name(value: Any) -> str:
+    _group(value)
+    return str(value)
 
 
 def _account(value: Any, what: str, lookup: Callable[[str], int]) -> int:

@@ -316,3 +316,16 @@ def test_import_rsyslog_exit_statuses(tmp_path: Path) -> None:
         result = relay("import-rsyslog", str(missing))
         assert result.returncode == 2
         assert_one_line_error(result, f"cannot read {missing}")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--user", "no-such-user-here"], "user no-such-user-here: no such user"),
+        (["--user", "nobody", "--group", "no-such-group-here"], "no such group"),
+        (["--group", "nogroup"], "--group needs --user"),
+    ],
+)
+def test_run_as_an_unknown_user_is_one_line(args: list[str], says: str) -> None:
+    result = relay("run", "--input", "tcp://127.0.0.1:0", *args)
+    assert_one_line_error(result, says)

@@ -175,6 +175,17 @@ def test_default_config_needs_no_root(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.outputs[0].endpoint == Endpoint("file", path="-")
 
 
+def test_default_state_dir_under_systemd_is_its_state_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 998)  # User=relay
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/relay:/var/lib/other")
+    assert config.default_state_dir() == Path("/var/lib/relay")
+    monkeypatch.setenv("STATE_DIRECTORY", "relative")  # not systemd's: ignored
+    monkeypatch.setenv("XDG_STATE_HOME", "/home/u/.state")
+    assert config.default_state_dir() == Path("/home/u/.state/relay")
+
+
 # relay-tls.toml names certificates under /etc/relay/tls/, which `relay check`
 # loads: it is checked below with a copy pointing at minted certificates.
 @pytest.mark.parametrize(
@@ -769,4 +780,34 @@ def test_file_output_mistakes(table: str, key: str, says: str) -> None:
         config.loads(f'[input.t]\nurl = "tcp://0.0.0.0:514"\n[output.o]\n{table}\n', source="f")
     (error,) = caught.value.errors
     assert error.key == f"output.o.{key}"
+    assert says in error.message
+
+
+def test_relay_user_and_group() -> None:
+    base = '[input.t]\nurl = "tcp://0.0.0.0:514"\n[output.o]\nurl = "file:///x"\n'
+    cfg = config.loads(f'[relay]\nuser = "nobody"\ngroup = "nogroup"\n{base}', source="f")
+    assert (cfg.user, cfg.group) == ("nobody", "nogroup")
+    cfg = config.loads(f"[relay]\nuser = 65534\n{base}", source="f")
+    assert (cfg.user, cfg.group) == ("65534", "")
+    assert (config.loads(base, source="f").user, config.default_config().user) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("relay", "key", "says"),
+    [
+        ('user = "no-such-user-here"', "user", "no such user"),
+        ('user = "nobody"\ngroup = "no-such-group-here"', "group", "no such group"),
+        ("user = true", "user", "must be a user name or number"),
+        ('group = "nogroup"', "group", "needs [relay] user"),
+    ],
+)
+def test_relay_user_mistakes(relay: str, key: str, says: str) -> None:
+    text = (
+        f'[relay]\n{relay}\n[input.t]\nurl = "tcp://0.0.0.0:514"\n[output.o]\nurl = "file:///x"\n'
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(text, source="f")
+    (error,) = caught.value.errors
+    assert error.key == f"relay.{key}"
+    assert error.line == (3 if key == "group" and "user" in relay else 2)
     assert says in error.message

@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # `relay import-rsyslog`'s converter: reads selectors, writes TOML text
     ("relay.importer",),
     ("relay.policy",),
-    ("relay.spool", "relay.tls"),
+    ("relay.spool", "relay.tls", "relay.service"),
     ("relay.inputs", "relay.outputs"),
     ("relay.app",),
     ("relay.cli", "relay.__main__"),

@@ -132,8 +132,8 @@ def main() -> None:
     "--state-dir",
     type=click.Path(file_okay=False),
     metavar="DIR",
-    help="Where spools and the lock live [default: /var/lib/relay as root, else "
-    "$XDG_STATE_HOME/relay].",
+    help="Where spools and the lock live [default: $STATE_DIRECTORY under systemd, "
+    "/var/lib/relay as root, else $XDG_STATE_HOME/relay].",
 )
 @click.option(
     "--stop-timeout",
@@ -146,6 +146,17 @@ def main() -> None:
     type=click.Choice(config.LOG_LEVELS),
     help="Least severe level of the relay's own log [default: info].",
 )
+@click.option(
+    "--user",
+    metavar="NAME",
+    help="Started as root: run as this user once every input is bound and the "
+    "state directory is open, before reading any message.",
+)
+@click.option(
+    "--group",
+    metavar="NAME",
+    help="With --user: run with this group [default: the user's own].",
+)
 def run(
     config_file: str | None,
     inputs: tuple[str, ...],
@@ -153,6 +164,8 @@ def run(
     state_dir: str | None,
     stop_timeout: float | None,
     log_level: str | None,
+    user: str | None,
+    group: str | None,
 ) -> None:
     """Run the relay in the foreground until SIGTERM or SIGINT.
 
@@ -167,6 +180,7 @@ def run(
       relay run -c /etc/relay/relay.toml
       relay run --input udp://0.0.0.0:514 --input tcp://0.0.0.0:514 \\
                 --output tcp://collector.example.net:514
+      relay run -c /etc/relay/relay.toml --user relay
     """
     cfg = _load(config_file, inputs, outputs)
     overrides: dict[str, Any] = {}
@@ -179,6 +193,12 @@ def run(
         overrides["stop_timeout"] = stop_timeout
     if log_level is not None:
         overrides["log_level"] = log_level
+    if user is not None:
+        overrides.update(user=user, group=group or "")
+    elif group is not None:
+        if not cfg.user:
+            _fail("error: --group needs --user (or [relay] user): it is the user's group")
+        overrides["group"] = group
     if overrides:
         import dataclasses
 

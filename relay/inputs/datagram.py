@@ -236,7 +236,14 @@ class DatagramInput:
         finally:
             sock.close()
             if self.config.endpoint.scheme == "unix":
-                _unlink_socket(self.config.endpoint.path)
+                try:
+                    _unlink_socket(self.config.endpoint.path)
+                except PermissionError:  # root made it, and we run as --user now
+                    log.info(
+                        "input %s: %s is left behind (the next start replaces it)",
+                        self.config.name,
+                        self.config.endpoint.path,
+                    )
 
     def _queue(self, groups: dict[object, list[bytes]], count: int, nbytes: int) -> None:
         """Hand one wake-up's datagrams on, a batch per sender."""

@@ -1,0 +1,1 @@
+"""How relay lives in a service manager: systemd's notifications, dropping root."""
