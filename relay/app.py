@@ -15,9 +15,22 @@ nothing was lost, 1 when a spool without disk could not keep what it held.
 The spools are saved on every way out of :meth:`Relay.run`, an unexpected
 error included, and one line says how many messages were kept and lost.
 
-SIGHUP reopens file outputs (logrotate) and reloads every TLS certificate,
-key and CA bundle: new connections use the new files, established ones keep
-theirs; files that do not load leave the old ones in use, with one line why.
+SIGHUP (``relay reload``) reopens file outputs (logrotate) and reloads every
+TLS certificate, key and CA bundle: new connections use the new files,
+established ones keep theirs; files that do not load leave the old ones in
+use, with one line why. Then it reads the config again as it was read for
+the start (relay/policy/reload.py says what changed). An invalid config
+changes nothing (one line per mistake, as ``relay check`` prints them).
+Everything new that can fail is built first (new outputs and their spools,
+new listeners): if any of it fails, one line each and nothing changes. Then
+the router and the processing stage switch to the new outputs between two
+batches; unchanged inputs and outputs are not touched; a changed output
+finishes what it has in flight (HAND_OVER_TIMEOUT at most) and the output
+built from the new config takes over its spool, queue and all; a removed one
+does the same, then its spool is saved to disk as at a stop, and the log
+names the directory (a spool without disk is delivered until empty
+instead); removed and changed inputs stop as at a stop (their connections
+hand over what they read, within INPUT_GRACE), new ones are served.
 Certificates in use that expire within ``expiry_warning_days`` are named at
 start and once a day.
 
@@ -30,33 +43,36 @@ after the start and before serving (relay/service/privileges.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
 import re
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from relay import stats
 from relay.config import Config, InputConfig, OutputConfig
-from relay.errors import StartupError
+from relay.errors import ConfigErrors, StartupError
 from relay.inputs import datagram, limit, relp, tcp
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
 from relay.outputs.relp import RelpOutput
 from relay.outputs.tcp import TcpOutput
 from relay.outputs.udp import UdpOutput
+from relay.policy import reload as reload_plan
 from relay.policy.redact import Redactor
 from relay.policy.stage import Stage
 from relay.service import privileges
 from relay.service.notify import Notifier
 from relay.spool import spool as spools
 from relay.spool.router import Route, Router
-from relay.spool.spool import Spool, SpoolSettings
+from relay.spool.spool import Durability, Spool, SpoolSettings
 from relay.tls.context import ReloadableContext
 from relay.tls.stream import COUNTERS as TLS_COUNTERS
 
@@ -78,6 +94,39 @@ SAVE_RESERVE = 5.0
 INPUT_GRACE = 2.0
 # Certificates expire by the day: the expiry warnings are repeated this often.
 EXPIRY_CHECK_INTERVAL = 86400.0
+# How long a reload lets a changed or removed output get what it has in
+# flight confirmed before its spool is handed on: plain TCP confirms a write
+# CONFIRM_AGE (1 s) after the peer's kernel has it, RELP at each answer. What
+# is not confirmed by then is written again by the next output (at-least-once).
+HAND_OVER_TIMEOUT = 5.0
+
+
+class _Task:
+    """One component's task (an output's delivery, an input's serving), which a
+    reload may stop on its own."""
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+    async def run(self, function: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            with self.scope:
+                await function()
+        finally:
+            self.done.set()
+
+    async def cancel(self) -> None:
+        self.scope.cancel()
+        await self.done.wait()
+
+
+class _Built:
+    """What a reload built before changing anything: outputs and inputs by name."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, Output] = {}
+        self.inputs: dict[str, datagram.DatagramInput | tcp.TcpInput] = {}
 
 
 class Relay:
@@ -104,17 +153,14 @@ class Relay:
         # Connected now: before a drop of root (--user) could shut it out.
         self.notifier = Notifier.from_environ()
         self.stopping = False
+        # Set by run(): reads the config again as the relay was started (SIGHUP).
+        self.reread: Callable[[], Config] | None = None
+        self._tasks: dict[object, _Task] = {}  # each component's task, for a reload to stop
+        self._nursery: trio.Nursery | None = None  # outputs, spools, rate limits
+        self._inputs_nursery: trio.Nursery | None = None
 
     def _output(self, config: OutputConfig) -> Output:
-        settings = SpoolSettings(
-            max_messages=config.queue_max_messages,
-            max_bytes=config.queue_max_bytes,
-            disk_max_bytes=config.disk_max_bytes,
-            disk_reserve=config.disk_reserve,
-            on_full=config.on_full,
-            durability=config.durability,
-            fsync_interval=config.fsync_interval,
-        )
+        settings = spool_settings(config)
         directory = spool_directory(self.config.state_dir, config.name)
         spool = Spool(
             config.name,
@@ -190,6 +236,9 @@ class Relay:
                 "owner); give each relay its own state_dir"
             ) from None
         self._lock = fd
+        # Who holds it: `relay reload` signals this pid (relay/service/running.py).
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
     def _warn_orphan_spools(self) -> None:
         root = self.config.state_dir / "spool"
@@ -256,17 +305,18 @@ class Relay:
     ) -> None:
         """Serve until a stop signal, then stop the inputs and drain the outputs."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for output in self.outputs:
-                nursery.start_soon(output.run)
-                nursery.start_soon(output.spool.run)
+                self._start_output(output)
             if self.tls_contexts():
                 nursery.start_soon(self._warn_expiry_daily)
             for item in self.inputs:
                 if item.limit is not None:
                     nursery.start_soon(item.limit.run)
             async with trio.open_nursery() as inputs:
+                self._inputs_nursery = inputs
                 for item in self.inputs:
-                    inputs.start_soon(item.serve)
+                    self._start(inputs, item, item.serve)
                 addresses = [item.address for item in self.inputs]
                 log.info(
                     "relay: listening on %s; forwarding to %s",
@@ -279,8 +329,7 @@ class Relay:
                 self._notify_ready(nursery)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        self.reopen()
-                        self.reload_tls()
+                        await self.reload()
                         continue
                     log.info("relay: %s received; stopping", signal.Signals(signum).name)
                     break
@@ -385,6 +434,313 @@ class Relay:
             )
         self.warn_expiry()
 
+    # -- reload: SIGHUP reads the config again -------------------------------
+
+    def _start(
+        self, nursery: trio.Nursery, key: object, function: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Run ``function`` in ``nursery`` as ``key``'s task (a reload may stop it)."""
+        task = self._tasks[key] = _Task()
+        nursery.start_soon(task.run, function)
+
+    def _start_output(self, output: Output) -> None:
+        assert self._nursery is not None
+        self._start(self._nursery, output, output.run)
+        self._start(self._nursery, output.spool, output.spool.run)
+
+    async def _stop_task(self, key: object) -> None:
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            await task.cancel()
+
+    async def reload(self) -> None:
+        """SIGHUP: reopen file outputs, reload certificates, then read the config
+        file again and apply what changed (see the module docstring). systemd
+        hears RELOADING=1, then READY=1 whatever the outcome."""
+        self.notifier.reloading()
+        try:
+            self.reopen()
+            self.reload_tls()
+            await self._reload_config()
+        finally:
+            self.notifier.ready(self.summary())
+
+    async def _reload_config(self) -> None:
+        if self.reread is None:
+            return
+        source = self.config.source
+        try:
+            new = self.reread()
+        except ConfigErrors as exc:
+            for error in exc.errors:  # the lines `relay check` prints
+                log.error("relay: error: %s", error)
+            log.error(
+                "relay: reload refused: %s has %d %s (above); still running on the "
+                "config as it was",
+                source,
+                len(exc.errors),
+                "mistake" if len(exc.errors) == 1 else "mistakes",
+            )
+            return
+        plan = reload_plan.plan(self.config, new)
+        for line in plan.restart:
+            log.warning("relay: reload: %s", line)
+        if plan.any:
+            try:
+                built = await self._build(plan)
+            except StartupError as exc:
+                for line in str(exc).splitlines():
+                    log.error("relay: reload: %s", line)
+                log.error(
+                    "relay: reload refused: nothing was changed; still running on the "
+                    "config as it was"
+                )
+                return
+            await self._apply(plan, built)
+        self.config = plan.config
+        logging.getLogger("relay").setLevel(plan.config.log_level.upper())
+        log.info("relay: reloaded %s: %s", source, plan.describe())
+
+    async def _build(self, plan: reload_plan.ReloadPlan) -> _Built:
+        """Everything new that can fail, before anything running is touched:
+        new outputs (their spools opened, TLS files loaded), rebuilt outputs
+        on the spools they keep, and new listeners. StartupError (one line per
+        failure) undoes what was built: the reload is all or nothing."""
+        built = _Built()
+        problems: list[str] = []
+        running = {o.name: o for o in self.outputs}
+        for config in plan.outputs.added:
+            output = self._output(config)
+            built.outputs[config.name] = output
+            try:
+                await output.spool.open()
+                await output.open()
+            except OSError as exc:
+                problems.append(
+                    f"output {config.name}: cannot use its spool in {output.spool.directory}: "
+                    f"{exc.strerror or exc}"
+                )
+            except StartupError as exc:
+                problems.append(str(exc))
+        for old, config in plan.outputs.changed:
+            output = self._rebuilt_output(config, running[old.name])
+            built.outputs[config.name] = output
+            try:
+                await output.open()
+            except StartupError as exc:
+                problems.append(str(exc))
+        # A changed input on the same address can only bind once the old one
+        # is closed (_apply); every other new listener is bound now.
+        endpoints = {i.name: i.endpoint for i in self.config.inputs}
+        for input_config in (*plan.inputs.added, *(new for _, new in plan.inputs.changed)):
+            if endpoints.get(input_config.name) == input_config.endpoint:
+                continue
+            try:
+                built.inputs[input_config.name] = await self._open_input(input_config)
+            except StartupError as exc:
+                problems.append(str(exc))
+        if problems:
+            for item in built.inputs.values():
+                await _close_input(item)
+            for output in built.outputs.values():
+                if output.name not in running:
+                    output.spool.save()  # what it replayed stays on disk
+            for name in built.outputs:
+                self.stats.forget("output", name)
+                self.stats.forget("spool", name)
+            for name in built.inputs:
+                self.stats.forget("input", name)
+            self._restore_counters()
+            raise StartupError("\n".join(problems))
+        return built
+
+    def _rebuilt_output(self, config: OutputConfig, old: Output) -> Output:
+        """The output for ``config`` on ``old``'s spool; its counters go on from
+        ``old``'s."""
+        kind = _OUTPUTS[config.endpoint.scheme]
+        names = kind.COUNTERS + (TLS_COUNTERS if config.tls is not None else ())
+        counters = stats.Counters("output", config.name, names)
+        for name, value in old.counters.snapshot().items():
+            if name in names:
+                counters.add(name, value)
+        return kind(config, old.spool, counters)
+
+    def _restore_counters(self) -> None:
+        """The registry as the running components have it (a refused reload)."""
+        for output in self.outputs:
+            self.stats.register(output.counters)
+            self.stats.register(output.spool.counters)
+        for item in self.inputs:
+            self.stats.register(item.counters)
+
+    async def _apply(self, plan: reload_plan.ReloadPlan, built: _Built) -> None:
+        """Route to the new outputs, hand the changed and removed outputs' spools
+        over, and swap the inputs (see the module docstring)."""
+        running = {o.name: o for o in self.outputs}
+        routes = {route.spool: route for route in self.router.routes}
+        outputs: list[Output] = []
+        for config in plan.config.outputs:
+            output = built.outputs.get(config.name) or running[config.name]
+            outputs.append(output)
+            self.stats.register(output.counters)
+            if output.spool in routes:
+                routes[output.spool].counters = output.counters
+        removed = [running[c.name] for c in plan.outputs.removed]
+        leaving = [o for o in removed if o.spool.directory is None]  # drained, not saved
+        for old, config in plan.outputs.changed:
+            self._reconfigure_spool(running[old.name].spool, config)
+        self.stage = self._stage(outputs, running)
+        self.router.swap(
+            [routes.get(o.spool) or Route(o.spool, o.counters) for o in outputs],
+            self.stage,
+            removed=[routes[o.spool] for o in removed],
+        )
+        self.outputs = outputs + leaving
+        for config in plan.outputs.added:
+            self._start_output(built.outputs[config.name])
+        async with trio.open_nursery() as nursery:
+            for old, config in plan.outputs.changed:
+                nursery.start_soon(self._hand_over, running[old.name], built.outputs[config.name])
+            for output in removed:
+                nursery.start_soon(self._remove_output, output)
+            nursery.start_soon(self._swap_inputs, plan, built)
+
+    def _reconfigure_spool(self, spool: Spool, config: OutputConfig) -> None:
+        settings = spool_settings(config)
+        if spool.directory is None and settings.disk_max_bytes:
+            log.warning(
+                "relay: reload: output %s: a spool on disk (disk_max_bytes) needs a restart: "
+                "its spool stays in memory until then",
+                config.name,
+            )
+            settings = dataclasses.replace(
+                settings, disk_max_bytes=0, durability=Durability.MEMORY, fsync_interval=0.0
+            )
+        spool.reconfigure(settings)
+
+    def _stage(self, outputs: list[Output], running: dict[str, Output]) -> Stage:
+        """The processing stage for ``outputs``: unchanged outputs keep their
+        redactors (and counts), and the unrouted count goes on."""
+        redactors = dict(zip([o.name for o in self.outputs], self.stage.redactors, strict=False))
+        chosen: list[Redactor | None] = []
+        for output in outputs:
+            if running.get(output.name) is output:  # unchanged
+                chosen.append(redactors.get(output.name))
+            else:
+                chosen.append(Redactor(output.config.redact) if output.config.redact else None)
+        stage = Stage([o.config.filter for o in outputs], chosen)
+        stage.counts["unrouted"] += self.stage.counts["unrouted"]
+        if not stage.passthrough:
+            self.stats.adopt("router", "stage", stage.counts)
+        for output, redactor in zip(outputs, chosen, strict=True):
+            if redactor is not None:
+                self.stats.adopt("redaction", output.name, redactor.counts)
+        return stage
+
+    async def _hand_over(self, old: Output, new: Output) -> None:
+        """A changed output: the old one stops once what it has in flight is
+        safe (or after HAND_OVER_TIMEOUT); the new one takes over its spool."""
+        await old.hand_over(0.0 if old.last_error else HAND_OVER_TIMEOUT)
+        await self._stop_task(old)
+        if old.window.batches:  # only if the old one could not finish
+            log.warning(
+                "output %s: %d messages written before the reload were not confirmed; "
+                "they are written again (the collector may see them twice)",
+                old.name,
+                old.window.messages,
+            )
+        self._start(self._nursery_or_fail(), new, new.run)
+
+    async def _remove_output(self, output: Output) -> None:
+        """A removed output: stop it once what it has in flight is safe, then
+        save its spool to disk as a stop does (named in the log, to be
+        delivered if an output of that name is configured again). A spool
+        without disk is delivered until it is empty, then the output stops."""
+        if output.spool.directory is None:
+            log.info(
+                "relay: reload: output %s is removed; it delivers its %d queued messages "
+                "(its spool has no disk to keep them) and then stops",
+                output.name,
+                len(output.spool),
+            )
+            self._nursery_or_fail().start_soon(self._drain_removed, output)
+            return
+        await output.hand_over(0.0 if output.last_error else HAND_OVER_TIMEOUT)
+        await self._stop_task(output)
+        await self._stop_task(output.spool)
+        left = len(output.spool)
+        lost = output.spool.save() if left else 0
+        self.lost += lost
+        if lost:
+            log.error(
+                "output %s: removed; %d queued messages could not be saved", output.name, lost
+            )
+        log.info(
+            "relay: reload: output %s is removed; %d messages it had not delivered are kept "
+            "in %s, to be delivered when an output named %s is configured again",
+            output.name,
+            left - lost,
+            output.spool.directory,
+            output.name,
+        )
+
+    async def _drain_removed(self, output: Output) -> None:
+        await output.spool.wait_empty()
+        await self._stop_task(output)
+        await self._stop_task(output.spool)
+        if output in self.outputs:
+            self.outputs.remove(output)
+        log.info("relay: output %s delivered what it held and stopped", output.name)
+
+    async def _swap_inputs(self, plan: reload_plan.ReloadPlan, built: _Built) -> None:
+        """Stop the removed and changed inputs (their connections hand over what
+        they already read, within INPUT_GRACE), then serve the new ones."""
+        running = {i.config.name: i for i in self.inputs}
+        leaving = [running[c.name] for c in plan.inputs.removed]
+        leaving += [running[old.name] for old, _ in plan.inputs.changed]
+        grace = min(INPUT_GRACE, self.config.stop_timeout / 4)
+        async with trio.open_nursery() as nursery:
+            for item in leaving:
+                nursery.start_soon(self._stop_input, item, grace)
+        for _, config in plan.inputs.changed:
+            if config.name not in built.inputs:  # the same address: bound now
+                try:
+                    built.inputs[config.name] = await self._open_input(config)
+                except StartupError as exc:
+                    log.error("relay: reload: %s; it stays closed until the next reload", exc)
+        for item in leaving:
+            del running[item.config.name]
+        inputs = []
+        for config in plan.config.inputs:
+            found = built.inputs.get(config.name) or running.get(config.name)
+            if found is None:  # could not bind again (logged above)
+                continue
+            item = found
+            inputs.append(item)
+            if config.name in built.inputs:
+                assert self._inputs_nursery is not None
+                self._start(self._inputs_nursery, item, item.serve)
+                if item.limit is not None:
+                    self._start(self._nursery_or_fail(), item.limit, item.limit.run)
+        self.inputs = inputs
+
+    async def _stop_input(self, item: datagram.DatagramInput | tcp.TcpInput, grace: float) -> None:
+        await item.stop()
+        task = self._tasks.get(item)
+        if task is not None:
+            with trio.move_on_after(grace):
+                await task.done.wait()
+        await self._stop_task(item)
+        await self._stop_task(item.limit)
+        if item.limit is not None:
+            item.limit.close()
+        await _close_input(item)
+        log.info("relay: reload: input %s (%s) is closed", item.config.name, item.address)
+
+    def _nursery_or_fail(self) -> trio.Nursery:
+        assert self._nursery is not None, "reload() runs only while the relay serves"
+        return self._nursery
+
     async def _drain(self, signals: AsyncIterator[int]) -> None:
         """Let outputs that are delivering empty their spools, within the budget."""
         queued = self.queued()
@@ -472,10 +828,30 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def spool_settings(config: OutputConfig) -> SpoolSettings:
+    return SpoolSettings(
+        max_messages=config.queue_max_messages,
+        max_bytes=config.queue_max_bytes,
+        disk_max_bytes=config.disk_max_bytes,
+        disk_reserve=config.disk_reserve,
+        on_full=config.on_full,
+        durability=config.durability,
+        fsync_interval=config.fsync_interval,
+    )
+
+
 def spool_directory(state_dir: Path, output_name: str) -> Path:
     """Where an output's spool lives: a file name made from the output's name."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", output_name)
     return state_dir / "spool" / safe
+
+
+async def _close_input(item: datagram.DatagramInput | tcp.TcpInput) -> None:
+    if isinstance(item, tcp.TcpInput):
+        for listener in item.listeners:
+            await listener.aclose()
+    elif item.sock is not None:
+        item.sock.close()
 
 
 async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
@@ -486,13 +862,18 @@ async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope
             return
 
 
-async def run(config: Config) -> int:
-    """Open and run a relay; returns the exit status (0 unless messages were lost)."""
+async def run(config: Config, reread: Callable[[], Config] | None = None) -> int:
+    """Open and run a relay; returns the exit status (0 unless messages were lost).
+
+    ``reread`` reads the config again as it was read for the start (the file
+    and the command line): SIGHUP applies what it returns, or logs its
+    ConfigErrors and changes nothing."""
     identity = None
     if config.user:  # checked before anything is bound: a mistake costs nothing
         identity = privileges.resolve(config.user, config.group)
         privileges.check_root(identity)
     relay = Relay(config)
+    relay.reread = reread
     try:
         await relay.open()
         if identity is not None:

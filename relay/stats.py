@@ -47,6 +47,13 @@ class Registry:
         self._components[(kind, name)] = counters
         return counters
 
+    def register(self, counters: Counters) -> None:
+        """Hold ``counters`` (made elsewhere) under their kind and name."""
+        self._components[(counters.kind, counters.name)] = counters
+
+    def forget(self, kind: str, name: str) -> None:
+        self._components.pop((kind, name), None)
+
     def adopt(self, kind: str, name: str, values: dict[str, int]) -> Counters:
         """Counters kept by a component in its own dict (a redactor's per rule)."""
         counters = Counters(kind, name, ())

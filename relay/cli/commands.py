@@ -6,11 +6,13 @@ on standard error and a non-zero exit status, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import glob
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,6 +23,7 @@ from relay import __version__, app, config
 from relay.cli import sender
 from relay.errors import ConfigErrors, RelayError
 from relay.importer import UnreadableConfig, convert
+from relay.service import running
 from relay.tls.context import load_files
 
 log = logging.getLogger("relay")
@@ -74,18 +77,30 @@ def _run_trio(main: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
-def _load(config_file: str | None, inputs: Sequence[str], outputs: Sequence[str]) -> config.Config:
-    """The config, with every TLS profile's files read: one line per mistake,
-    each naming file, line and key, for ``relay check`` and ``relay run`` alike."""
-    try:
-        base = config.load(config_file) if config_file else config.default_config()
-        cfg = config.with_endpoints(base, list(inputs), list(outputs), replace=config_file is None)
-    except ConfigErrors as exc:
-        _fail("\n".join(f"error: {e}" for e in exc.errors))
+def _read(
+    config_file: str | None,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    overrides: Mapping[str, Any] | None = None,
+) -> config.Config:
+    """The config, with every TLS profile's files read, and the command line's
+    ``overrides``; ConfigErrors lists every mistake. ``relay run`` keeps this
+    to read the config again at SIGHUP, exactly as at the start."""
+    base = config.load(config_file) if config_file else config.default_config()
+    cfg = config.with_endpoints(base, list(inputs), list(outputs), replace=config_file is None)
     problems = config.check_files(cfg, load_files)
     if problems:
-        _fail("\n".join(f"error: {e}" for e in problems))
-    return cfg
+        raise ConfigErrors(problems)
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+def _load(config_file: str | None, inputs: Sequence[str], outputs: Sequence[str]) -> config.Config:
+    """:func:`_read`, or one line per mistake, each naming file, line and key,
+    for ``relay check`` and ``relay run`` alike."""
+    try:
+        return _read(config_file, inputs, outputs)
+    except ConfigErrors as exc:
+        _fail("\n".join(f"error: {e}" for e in exc.errors))
 
 
 _config_option = click.option(
@@ -200,11 +215,10 @@ def run(
             _fail("error: --group needs --user (or [relay] user): it is the user's group")
         overrides["group"] = group
     if overrides:
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, **overrides)
     _setup_logging(cfg.log_level)
-    status = _run_trio(app.run, cfg)
+    reread = functools.partial(_read, config_file, inputs, outputs, overrides)
+    status = _run_trio(app.run, cfg, reread)
     sys.exit(status)
 
 
@@ -234,6 +248,48 @@ check.epilog = ENDPOINT_HELP
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+@main.command()
+@_config_option
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="The state directory of the relay to reload [default: the config file's "
+    "state_dir, else as relay run's].",
+)
+def reload(config_file: str | None, state_dir: str | None) -> None:
+    """Tell the running relay to read its config file again (SIGHUP).
+
+    The relay is the one that holds the state directory: --state-dir, else
+    the [relay] state_dir of the config file given with -c, else the
+    default. It reads the file (and command line) it was started with:
+    inputs and outputs that did not change keep their connections and
+    queues; an invalid file changes nothing. Its log says what it did.
+
+    \b
+    Exit status: 0 the relay was told; 1 no relay is running with that state
+    directory, or it may not be signalled; 2 the config file given with -c
+    is not valid (one line per mistake, as relay check prints them).
+    """
+    if state_dir is not None:
+        try:
+            where = config.state_dir_argument(state_dir)
+        except ConfigErrors as exc:
+            _fail("\n".join(f"error: {e}" for e in exc.errors), 2)
+    elif config_file is not None:
+        try:
+            where = config.load(config_file).state_dir
+        except ConfigErrors as exc:
+            _fail("\n".join(f"error: {e}" for e in exc.errors), 2)
+    else:
+        where = config.default_state_dir()
+    try:
+        pid = running.reload(where)
+    except running.NotRunning as exc:
+        _fail(f"error: {exc}")
+    click.echo(f"relay: told the relay (pid {pid}) to reload; its log says what changed", err=True)
 
 
 @main.command()

@@ -11,6 +11,11 @@ peer has surely read it, RELP until ``rsp``) is in its :class:`Window`
 became safe in order, and after a lost connection it is written again from
 the head. The loop asks the output to :meth:`Output.confirm` before each take
 and tells it what it has :meth:`Output.written` after each delivery.
+
+A reload hands an output's spool over to the output built from the new
+config (:meth:`Output.hand_over`): the loop takes no more batches, waits a
+little for what is in flight to become safe, and then stops as at a stop:
+what is still in flight stays queued, for the next output to write.
 """
 
 from __future__ import annotations
@@ -106,6 +111,10 @@ class Output:
         self.tls_peers = PeerCertificates(
             config.tls.expiry_warning_days if config.tls else DEFAULT_EXPIRY_WARNING_DAYS
         )
+        # A reload is handing the spool over (hand_over()): take no more batches.
+        self.handing_over = False
+        self._handed_over = trio.Event()  # nothing is in flight any more
+        self._take_scope: trio.CancelScope | None = None  # the wait for batches
 
     async def open(self) -> None:
         """Check what can be checked before the relay starts (StartupError)."""
@@ -171,6 +180,18 @@ class Output:
     async def aclose(self) -> None:
         await self.reset()
 
+    async def hand_over(self, timeout: float) -> None:
+        """A reload: take no more batches, and wait up to ``timeout`` until what is
+        in flight is safe (acked from the spool); then cancel :meth:`run`, which
+        ends as at a stop. What is still in flight then stays queued: the next
+        output on this spool writes it again (at-least-once, as after a lost
+        connection)."""
+        self.handing_over = True
+        if self._take_scope is not None:
+            self._take_scope.cancel()
+        with trio.move_on_after(timeout):
+            await self._handed_over.wait()
+
     async def run(self) -> None:
         """Deliver until cancelled.
 
@@ -197,13 +218,18 @@ class Output:
         last_write = -float("inf")
         while True:
             self.confirm(trio.current_time())
+            if self.handing_over:
+                await self._wait_handed_over()
+                continue
             skip = window.take()
             batches = []
-            if skip:
-                with trio.move_on_after(CONFIRM_POLL):
-                    batches = await spool.wait_batches(SEND_BYTES, skip=skip)
-            else:
-                batches = await spool.wait_batches(SEND_BYTES)
+            with trio.CancelScope() as self._take_scope:
+                if skip:
+                    with trio.move_on_after(CONFIRM_POLL):
+                        batches = await spool.wait_batches(SEND_BYTES, skip=skip)
+                else:
+                    batches = await spool.wait_batches(SEND_BYTES)
+            self._take_scope = None
             if not batches or window.moved():
                 continue  # look again whether the window became safe, or take again
             self.yielded = False
@@ -239,6 +265,13 @@ class Output:
                 backoff = backoff.reset()
                 self.last_error = ""
             self.written(batches, trio.current_time())
+
+    async def _wait_handed_over(self) -> None:
+        """Handing over: until nothing is in flight (then until cancelled)."""
+        if not self.window.batches:
+            self._handed_over.set()
+            await trio.sleep_forever()
+        await trio.sleep(CONFIRM_POLL)
 
     def _failed(self, exc: BaseException, delay: float) -> None:
         self.counters.add("failures")

@@ -19,6 +19,13 @@ block and the disk budget spent too, the input waits for room.
 Lossy inputs (UDP, unix datagrams) call :meth:`Router.put_nowait`, which
 never waits; a spool that is full drops the batch for that output only, and
 the drop is counted there.
+
+A reload (relay/app.py) changes the routes and the stage between two
+batches (:meth:`Router.swap`): a batch is planned against one set of routes,
+whole. A batch that is waiting for room when its output is removed is taken
+by that output's spool past its budget (to be saved with it, as at a stop),
+so it is neither lost nor queued twice; one waiting for an output that
+stays (or is rebuilt on the same spool) lands there as planned.
 """
 
 from __future__ import annotations
@@ -50,6 +57,26 @@ class Router:
     def __init__(self, routes: Sequence[Route], stage: Stage | None = None) -> None:
         self.routes = tuple(routes)
         self.stage = None if stage is None or stage.passthrough else stage
+        # The puts waiting for room, by id: what each still has to queue (the
+        # fast path, where every spool takes its batch at once, is not here).
+        self._waiting: dict[int, list[tuple[Route, Batch]]] = {}
+
+    def swap(self, routes: Sequence[Route], stage: Stage, removed: Sequence[Route] = ()) -> None:
+        """A reload: route the next batches to ``routes`` through ``stage``.
+
+        What waiting puts still hold for a ``removed`` route is taken by its
+        spool now, past its budget (:meth:`Spool.keep_at_stop`), to be saved
+        with it; they go on waiting only for the routes that stay.
+        """
+        gone = set(removed)
+        for pending in self._waiting.values():
+            for route, chosen in pending:
+                if route in gone:
+                    route.spool.keep_at_stop(chosen)
+                    route.counters.add("queued", len(chosen.messages))
+            pending[:] = [(r, b) for r, b in pending if r not in gone]
+        self.routes = tuple(routes)
+        self.stage = None if stage.passthrough else stage
 
     def _plan(self, batch: Batch) -> list[tuple[Route, Batch]]:
         """Each route with the batch it takes (the stage's decision)."""
@@ -87,6 +114,15 @@ class Router:
         """:meth:`put`; ``pending`` loses each route as it takes its batch."""
         planned = len(pending)
         pending[:] = [(r, b) for r, b in pending if not self._admit(r, b, spill=False)]
+        if not pending:
+            return
+        self._waiting[id(pending)] = pending  # a reload may take routes out (swap)
+        try:
+            await self._wait_room(pending, planned)
+        finally:
+            del self._waiting[id(pending)]
+
+    async def _wait_room(self, pending: list[tuple[Route, Batch]], planned: int) -> None:
         deadline = trio.current_time() + STALL_AFTER
         # Outputs with on_full = drop_* never slow an input: they spill at once.
         blocking = all(r.spool.settings.on_full is OnFull.BLOCK for r, _ in pending)
@@ -98,7 +134,10 @@ class Router:
             pending[:] = [(r, b) for r, b in pending if not self._admit(r, b, spill=False)]
         while pending:
             route, chosen = pending[0]
-            admission = await route.spool.put(chosen)
+            admission = route.spool.put_nowait(chosen)
+            if admission is Admission.FULL:  # on_full = block: wait for room
+                await route.spool.wait_changed()
+                continue  # pending[0] again: a reload may have taken it out meanwhile
             del pending[0]
             if admission is Admission.QUEUED:
                 route.counters.add("queued", len(chosen.messages))

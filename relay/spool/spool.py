@@ -368,6 +368,21 @@ class Spool:
                 return
         self._append_memory(_Entry(batch))
 
+    def reconfigure(self, settings: SpoolSettings) -> None:
+        """A reload: new budgets and policies for what is queued from now on.
+
+        Nothing queued moves or is dropped: a memory part over its new budget
+        only takes no more until it is back under it. The directory stays the
+        one the spool was opened with (a spool without one stays in memory:
+        the caller keeps its disk settings off until a restart).
+        """
+        if self.directory is None and settings.disk_max_bytes:
+            raise ValueError("a spool opened without a directory cannot get one")
+        self.settings = settings
+        if self._space is not None:
+            self._space.reserve = settings.disk_reserve
+        self._notify()  # puts waiting for room look again, with the new budgets
+
     def _append_memory(self, entry: _Entry) -> None:
         self._memory.append(entry)
         self._memory_messages += len(entry.batch.messages)
