@@ -555,15 +555,11 @@ class Relay:
         return built
 
     def _rebuilt_output(self, config: OutputConfig, old: Output) -> Output:
-        """The output for ``config`` on ``old``'s spool; its counters go on from
-        ``old``'s."""
+        """The output for ``config`` on ``old``'s spool (its counters take up
+        ``old``'s once ``old`` has stopped: :meth:`_hand_over`)."""
         kind = _OUTPUTS[config.endpoint.scheme]
         names = kind.COUNTERS + (TLS_COUNTERS if config.tls is not None else ())
-        counters = stats.Counters("output", config.name, names)
-        for name, value in old.counters.snapshot().items():
-            if name in names:
-                counters.add(name, value)
-        return kind(config, old.spool, counters)
+        return kind(config, old.spool, stats.Counters("output", config.name, names))
 
     def _restore_counters(self) -> None:
         """The registry as the running components have it (a refused reload)."""
@@ -641,13 +637,20 @@ class Relay:
         """A changed output: the old one stops once what it has in flight is
         safe (or after HAND_OVER_TIMEOUT); the new one takes over its spool."""
         await old.hand_over(0.0 if old.last_error else HAND_OVER_TIMEOUT)
+        unconfirmed = old.window.messages
         await self._stop_task(old)
-        if old.window.batches:  # only if the old one could not finish
+        # The counts go on: what the old one counted, to its end, and what
+        # was queued for the new one since the swap.
+        kept = new.counters.snapshot()
+        for name, value in old.counters.snapshot().items():
+            if name in kept:
+                new.counters.add(name, value)
+        if unconfirmed:  # only if the old one could not finish
             log.warning(
                 "output %s: %d messages written before the reload were not confirmed; "
                 "they are written again (the collector may see them twice)",
                 old.name,
-                old.window.messages,
+                unconfirmed,
             )
         self._start(self._nursery_or_fail(), new, new.run)
 
