@@ -39,7 +39,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
         assert needle in errors[0]
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["send"], ["import-rsyslog"]])
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["check"], ["reload"], ["send"], ["import-rsyslog"]]
+)
 def test_help(command: list[str]) -> None:
     result = relay(*command, "--help")
     assert result.returncode == 0
@@ -329,3 +331,26 @@ def test_import_rsyslog_exit_statuses(tmp_path: Path) -> None:
 def test_run_as_an_unknown_user_is_one_line(args: list[str], says: str) -> None:
     result = relay("run", "--input", "tcp://127.0.0.1:0", *args)
     assert_one_line_error(result, says)
+
+
+def test_reload_without_a_relay_is_one_line(tmp_path: Path) -> None:
+    """No relay holds the state directory: status 1, one line; a stale pid in
+    the lock file (a relay that was killed) is not signalled."""
+    result = relay("reload", "--state-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert_one_line_error(result, f"no relay is running with state_dir {tmp_path}")
+    (tmp_path / "lock").write_text(f"{os.getpid()}\n")  # this test's own pid: alive, no lock
+    result = relay("reload", "--state-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert_one_line_error(result, "nothing holds the lock")
+
+
+def test_reload_with_an_invalid_config_says_why(tmp_path: Path) -> None:
+    conf = tmp_path / "relay.toml"
+    conf.write_text(
+        '[relay]\nstate_dir = "relative"\n[input.t]\nurl = "tcp://127.0.0.1:1"\n'
+        '[output.f]\nurl = "file:-"\n'
+    )
+    result = relay("reload", "-c", str(conf))
+    assert result.returncode == 2
+    assert_one_line_error(result, f"{conf}:2: relay.state_dir:")

@@ -36,6 +36,7 @@ CHUNK = 1_000  # messages per write
 RATE = 20_000  # messages per second the test sends
 HUP_AT = 30_000  # the reload is asked for once this many were sent
 AFTER_RELOAD = 20_000  # at least this many are sent after the reload completed
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def message(seq: int) -> bytes:
@@ -86,7 +87,7 @@ def test_an_invalid_config_changes_nothing(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             check=False,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            env=ENV,
         )
         assert check.returncode == 1
         expected = check.stderr.splitlines()
@@ -213,7 +214,15 @@ def test_reload_adds_changes_and_removes_outputs_during_a_stream(tmp_path: Path)
         write_config(
             conf, state, port, second + output("gone", f"file://{gone_file}", "flush_interval = 0")
         )
-        os.kill(relay.pid, signal.SIGHUP)
+        told = subprocess.run(
+            [sys.executable, "-m", "relay", "reload", "-c", str(conf)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=ENV,
+        )
+        assert told.returncode == 0, told.stderr
+        assert f"told the relay (pid {relay.pid}) to reload" in told.stderr
         wait_until(lambda: sum(file_seqs(gone_file).values()) >= kept, 30, message=relay.log_tail)
         assert relay.terminate(timeout=30) == 0, relay.log_tail()
     gone = file_seqs(gone_file)
