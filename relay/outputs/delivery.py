@@ -114,7 +114,6 @@ class Output:
         # A reload is handing the spool over (hand_over()): take no more batches.
         self.handing_over = False
         self._handed_over = trio.Event()  # nothing is in flight any more
-        self._take_scope: trio.CancelScope | None = None  # the wait for batches
 
     async def open(self) -> None:
         """Check what can be checked before the relay starts (StartupError)."""
@@ -187,8 +186,7 @@ class Output:
         output on this spool writes it again (at-least-once, as after a lost
         connection)."""
         self.handing_over = True
-        if self._take_scope is not None:
-            self._take_scope.cancel()
+        self.spool.interrupt_wait()  # the loop may be waiting for batches
         with trio.move_on_after(timeout):
             await self._handed_over.wait()
 
@@ -223,13 +221,11 @@ class Output:
                 continue
             skip = window.take()
             batches = []
-            with trio.CancelScope() as self._take_scope:
-                if skip:
-                    with trio.move_on_after(CONFIRM_POLL):
-                        batches = await spool.wait_batches(SEND_BYTES, skip=skip)
-                else:
-                    batches = await spool.wait_batches(SEND_BYTES)
-            self._take_scope = None
+            if skip:
+                with trio.move_on_after(CONFIRM_POLL):
+                    batches = await spool.wait_batches(SEND_BYTES, skip=skip)
+            else:
+                batches = await spool.wait_batches(SEND_BYTES)
             if not batches or window.moved():
                 continue  # look again whether the window became safe, or take again
             self.yielded = False

@@ -193,6 +193,7 @@ class Spool:
         self._changed = trio.Event()
         self._refilling = False
         self._last_ack: float | None = None  # set at the first ack or stall check
+        self._interrupted = False  # interrupt_wait() was called
 
     # -- start: open what an earlier run left -------------------------------
 
@@ -562,7 +563,8 @@ class Spool:
     async def wait_batches(self, max_bytes: int, skip: int = 0) -> list[Batch]:
         """Head batches after the first ``skip``, up to ``max_bytes`` (at least one).
 
-        Waits until there is one. They stay queued until :meth:`ack`.
+        Waits until there is one, or returns none after :meth:`interrupt_wait`.
+        They stay queued until :meth:`ack`.
         """
         while True:
             if (
@@ -573,8 +575,18 @@ class Spool:
                 await self._refill()
             if len(self._memory) > skip:
                 break
+            if self._interrupted:
+                self._interrupted = False
+                return []
             await self._changed.wait()
         return self.batches_nowait(max_bytes, skip)
+
+    def interrupt_wait(self) -> None:
+        """The output's :meth:`wait_batches` returns now, with no batches (a
+        reload is handing the spool over); if it is not waiting, its next wait
+        returns at once, once."""
+        self._interrupted = True
+        self._notify()
 
     def batches_nowait(self, max_bytes: int, skip: int = 0) -> list[Batch]:
         """:meth:`wait_batches` without waiting (and without reading from disk):

@@ -194,7 +194,8 @@ def test_reload_adds_changes_and_removes_outputs_during_a_stream(tmp_path: Path)
         # (at-least-once then, and the log says so).
         changed = before.seqs() + after_.seqs()
         duplicates = sum(n - 1 for n in changed.values())
-        assert duplicates == 0 or "were not confirmed" in log, duplicates
+        unconfirmed = re.search(r"output change: (\d+) messages written before the reload", log)
+        assert duplicates <= (int(unconfirmed.group(1)) if unconfirmed else 0), duplicates
         assert max(before.seqs()) < reloaded_at
         assert set(range(reloaded_at, COUNT)) <= set(after_.seqs())
         # The new one: at least everything sent after the reload was done.
@@ -227,7 +228,7 @@ def test_reload_adds_changes_and_removes_outputs_during_a_stream(tmp_path: Path)
         assert relay.terminate(timeout=30) == 0, relay.log_tail()
     gone = file_seqs(gone_file)
     assert gone == collections.Counter(range(kept))  # what it took before the reload, once
-    assert kept < reloaded_at
+    assert kept <= reloaded_at
     assert relay_counters(relay.log(), "input", "in")["received"] == COUNT
     # The changed output's counters go on across the reload.
     counters = relay_counters(relay.log(), "output", "change")
