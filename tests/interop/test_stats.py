@@ -7,15 +7,17 @@ counted by sequence number at a real rsyslog collector or relay's file output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -271,4 +273,132 @@ url = "file://{sink}"
             10,
             message=relay.log_tail,
         )
+        assert relay.terminate() == 0
+
+
+def _garbage(rng: random.Random) -> bytes:
+    """Something a confused or hostile client might send."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        return rng.randbytes(rng.randrange(1, 20_000))
+    if kind == 1:  # a request line that never ends
+        return b"GET /metrics HTTP/1.1\r\n" + b"X: " + b"a" * rng.randrange(10, 20_000)
+    if kind == 2:
+        return rng.choice([b"stats", b"STATS\n", b"\n", b"stats\nstats\n", b"\x00\n", b"reload\n"])
+    if kind == 3:
+        return b"GET /" + rng.randbytes(50) + b" HTTP/1.1\r\n\r\n"
+    if kind == 4:
+        return rng.choice([b"PUT / HTTP/1.1\r\n\r\n", b"GET /metrics\r\n\r\n", b"\r\n\r\n"])
+    return b""  # connect and say nothing
+
+
+def _play(connect: Callable[[], socket.socket], data: bytes, rng: random.Random) -> socket.socket:
+    """Send ``data``; half the time read what comes back, else leave it open."""
+    sock = connect()
+    sock.settimeout(2)
+    with contextlib.suppress(OSError):
+        if rng.random() < 0.3:  # byte by byte, the start of it
+            for byte in data[:20]:
+                sock.send(bytes([byte]))
+            data = data[20:]
+        sock.sendall(data)
+        if rng.random() < 0.5:
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+    return sock
+
+
+def test_no_client_of_the_control_socket_or_metrics_can_stop_the_relay(tmp_path: Path) -> None:
+    """Hundreds of garbage, endless, silent and half-closed clients on both
+    listeners, some left open to the end: relay stats and /metrics keep
+    answering, and the relay stops cleanly (exit 0, no traceback)."""
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "relay.toml"
+    config.write_text(f"""\
+[relay]
+state_dir = "{tmp_path / "state"}"
+metrics = "{LOOPBACK}:{metrics_port}"
+
+[input.tcp]
+url = "tcp://{LOOPBACK}:{port}"
+
+[output.file]
+url = "file://{tmp_path / "sink.log"}"
+""")
+    control_path = str(tmp_path / "state" / "control.sock")
+
+    def unix() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(control_path)
+        return sock
+
+    def tcp() -> socket.socket:
+        return socket.create_connection((LOOPBACK, metrics_port))
+
+    rng = random.Random(11)
+    kept: list[socket.socket] = []
+    with RelayProcess(["-c", str(config)], tmp_path / "relay") as relay:
+        relay.wait_for_tcp(port, metrics_port)
+        try:
+            for i in range(300):
+                connect = unix if i % 2 else tcp
+                sock = _play(connect, _garbage(rng), rng)
+                if len(kept) < 40 and rng.random() < 0.2:
+                    kept.append(sock)  # more than either listener serves at once
+                else:
+                    sock.close()
+                if i % 50 == 0:
+                    assert stats_json(config)["outputs"]["file"]["received"] == 0
+                    assert scrape(metrics_port)
+            relay_send(port, 100)
+            wait_until(lambda: stats_json(config)["outputs"]["file"]["delivered"] == 100, 20)
+            doc = stats_json(config)
+            assert doc["other"]["control"]["control.sock"]["bad_requests"] > 0
+            assert doc["other"]["metrics"][f"{LOOPBACK}:{metrics_port}"]["bad_requests"] > 0
+            assert relay.terminate(20) == 0
+        finally:
+            for sock in kept:
+                sock.close()
+        assert "Traceback" not in relay.log(), relay.log_tail()
+        assert relay.running() is False
+
+
+def test_relay_stats_when_no_relay_runs_and_watch_ends_on_ctrl_c(tmp_path: Path) -> None:
+    """One line and status 1 without a relay; --watch refreshes until SIGINT,
+    then exits 0 without a traceback."""
+    result = subprocess.run(
+        relay_command("stats", "--state-dir", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"relay: error: relay is not running (no control socket at {tmp_path}/control.sock)\n"
+    )
+    port = free_port()
+    with RelayProcess(["--input", f"tcp://{LOOPBACK}:{port}"], tmp_path / "relay") as relay:
+        relay.wait_for_tcp(port)
+        state = tmp_path / "relay" / "state"
+        out = tmp_path / "watch.out"
+        with out.open("w") as output:
+            watch = subprocess.Popen(
+                relay_command("stats", "--state-dir", str(state), "--watch", "0.2"),
+                stdout=output,
+                stderr=subprocess.PIPE,
+                env=env(),
+            )
+            try:
+                wait_until(lambda: out.read_text().count("OUT/S") >= 2, 20)
+                watch.send_signal(signal.SIGINT)
+                _, err = watch.communicate(timeout=10)
+            finally:
+                if watch.poll() is None:
+                    watch.kill()
+                    watch.communicate()
+        assert watch.returncode == 0, err
+        assert err == b""
         assert relay.terminate() == 0
