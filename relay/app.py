@@ -35,9 +35,11 @@ import logging
 import os
 import re
 import signal
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -45,6 +47,7 @@ from relay import stats
 from relay.config import Config, InputConfig, OutputConfig
 from relay.errors import StartupError
 from relay.inputs import datagram, limit, relp, tcp
+from relay.observe import control, metrics, status
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
 from relay.outputs.relp import RelpOutput
@@ -104,6 +107,9 @@ class Relay:
         # Connected now: before a drop of root (--user) could shut it out.
         self.notifier = Notifier.from_environ()
         self.stopping = False
+        self.started = time.time()
+        self.control: control.ControlServer | None = None
+        self.metrics: metrics.MetricsServer | None = None
 
     def _output(self, config: OutputConfig) -> Output:
         settings = SpoolSettings(
@@ -148,6 +154,7 @@ class Relay:
             self._warn_orphan_spools()
             for config in self.config.inputs:
                 self.inputs.append(await self._open_input(config))
+            await self._open_observers()
             self.warn_expiry()
         except BaseException:
             await self.aclose_inputs()
@@ -225,6 +232,7 @@ class Relay:
                     await listener.aclose()
             elif item.sock is not None:
                 item.sock.close()
+        await self._aclose_observers()  # listeners too: the control socket, metrics
 
     def queued(self) -> int:
         return sum(len(o.spool) for o in self.outputs)
@@ -264,6 +272,7 @@ class Relay:
             for item in self.inputs:
                 if item.limit is not None:
                     nursery.start_soon(item.limit.run)
+            self._serve_observers(nursery)
             async with trio.open_nursery() as inputs:
                 for item in self.inputs:
                     inputs.start_soon(item.serve)
@@ -330,6 +339,47 @@ class Relay:
             identity.group,
             identity.gid,
         )
+
+    # -- seeing into the relay: control socket, metrics, stats line ----------
+
+    def status(self) -> dict[str, Any]:
+        """The status document (relay/status.py), as ``relay stats`` shows it."""
+        return status.document(self, self.started)
+
+    async def _open_observers(self) -> None:
+        """Bind the control socket and the metrics listener (StartupError)."""
+        counters = self.stats.counters("control", control.SOCKET_NAME, control.COUNTERS)
+        self.control = control.ControlServer(
+            control.socket_path(self.config.state_dir),
+            {"stats": self.status},
+            counters,
+            group=self.config.control_group,
+        )
+        await self.control.open()
+        if self.config.metrics is not None:
+            host, port = self.config.metrics
+            counters = self.stats.counters("metrics", f"{host}:{port}", metrics.COUNTERS)
+            self.metrics = metrics.MetricsServer(host, port, self.status, counters)
+            await self.metrics.open()
+
+    async def _aclose_observers(self) -> None:
+        if self.control is not None:
+            self.control.close()
+        if self.metrics is not None:
+            await self.metrics.aclose()
+
+    def _serve_observers(self, nursery: trio.Nursery) -> None:
+        """Serve them until the end of the stop (``relay stats`` works while
+        a stop delivers what is queued)."""
+        if self.control is not None:
+            nursery.start_soon(self.control.serve)
+        if self.metrics is not None:
+            log.info("relay: metrics on %s", self.metrics.url)
+            nursery.start_soon(self.metrics.serve)
+        if self.config.stats_interval:
+            nursery.start_soon(
+                status.log_periodically, self, self.started, self.config.stats_interval
+            )
 
     def reopen(self) -> None:
         log.info("relay: SIGHUP received; reopening file outputs")

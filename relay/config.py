@@ -96,6 +96,19 @@ MAX_SECONDS = 86400
 # Longest wait between reconnect attempts to an upstream.
 DEFAULT_RETRY_MAX = 30.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
+RELAY_KEYS = (
+    "state_dir",
+    "stop_timeout",
+    "log_level",
+    "user",
+    "group",
+    "metrics",
+    "control_group",
+    "stats_interval",
+)
+# [relay] metrics given as a port alone: served on loopback only. Metrics say
+# much about a network (peers, certificates); exposing them is a choice.
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 _COMMON_INPUT = ("url", "max_message_size", "oversize", "rate_limit")
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
@@ -346,6 +359,9 @@ class Config:
     # every input is bound: relay/service/privileges.py. "": stay who we are.
     user: str = ""
     group: str = ""
+    metrics: tuple[str, int] | None = None  # [relay] metrics: where /metrics is served
+    control_group: int = -1  # gid that may use state_dir/control.sock (-1: owner only)
+    stats_interval: float = 0.0  # seconds between stats lines in the log (0: never)
 
 
 def default_state_dir() -> Path:
@@ -582,7 +598,10 @@ class _Validator:
         group = self.get(relay, "relay.group", _group_name, "")
         if group and not user and "user" not in relay:
             self.error("relay.group", "needs [relay] user: the group is the one the user runs with")
-        self.unknown(relay, "relay", ("state_dir", "stop_timeout", "log_level", "user", "group"))
+        metrics = self.get(relay, "relay.metrics", _listen_address, None)
+        control_group = self.get(relay, "relay.control_group", _group, -1)
+        stats_interval = self.get(relay, "relay.stats_interval", _seconds_or_off, 0.0)
+        self.unknown(relay, "relay", RELAY_KEYS)
         self.profiles = self.tls_profiles(data)
         inputs = tuple(self.endpoints(data, "input", self.input))
         outputs = tuple(self.endpoints(data, "output", self.output))
@@ -607,6 +626,9 @@ class _Validator:
             tls={k: v for k, v in self.profiles.items() if v is not None},
             user=user,
             group=group,
+            metrics=metrics,
+            control_group=control_group,
+            stats_interval=stats_interval,
         )
 
     def routed_inputs(self, output: OutputConfig, names: set[str]) -> None:
@@ -1277,6 +1299,28 @@ def _seconds_or_off(value: Any) -> float:
     if not 0 <= value <= MAX_SECONDS:
         raise ValueError(f"must be from 0 (never) to {MAX_SECONDS} seconds, not {value}")
     return float(value)
+
+
+def _listen_address(value: Any) -> tuple[str, int]:
+    """``HOST:PORT`` (``[IPv6]:PORT``) or a port alone (loopback) to listen on."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise TypeError(f'must be "HOST:PORT" or a port number, not {_kind(value)}')
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = DEFAULT_METRICS_HOST, value
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f'must be "HOST:PORT" with a port from 1 to 65535, not {value!r}')
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not host or not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ValueError(
+                f'must be "HOST:PORT" with an IP address or host name, not {value!r}'
+            ) from None
+    return host, int(port)
 
 
 def _mode(value: Any) -> int:

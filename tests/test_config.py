@@ -811,3 +811,48 @@ def test_relay_user_mistakes(relay: str, key: str, says: str) -> None:
     assert error.key == f"relay.{key}"
     assert error.line == (3 if key == "group" and "user" in relay else 2)
     assert says in error.message
+
+
+OBSERVE = """\
+[relay]
+metrics = {metrics}
+control_group = {group}
+stats_interval = {interval}
+[input.u]
+url = "udp://127.0.0.1:5514"
+[output.o]
+url = "file:-"
+"""
+
+
+def test_metrics_control_group_and_stats_interval() -> None:
+    cfg = config.loads(OBSERVE.format(metrics='"[::1]:9514"', group=0, interval=60))
+    assert (cfg.metrics, cfg.control_group, cfg.stats_interval) == (("::1", 9514), 0, 60.0)
+    cfg = config.loads(OBSERVE.format(metrics="9514", group='"root"', interval=0))
+    assert (cfg.metrics, cfg.control_group, cfg.stats_interval) == (("127.0.0.1", 9514), 0, 0.0)
+    plain = config.loads('[input.u]\nurl = "udp://127.0.0.1:5514"\n[output.o]\nurl = "file:-"\n')
+    assert (plain.metrics, plain.control_group, plain.stats_interval) == (None, -1, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "group", "interval", "key", "message"),
+    [
+        ('"127.0.0.1:99999"', 0, 1, "relay.metrics", "port from 1 to 65535"),
+        ('"no port"', 0, 1, "relay.metrics", "port from 1 to 65535"),
+        ("true", 0, 1, "relay.metrics", 'must be "HOST:PORT"'),
+        ('"a b:9514"', 0, 1, "relay.metrics", "IP address or host name"),
+        ('"9514"', '"no-such-group-here"', 1, "relay.control_group", "no-such-group-here"),
+        ('"9514"', 0, -1, "relay.stats_interval", "from 0 (never)"),
+    ],
+)
+def test_observe_mistakes(
+    metrics: str, group: object, interval: int, key: str, message: str
+) -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(
+            OBSERVE.format(metrics=metrics, group=group, interval=interval), source="r.toml"
+        )
+    (error,) = caught.value.errors
+    assert error.key == key
+    assert message in str(error)
+    assert len(str(error).splitlines()) == 1
