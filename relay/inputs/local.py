@@ -60,7 +60,8 @@ log = logging.getLogger("relay.input")
 COUNTERS = (
     *datagram.COUNTERS,
     # Messages no output took because every spool in their way was full: a
-    # local sender is never made to wait (summed up in the log once an interval).
+    # local sender is never made to wait (summed up in the log once an
+    # interval, with the outputs' own dropped_queue_full).
     "dropped_full",
 )
 STREAM_COUNTERS = (
@@ -135,35 +136,42 @@ class ProcessNames:
 
 
 class DropSummary:
-    """The ``dropped_full`` log: the first drop at once, then at most one line
-    an ``interval`` with the messages dropped since the last line, so that the
-    lines add up to the counter. Time is passed in."""
+    """The log of what a local input could not queue: the first drop at once,
+    then at most one line an ``interval`` with what was dropped since the last
+    line, per output and in all, so that the lines add up to the counters
+    (the outputs' ``dropped_queue_full``, the input's ``dropped_full``).
+    Time is passed in."""
 
     def __init__(self, input_name: str, interval: float = DROP_LOG_INTERVAL) -> None:
         self.name = input_name
         self.interval = interval
-        self.unlogged = 0
+        self.by_output: collections.Counter[str] = collections.Counter()
+        self.lost = 0  # taken by no output
         self._logged_at = float("-inf")
 
-    def dropped(self, count: int, now: float) -> None:
-        self.unlogged += count
+    def dropped(self, outputs: list[str], count: int, lost: bool, now: float) -> None:
+        for output in outputs:
+            self.by_output[output] += count
+        if lost:
+            self.lost += count
         if now - self._logged_at >= self.interval:
             self.flush(now)
 
     def flush(self, now: float) -> None:
         """Log what was dropped since the last line, if anything was."""
-        if not self.unlogged:
+        if not self.by_output:
             return
-        noun = "message" if self.unlogged == 1 else "messages"
+        outputs = ", ".join(f"{name} {count:,}" for name, count in sorted(self.by_output.items()))
         log.warning(
-            "input %s: %s %s dropped: every output's spool in their way is full "
-            "(a local sender is never made to wait; at most one line every %g s)",
+            "input %s: messages dropped, spool full (a local sender is never made to wait): "
+            "%s; taken by no output: %s (at most one line every %g s)",
             self.name,
-            f"{self.unlogged:,}",
-            noun,
+            outputs,
+            f"{self.lost:,}",
             self.interval,
         )
-        self.unlogged = 0
+        self.by_output.clear()
+        self.lost = 0
         self._logged_at = now
 
     async def run(self) -> None:
@@ -265,9 +273,11 @@ class _LocalInput:
                 return
             batch = limited
         taken, dropped = self.router.offer(batch)
-        if dropped and not taken:
-            self.counters.add("dropped_full", len(batch.messages))
-            self.drops.dropped(len(batch.messages), trio.current_time())
+        if dropped:
+            count = len(batch.messages)
+            if not taken:
+                self.counters.add("dropped_full", count)
+            self.drops.dropped(dropped, count, not taken, trio.current_time())
 
     def fault(self, exc: Exception, count: int) -> None:
         """An error nobody handled while queueing: counted, logged (once a minute
