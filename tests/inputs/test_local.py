@@ -226,15 +226,20 @@ async def test_rate_limit_by_pid(tmp_path: Path) -> None:
     path = tmp_path / "log"
     limit = RateLimitConfig(rate=1, burst=5, key=RateLimitKey.PID)
     dgram = make_input([spool], path, rate_limit=limit)
+    script = "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+    script += "[s.sendto(b'<13>child: %d' % i, sys.argv[1]) for i in range(7)]"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(dgram.serve)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
-            for i in range(8):
-                client.sendto(b"<13>app: %d" % i, str(path))
-        await await_until(lambda: dgram.counters["received"] == 8, 10)
+            for i in range(7):  # within the kernel's queue while the input waits its turn
+                client.sendto(b"<13>parent: %d" % i, str(path))
+        await trio.run_process(["python3", "-c", script, str(path)])
+        await await_until(lambda: dgram.counters["received"] == 14, 10)
         nursery.cancel_scope.cancel()
-    assert len(spool) == 5
-    assert dgram.counters["rate_limited"] == 3
+    # Each process has its own bucket of 5.
+    senders = [m.split(b">", 1)[1].split(b":")[0] for m in texts(spool)]
+    assert (senders.count(b"parent"), senders.count(b"child")) == (5, 5)
+    assert dgram.counters["rate_limited"] == 4
 
 
 async def test_max_connections_closes_new_ones_at_once(tmp_path: Path) -> None:
