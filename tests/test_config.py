@@ -772,7 +772,12 @@ def test_local_input_keys_and_credential_conditions() -> None:
         False,
     )
     f = loaded.outputs[0].filter
-    assert (f.pids, f.uids, f.gids, f.processes) == ({1, 2}, {0}, {4}, {"sshd"})
+    assert (f.pids, f.uids, f.gids, f.processes) == (
+        frozenset({1, 2}),
+        frozenset({0}),
+        frozenset({4}),
+        frozenset({"sshd"}),
+    )
     assert f.by_creds and not f.takes_everything and not f.per_message
 
 
