@@ -217,7 +217,10 @@ class Relay:
             )
             names = local_kind.counter_names + limit_names
             counters = self.stats.counters("input", config.name, names)
-            local_input = local_kind(config, self.router, counters, self.process_names)
+            creds_wanted = any(o.filter.by_creds for o in self.config.outputs)
+            local_input = local_kind(
+                config, self.router, counters, self.process_names, creds_wanted=creds_wanted
+            )
             local_input.open()
             return local_input
         counters = self.stats.counters("input", config.name, datagram.COUNTERS + limit_names)

@@ -29,7 +29,12 @@ ME = (os.getpid(), os.getuid(), os.getgid())
 
 
 def make_input(
-    spools: list[Spool], path: Path, *, stream: bool = False, **settings: object
+    spools: list[Spool],
+    path: Path,
+    *,
+    stream: bool = False,
+    creds_wanted: bool = True,
+    **settings: object,
 ) -> local.LocalDatagramInput | local.LocalStreamInput:
     scheme = "unix+stream" if stream else "unix"
     config = InputConfig("loc", Endpoint(scheme, path=str(path)), **settings)  # type: ignore[arg-type]
@@ -37,7 +42,8 @@ def make_input(
         [Route(s, Counters("output", f"o{i}", delivery.COUNTERS)) for i, s in enumerate(spools)]
     )
     kind = local.LocalStreamInput if stream else local.LocalDatagramInput
-    made = kind(config, router, Counters("input", "loc", (*kind.counter_names, "rate_limited")))
+    counters = Counters("input", "loc", (*kind.counter_names, "rate_limited"))
+    made = kind(config, router, counters, creds_wanted=creds_wanted)
     made.open()
     return made
 
@@ -80,6 +86,31 @@ async def test_datagrams_carry_the_kernels_credentials_not_the_text(tmp_path: Pa
     assert got[0].messages[0][4 + 16 :] == b"myhost fake[99999]: from the test"
     assert texts(spool)[1] == b"<13>fake[99999]: from logger"
     assert child.returncode == 0
+
+
+async def test_credentials_are_read_only_when_something_reads_them(tmp_path: Path) -> None:
+    spool = memory_spool()
+    path = tmp_path / "log"
+    dgram = make_input([spool], path, creds_wanted=False)
+    assert dgram.sock is not None
+    assert not dgram.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dgram.serve)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            client.sendto(b"<13>app: one", str(path))
+        await wait_for(spool, 1)
+        nursery.cancel_scope.cancel()
+    assert [b.creds for b in batches(spool)] == [None]
+    # annotate and a rate limit by pid read them whatever the filters say.
+    for forcing in (
+        {"annotate": True},
+        {"rate_limit": RateLimitConfig(rate=1, burst=1, key=RateLimitKey.PID)},
+    ):
+        other = make_input([memory_spool()], tmp_path / "log2", creds_wanted=False, **forcing)
+        assert other.sock is not None
+        assert other.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
+        other.sock.close()
+        (tmp_path / "log2").unlink()
 
 
 async def test_batches_are_grouped_by_credentials(tmp_path: Path) -> None:
