@@ -44,9 +44,9 @@ from typing import Any
 import trio
 
 from relay import stats
-from relay.config import Config, InputConfig, OutputConfig
+from relay.config import LOCAL_SCHEMES, Config, InputConfig, OutputConfig
 from relay.errors import StartupError
-from relay.inputs import datagram, limit, relp, tcp
+from relay.inputs import datagram, limit, local, relp, tcp
 from relay.observe import control, metrics, status
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
@@ -64,6 +64,8 @@ from relay.tls.context import ReloadableContext
 from relay.tls.stream import COUNTERS as TLS_COUNTERS
 
 log = logging.getLogger("relay")
+
+Input = datagram.DatagramInput | tcp.TcpInput | local.LocalDatagramInput | local.LocalStreamInput
 
 _OUTPUTS: dict[str, type[Output]] = {
     "tcp": TcpOutput,
@@ -90,9 +92,13 @@ class Relay:
         self.config = config
         self.stats = stats.Registry()
         self.outputs = [self._output(o) for o in config.outputs]
+        # Process names of local senders, shared by the filters and the inputs.
+        self.process_names = local.ProcessNames()
+        self.process_names.wanted = any(o.filter.processes for o in config.outputs)
         self.stage = Stage(
             [o.filter for o in config.outputs],
             [Redactor(o.redact) if o.redact else None for o in config.outputs],
+            self.process_names,
         )
         if not self.stage.passthrough:  # no filter: no line about it at stop
             self.stats.adopt("router", "stage", self.stage.counts)
@@ -100,7 +106,7 @@ class Relay:
             if redactor is not None:
                 self.stats.adopt("redaction", output.name, redactor.counts)
         self.router = Router([Route(o.spool, o.counters) for o in self.outputs], self.stage)
-        self.inputs: list[datagram.DatagramInput | tcp.TcpInput] = []
+        self.inputs: list[Input] = []
         self._lock: int | None = None
         self.lost = 0  # messages neither delivered nor saved at stop
         self._saved = False
@@ -209,7 +215,7 @@ class Relay:
                     directory,
                 )
 
-    async def _open_input(self, config: InputConfig) -> datagram.DatagramInput | tcp.TcpInput:
+    async def _open_input(self, config: InputConfig) -> Input:
         if config.endpoint.scheme in ("tcp", "relp", "tls", "relp+tls"):
             module = relp if config.endpoint.scheme.startswith("relp") else tcp
             names = module.COUNTERS + (TLS_COUNTERS if config.tls is not None else ())
@@ -219,8 +225,22 @@ class Relay:
             tcp_input = kind(config, self.router, counters)
             await tcp_input.open()
             return tcp_input
-        names = datagram.COUNTERS + (limit.COUNTERS if config.rate_limit is not None else ())
-        counters = self.stats.counters("input", config.name, names)
+        limit_names = limit.COUNTERS if config.rate_limit is not None else ()
+        if config.endpoint.scheme in LOCAL_SCHEMES:
+            local_kind: type[local.LocalDatagramInput | local.LocalStreamInput] = (
+                local.LocalStreamInput
+                if config.endpoint.scheme == "unix+stream"
+                else local.LocalDatagramInput
+            )
+            names = local_kind.counter_names + limit_names
+            counters = self.stats.counters("input", config.name, names)
+            creds_wanted = any(o.filter.by_creds for o in self.config.outputs)
+            local_input = local_kind(
+                config, self.router, counters, self.process_names, creds_wanted=creds_wanted
+            )
+            local_input.open()
+            return local_input
+        counters = self.stats.counters("input", config.name, datagram.COUNTERS + limit_names)
         dgram = datagram.DatagramInput(config, self.router, counters)
         dgram.open()
         return dgram

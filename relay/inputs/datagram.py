@@ -289,16 +289,20 @@ _JOURNALD_HINT = (
 )
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(
+    path: str, mode: int = 0o666, kind: socket.SocketKind = socket.SOCK_DGRAM
+) -> socket.socket:
+    """A unix socket of ``kind`` bound at ``path`` with ``mode``: a stale socket
+    there is replaced, a live one (of either kind) or any other file refused."""
     if _in_use(path):
         raise OSError(errno.EADDRINUSE, f"{path} is in use by another process{_JOURNALD_HINT}")
     if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
         raise OSError(errno.EEXIST, f"{path} exists and is not a socket{_JOURNALD_HINT}")
     _unlink_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_UNIX, kind)
     try:
         sock.bind(path)
-        os.chmod(path, 0o666)  # every local program may log, as with /dev/log
+        os.chmod(path, mode)  # 0666: every local program may log, as with /dev/log
     except OSError:
         sock.close()
         raise
@@ -306,12 +310,13 @@ def _bind_unix(path: str) -> socket.socket:
 
 
 def _in_use(path: str) -> bool:
-    """True if something is bound to the datagram socket at ``path``."""
+    """True if something is bound to the unix socket at ``path`` (datagram or stream)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         probe.connect(path)
-    except OSError:
-        return False
+    except OSError as exc:
+        # EPROTOTYPE: a live socket of another type (a stream listener).
+        return exc.errno == errno.EPROTOTYPE
     finally:
         probe.close()
     return True
