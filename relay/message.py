@@ -39,9 +39,22 @@ class Batch:
     gid) as the kernel reported them, for a batch from a local socket
     (``unix://``, ``unix+stream://``), else None; it is not kept in a spool's
     disk part (the filters and rate limits that read it come before).
+    ``stamped``: a local input wrote the reception time into the messages'
+    timestamps (as rsyslog's imuxsock does), to the second: a file output
+    writes the reception time's microseconds there, as rsyslog writes them
+    (not kept on disk either: a batch replayed from disk writes the second).
     """
 
-    __slots__ = ("_octet_counted", "creds", "input", "messages", "nbytes", "peer", "received")
+    __slots__ = (
+        "_octet_counted",
+        "creds",
+        "input",
+        "messages",
+        "nbytes",
+        "peer",
+        "received",
+        "stamped",
+    )
 
     def __init__(
         self,
@@ -53,12 +66,14 @@ class Batch:
         octet_counted: bytes | None = None,
         nbytes: int | None = None,
         creds: Creds | None = None,
+        stamped: bool = False,
     ) -> None:
         self.messages = messages
         self.received = received
         self.peer = peer
         self.input = input
         self.creds = creds
+        self.stamped = stamped
         self._octet_counted = octet_counted
         self.nbytes = sum(map(len, messages)) if nbytes is None else nbytes
 
@@ -88,7 +103,12 @@ class Batch:
     def with_messages(self, messages: list[bytes]) -> Batch:
         """A batch of ``messages`` from the same sender, input and time as this one."""
         return Batch(
-            messages, received=self.received, peer=self.peer, input=self.input, creds=self.creds
+            messages,
+            received=self.received,
+            peer=self.peer,
+            input=self.input,
+            creds=self.creds,
+            stamped=self.stamped,
         )
 
     def __iter__(self) -> Iterator[Message]:

@@ -274,7 +274,7 @@ class _LocalInput:
             pid, uid, gid = creds
             suffix = local.annotation(pid, uid, gid, self.process_names(pid))
             messages = [m + suffix for m in messages]
-        batch = Batch(messages, received=now, input=self.config.name, creds=creds)
+        batch = Batch(messages, received=now, input=self.config.name, creds=creds, stamped=True)
         if self.limit is not None:
             limited = self.limit.admit(batch)
             if limited is None:
