@@ -47,7 +47,7 @@ from relay import stats
 from relay.config import LOCAL_SCHEMES, Config, InputConfig, OutputConfig
 from relay.errors import StartupError
 from relay.inputs import datagram, limit, local, relp, tcp
-from relay.observe import control, metrics, status
+from relay.observe import clients, control, metrics, status
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
 from relay.outputs.relp import RelpOutput
@@ -368,7 +368,7 @@ class Relay:
 
     async def _open_observers(self) -> None:
         """Bind the control socket and the metrics listener (StartupError)."""
-        counters = self.stats.counters("control", control.SOCKET_NAME, control.COUNTERS)
+        counters = self.stats.counters("control", control.SOCKET_NAME, clients.COUNTERS)
         self.control = control.ControlServer(
             control.socket_path(self.config.state_dir),
             {"stats": self.status},
@@ -378,7 +378,7 @@ class Relay:
         await self.control.open()
         if self.config.metrics is not None:
             host, port = self.config.metrics
-            counters = self.stats.counters("metrics", f"{host}:{port}", metrics.COUNTERS)
+            counters = self.stats.counters("metrics", f"{host}:{port}", clients.COUNTERS)
             self.metrics = metrics.MetricsServer(host, port, self.status, counters)
             await self.metrics.open()
 

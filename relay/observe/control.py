@@ -29,6 +29,7 @@ from typing import Any
 import trio
 
 from relay.errors import StartupError
+from relay.observe.clients import MAX_CLIENTS, REQUEST_TIMEOUT, Clients, read_request
 from relay.stats import Counters
 
 log = logging.getLogger("relay")
@@ -36,14 +37,6 @@ log = logging.getLogger("relay")
 SOCKET_NAME = "control.sock"
 # A command is a word; a line longer than this is not one.
 MAX_REQUEST = 1024
-# An operator's command answers in milliseconds; a client silent this long
-# is stuck or hostile, and its slot is wanted.
-REQUEST_TIMEOUT = 5.0
-# Connections served at once: `relay stats --watch` from a few terminals and a
-# monitoring agent need a handful; past this, new ones are closed unanswered.
-MAX_CLIENTS = 16
-
-COUNTERS = ("requests", "bad_requests", "timeouts", "refused")
 
 Command = Callable[[], Mapping[str, Any]]
 
@@ -63,7 +56,7 @@ class ControlServer:
         self.counters = counters
         self.group = group
         self.sock: trio.socket.SocketType | None = None
-        self._limiter = trio.CapacityLimiter(MAX_CLIENTS)
+        self._clients = Clients("control socket", self._answer, counters)
 
     async def open(self) -> None:
         """Bind the socket (StartupError with one line on failure)."""
@@ -98,45 +91,15 @@ class ControlServer:
     async def serve(self) -> None:
         """Answer clients until cancelled; the socket file is removed at the end."""
         assert self.sock is not None, "open() first"
-        listener = trio.SocketListener(self.sock)
         try:
             async with trio.open_nursery() as nursery:
-                while True:
-                    stream = await listener.accept()
-                    try:
-                        self._limiter.acquire_on_behalf_of_nowait(stream)
-                    except trio.WouldBlock:
-                        self.counters.add("refused")
-                        stream.socket.close()
-                        continue
-                    nursery.start_soon(self._client, stream)
+                await self._clients.accept(trio.SocketListener(self.sock), nursery)
         finally:
             self.close()
 
-    async def _client(self, stream: trio.SocketStream) -> None:
-        try:
-            with trio.move_on_after(REQUEST_TIMEOUT) as scope:
-                answer = await self._answer(stream)
-                if answer is not None:
-                    await stream.send_all(answer)
-            if scope.cancelled_caught:
-                self.counters.add("timeouts")
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.counters.add("bad_requests")
-        finally:
-            self._limiter.release_on_behalf_of(stream)
-            stream.socket.close()
-
     async def _answer(self, stream: trio.SocketStream) -> bytes | None:
         """The answer to the client's line; None if it sent none."""
-        request = b""
-        while b"\n" not in request:
-            chunk = await stream.receive_some(MAX_REQUEST)
-            if not chunk:
-                break
-            request += chunk
-            if len(request) > MAX_REQUEST:
-                break
+        request, _ = await read_request(stream, lambda got: b"\n" in got, MAX_REQUEST)
         line, newline, _ = request.partition(b"\n")
         command = line.strip().decode("ascii", "replace")
         if not newline or len(line) > MAX_REQUEST or command not in self.commands:

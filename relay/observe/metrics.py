@@ -26,6 +26,7 @@ import trio
 
 from relay.config import host_port
 from relay.errors import StartupError
+from relay.observe.clients import Clients, read_request
 from relay.stats import Counters
 
 log = logging.getLogger("relay")
@@ -34,13 +35,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Request line and headers: Prometheus sends about 300 bytes; curl less.
 # nginx's default large_client_header_buffers is 8 KiB; so is ours.
 MAX_REQUEST = 8192
-# Prometheus' default scrape_timeout is 10 s; a request line and headers
-# take microseconds on a sane network. Also bounds writing the answer.
-REQUEST_TIMEOUT = 5.0
-# Scrapers at once: one Prometheus, maybe a second for HA, and a person with curl.
-MAX_CLIENTS = 16
-
-COUNTERS = ("requests", "bad_requests", "timeouts", "refused")
 
 # name -> (type, help). Counters end in _total (Prometheus naming conventions).
 METRICS: dict[str, tuple[str, str]] = {
@@ -175,6 +169,10 @@ def _response(status: str, body: bytes, content_type: str, *, head: bool = False
     return header if head else header + body
 
 
+def _headers_end(request: bytes) -> bool:
+    return b"\r\n\r\n" in request or b"\n\n" in request
+
+
 def _error(status: str) -> bytes:
     return _response(status, f"{status}\n".encode(), "text/plain; charset=utf-8")
 
@@ -194,7 +192,7 @@ class MetricsServer:
         self.document = document
         self.counters = counters
         self.listeners: list[trio.SocketListener] = []
-        self._limiter = trio.CapacityLimiter(MAX_CLIENTS)
+        self._clients = Clients("metrics listener", self._answer, counters)
 
     @property
     def url(self) -> str:
@@ -220,50 +218,16 @@ class MetricsServer:
         try:
             async with trio.open_nursery() as nursery:
                 for listener in self.listeners:
-                    nursery.start_soon(self._accept, listener, nursery)
+                    nursery.start_soon(self._clients.accept, listener, nursery)
         finally:
             with trio.CancelScope(shield=True):
                 await self.aclose()
 
-    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # EMFILE and the like: wait, do not spin or stop
-                log.warning("relay: metrics listener: %s", exc.strerror or exc)
-                await trio.sleep(0.1)
-                continue
-            try:
-                self._limiter.acquire_on_behalf_of_nowait(stream)
-            except trio.WouldBlock:
-                self.counters.add("refused")
-                stream.socket.close()
-                continue
-            nursery.start_soon(self._client, stream)
-
-    async def _client(self, stream: trio.SocketStream) -> None:
-        try:
-            with trio.move_on_after(REQUEST_TIMEOUT) as scope:
-                answer = await self._answer(stream)
-                await stream.send_all(answer)
-            if scope.cancelled_caught:
-                self.counters.add("timeouts")
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.counters.add("bad_requests")
-        finally:
-            self._limiter.release_on_behalf_of(stream)
-            stream.socket.close()
-
     async def _answer(self, stream: trio.SocketStream) -> bytes:
-        request = b""
-        while b"\r\n\r\n" not in request and b"\n\n" not in request:
-            chunk = await stream.receive_some(MAX_REQUEST)
-            if not chunk:
-                break
-            request += chunk
-            if len(request) > MAX_REQUEST:
-                self.counters.add("bad_requests")
-                return _error("431 Request Header Fields Too Large")
+        request, too_long = await read_request(stream, _headers_end, MAX_REQUEST)
+        if too_long:
+            self.counters.add("bad_requests")
+            return _error("431 Request Header Fields Too Large")
         if not request:  # connected and closed: nothing to answer
             self.counters.add("bad_requests")
             return b""

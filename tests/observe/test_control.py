@@ -13,12 +13,12 @@ import trio
 import trio.testing
 
 from relay.errors import StartupError
-from relay.observe import control
+from relay.observe import clients, control
 from relay.stats import Counters
 
 
 async def open_server(tmp_path: Path, group: int = -1) -> control.ControlServer:
-    counters = Counters("control", "c", control.COUNTERS)
+    counters = Counters("control", "c", clients.COUNTERS)
     server = control.ControlServer(
         tmp_path / "control.sock", {"stats": lambda: {"ok": 1}}, counters, group=group
     )
@@ -84,7 +84,7 @@ async def test_silent_clients_time_out(
     server = await open_server(tmp_path)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.serve)
-        with trio.fail_after(control.REQUEST_TIMEOUT + 1):
+        with trio.fail_after(clients.REQUEST_TIMEOUT + 1):
             assert await ask(server.path, b"") == b""
         assert json.loads(await ask(server.path, b"stats\n")) == {"ok": 1}
         nursery.cancel_scope.cancel()

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.observe import metrics
+from relay.observe import clients, metrics
 from relay.stats import Counters
 
 
@@ -77,7 +77,7 @@ def test_the_text_format_parses_with_the_names_the_issue_lists() -> None:
 
 
 async def serve(doc: Any = document) -> tuple[metrics.MetricsServer, int]:
-    counters = Counters("metrics", "m", metrics.COUNTERS)
+    counters = Counters("metrics", "m", clients.COUNTERS)
     server = metrics.MetricsServer("127.0.0.1", 0, doc, counters)
     await server.open()
     return server, server.listeners[0].socket.getsockname()[1]
@@ -127,16 +127,16 @@ async def test_a_silent_client_is_cut_off_and_others_still_served(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.serve)
         silent = [
-            await trio.open_tcp_stream("127.0.0.1", port) for _ in range(metrics.MAX_CLIENTS + 2)
+            await trio.open_tcp_stream("127.0.0.1", port) for _ in range(clients.MAX_CLIENTS + 2)
         ]
         for stream in silent:  # each is closed: the refused at once, the rest at the timeout
-            with trio.fail_after(metrics.REQUEST_TIMEOUT + 1):
+            with trio.fail_after(clients.REQUEST_TIMEOUT + 1):
                 assert await stream.receive_some() == b""
             await stream.aclose()
         answer = await exchange(port, b"GET /metrics HTTP/1.1\r\n\r\n")
         nursery.cancel_scope.cancel()
     assert answer.startswith(b"HTTP/1.1 200")
-    assert server.counters["timeouts"] == metrics.MAX_CLIENTS
+    assert server.counters["timeouts"] == clients.MAX_CLIENTS
     assert server.counters["refused"] == 2
 
 
