@@ -201,12 +201,10 @@ class DatagramInput:
                     if size and buffer[size - 1] == 10:  # a trailer, not content
                         size -= 1  # (rsyslog drops it too)
                     if size > limit:
-                        if not truncate:
-                            counters.add("dropped_oversize")
+                        cut = oversize(view, size, limit, truncate, counters)
+                        if cut is None:
                             continue
-                        data = utf8_cut(view[:size].tobytes(), limit)
-                        size = len(data)
-                        counters.add("truncated")
+                        data, size = cut, len(cut)
                     elif size:
                         data = view[:size].tobytes()  # at its size: see the docstring
                     else:
@@ -273,6 +271,18 @@ def _queue_length() -> int:
         return min(int(MAX_DGRAM_QLEN.read_text()), UDP_QUEUE)
     except (OSError, ValueError):
         return 10
+
+
+def oversize(
+    view: memoryview, size: int, limit: int, truncate: bool, counters: Counters
+) -> bytes | None:
+    """A datagram of ``size`` bytes over ``limit``: cut at a UTF-8 boundary
+    (``truncate``) or None (dropped); counted either way."""
+    if not truncate:
+        counters.add("dropped_oversize")
+        return None
+    counters.add("truncated")
+    return utf8_cut(view[:size].tobytes(), limit)
 
 
 def _peer_name(peer: object) -> str:

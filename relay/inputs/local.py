@@ -51,7 +51,7 @@ from relay.inputs.datagram import DRAIN_BYTES, DRAIN_LIMIT, FAULT_LOG_INTERVAL
 from relay.inputs.limit import for_input
 from relay.message import Batch, Creds
 from relay.protocol import local
-from relay.protocol.framing import OversizePolicy, utf8_cut
+from relay.protocol.framing import OversizePolicy
 from relay.spool.router import Router
 from relay.stats import Counters, LogLimit
 
@@ -349,12 +349,10 @@ class LocalDatagramInput(_LocalInput):
                 if size and buffer[size - 1] == 10:  # a trailer, not content
                     size -= 1  # (rsyslog drops it too)
                 if size > limit:
-                    if not truncate:
-                        counters.add("dropped_oversize")
+                    cut = datagram.oversize(view, size, limit, truncate, counters)
+                    if cut is None:
                         continue
-                    data = utf8_cut(view[:size].tobytes(), limit)
-                    size = len(data)
-                    counters.add("truncated")
+                    data, size = cut, len(cut)
                 elif size:
                     data = view[:size].tobytes()  # at its size: see datagram's docstring
                 else:
