@@ -49,6 +49,7 @@ import logging
 import os
 import re
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,9 +58,10 @@ from typing import Any
 import trio
 
 from relay import stats
-from relay.config import Config, InputConfig, OutputConfig
+from relay.config import LOCAL_SCHEMES, Config, InputConfig, OutputConfig
 from relay.errors import ConfigErrors, StartupError
-from relay.inputs import datagram, limit, relp, tcp
+from relay.inputs import datagram, limit, local, relp, tcp
+from relay.observe import clients, control, metrics, status
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
 from relay.outputs.relp import RelpOutput
@@ -77,6 +79,8 @@ from relay.tls.context import ReloadableContext
 from relay.tls.stream import COUNTERS as TLS_COUNTERS
 
 log = logging.getLogger("relay")
+
+Input = datagram.DatagramInput | tcp.TcpInput | local.LocalDatagramInput | local.LocalStreamInput
 
 _OUTPUTS: dict[str, type[Output]] = {
     "tcp": TcpOutput,
@@ -126,7 +130,7 @@ class _Built:
 
     def __init__(self) -> None:
         self.outputs: dict[str, Output] = {}
-        self.inputs: dict[str, datagram.DatagramInput | tcp.TcpInput] = {}
+        self.inputs: dict[str, Input] = {}
 
 
 class Relay:
@@ -136,9 +140,13 @@ class Relay:
         self.config = config
         self.stats = stats.Registry()
         self.outputs = [self._output(o) for o in config.outputs]
+        # Process names of local senders, shared by the filters and the inputs.
+        self.process_names = local.ProcessNames()
+        self.process_names.wanted = any(o.filter.processes for o in config.outputs)
         self.stage = Stage(
             [o.filter for o in config.outputs],
             [Redactor(o.redact) if o.redact else None for o in config.outputs],
+            self.process_names,
         )
         if not self.stage.passthrough:  # no filter: no line about it at stop
             self.stats.adopt("router", "stage", self.stage.counts)
@@ -146,13 +154,16 @@ class Relay:
             if redactor is not None:
                 self.stats.adopt("redaction", output.name, redactor.counts)
         self.router = Router([Route(o.spool, o.counters) for o in self.outputs], self.stage)
-        self.inputs: list[datagram.DatagramInput | tcp.TcpInput] = []
+        self.inputs: list[Input] = []
         self._lock: int | None = None
         self.lost = 0  # messages neither delivered nor saved at stop
         self._saved = False
         # Connected now: before a drop of root (--user) could shut it out.
         self.notifier = Notifier.from_environ()
         self.stopping = False
+        self.started = time.time()
+        self.control: control.ControlServer | None = None
+        self.metrics: metrics.MetricsServer | None = None
         # Set by run(): reads the config again as the relay was started (SIGHUP).
         self.reread: Callable[[], Config] | None = None
         self._tasks: dict[object, _Task] = {}  # each component's task, for a reload to stop
@@ -194,6 +205,7 @@ class Relay:
             self._warn_orphan_spools()
             for config in self.config.inputs:
                 self.inputs.append(await self._open_input(config))
+            await self._open_observers()
             self.warn_expiry()
         except BaseException:
             await self.aclose_inputs()
@@ -251,7 +263,7 @@ class Relay:
                     directory,
                 )
 
-    async def _open_input(self, config: InputConfig) -> datagram.DatagramInput | tcp.TcpInput:
+    async def _open_input(self, config: InputConfig) -> Input:
         if config.endpoint.scheme in ("tcp", "relp", "tls", "relp+tls"):
             module = relp if config.endpoint.scheme.startswith("relp") else tcp
             names = module.COUNTERS + (TLS_COUNTERS if config.tls is not None else ())
@@ -261,8 +273,22 @@ class Relay:
             tcp_input = kind(config, self.router, counters)
             await tcp_input.open()
             return tcp_input
-        names = datagram.COUNTERS + (limit.COUNTERS if config.rate_limit is not None else ())
-        counters = self.stats.counters("input", config.name, names)
+        limit_names = limit.COUNTERS if config.rate_limit is not None else ()
+        if config.endpoint.scheme in LOCAL_SCHEMES:
+            local_kind: type[local.LocalDatagramInput | local.LocalStreamInput] = (
+                local.LocalStreamInput
+                if config.endpoint.scheme == "unix+stream"
+                else local.LocalDatagramInput
+            )
+            names = local_kind.counter_names + limit_names
+            counters = self.stats.counters("input", config.name, names)
+            creds_wanted = any(o.filter.by_creds for o in self.config.outputs)
+            local_input = local_kind(
+                config, self.router, counters, self.process_names, creds_wanted=creds_wanted
+            )
+            local_input.open()
+            return local_input
+        counters = self.stats.counters("input", config.name, datagram.COUNTERS + limit_names)
         dgram = datagram.DatagramInput(config, self.router, counters)
         dgram.open()
         return dgram
@@ -274,6 +300,7 @@ class Relay:
                     await listener.aclose()
             elif item.sock is not None:
                 item.sock.close()
+        await self._aclose_observers()  # listeners too: the control socket, metrics
 
     def queued(self) -> int:
         return sum(len(o.spool) for o in self.outputs)
@@ -313,6 +340,7 @@ class Relay:
             for item in self.inputs:
                 if item.limit is not None:
                     nursery.start_soon(item.limit.run)
+            self._serve_observers(nursery)
             async with trio.open_nursery() as inputs:
                 self._inputs_nursery = inputs
                 for item in self.inputs:
@@ -379,6 +407,47 @@ class Relay:
             identity.group,
             identity.gid,
         )
+
+    # -- seeing into the relay: control socket, metrics, stats line ----------
+
+    def status(self) -> dict[str, Any]:
+        """The status document (relay/status.py), as ``relay stats`` shows it."""
+        return status.document(self, self.started)
+
+    async def _open_observers(self) -> None:
+        """Bind the control socket and the metrics listener (StartupError)."""
+        counters = self.stats.counters("control", control.SOCKET_NAME, clients.COUNTERS)
+        self.control = control.ControlServer(
+            control.socket_path(self.config.state_dir),
+            {"stats": self.status},
+            counters,
+            group=self.config.control_group,
+        )
+        await self.control.open()
+        if self.config.metrics is not None:
+            host, port = self.config.metrics
+            counters = self.stats.counters("metrics", f"{host}:{port}", clients.COUNTERS)
+            self.metrics = metrics.MetricsServer(host, port, self.status, counters)
+            await self.metrics.open()
+
+    async def _aclose_observers(self) -> None:
+        if self.control is not None:
+            self.control.close()
+        if self.metrics is not None:
+            await self.metrics.aclose()
+
+    def _serve_observers(self, nursery: trio.Nursery) -> None:
+        """Serve them until the end of the stop (``relay stats`` works while
+        a stop delivers what is queued)."""
+        if self.control is not None:
+            nursery.start_soon(self.control.serve)
+        if self.metrics is not None:
+            log.info("relay: metrics on %s", self.metrics.url)
+            nursery.start_soon(self.metrics.serve)
+        if self.config.stats_interval:
+            nursery.start_soon(
+                status.log_periodically, self, self.started, self.config.stats_interval
+            )
 
     def reopen(self) -> None:
         log.info("relay: SIGHUP received; reopening file outputs")
@@ -727,7 +796,7 @@ class Relay:
                     self._start(self._nursery_or_fail(), item.limit, item.limit.run)
         self.inputs = inputs
 
-    async def _stop_input(self, item: datagram.DatagramInput | tcp.TcpInput, grace: float) -> None:
+    async def _stop_input(self, item: Input, grace: float) -> None:
         await item.stop()
         task = self._tasks.get(item)
         if task is not None:
@@ -849,7 +918,7 @@ def spool_directory(state_dir: Path, output_name: str) -> Path:
     return state_dir / "spool" / safe
 
 
-async def _close_input(item: datagram.DatagramInput | tcp.TcpInput) -> None:
+async def _close_input(item: Input) -> None:
     if isinstance(item, tcp.TcpInput):
         for listener in item.listeners:
             await listener.aclose()

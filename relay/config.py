@@ -29,7 +29,7 @@ import pwd
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,14 @@ from relay.spool.settings import (
 )
 from relay.tls.profile import TlsProfile
 
-INPUT_SCHEMES = ("udp", "tcp", "unix", "relp", "tls", "relp+tls")
+INPUT_SCHEMES = ("udp", "tcp", "unix", "unix+stream", "relp", "tls", "relp+tls")
 OUTPUT_SCHEMES = ("tcp", "udp", "file", "relp", "tls", "relp+tls")
 TLS_SCHEMES = ("tls", "relp+tls")
 SEND_SCHEMES = ("udp", "tcp", "unix")  # what `relay send` speaks
+# Local sockets: the sender's credentials come from the kernel (relay/inputs/local.py).
+LOCAL_SCHEMES = ("unix", "unix+stream")
+# Schemes whose URL is a path, not host:port.
+PATH_SCHEMES = ("file", *LOCAL_SCHEMES)
 PLANNED_SCHEMES = ("tls", "relp", "relp+tls")  # named in "not supported ... yet"
 # RELP has no IANA port (rsyslog's examples use 2514, others 20514): a
 # relp:// or relp+tls:// URL must name one. tls:// is RFC 5425's 6514.
@@ -96,11 +100,26 @@ MAX_SECONDS = 86400
 # Longest wait between reconnect attempts to an upstream.
 DEFAULT_RETRY_MAX = 30.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
+RELAY_KEYS = (
+    "state_dir",
+    "stop_timeout",
+    "log_level",
+    "user",
+    "group",
+    "metrics",
+    "control_group",
+    "stats_interval",
+)
+# [relay] metrics given as a port alone: served on loopback only. Metrics say
+# much about a network (peers, certificates); exposing them is a choice.
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 _COMMON_INPUT = ("url", "max_message_size", "oversize", "rate_limit")
+_LOCAL_INPUT = ("mode", "hostname", "annotate")
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "udp": (*_COMMON_INPUT, "rcvbuf"),
-    "unix": (*_COMMON_INPUT, "rcvbuf"),
+    "unix": (*_COMMON_INPUT, "rcvbuf", *_LOCAL_INPUT),
+    "unix+stream": (*_COMMON_INPUT, *_LOCAL_INPUT, "max_connections"),
     "tcp": (*_COMMON_INPUT, "framing", "max_connections", "idle_timeout"),
     "relp": (*_COMMON_INPUT, "max_connections", "idle_timeout"),
     "tls": (*_COMMON_INPUT, "framing", "max_connections", "idle_timeout", "tls"),
@@ -199,7 +218,7 @@ class Endpoint:
 
     @property
     def url(self) -> str:
-        if self.scheme in ("file", "unix"):
+        if self.scheme in PATH_SCHEMES:
             return (
                 f"{self.scheme}:{self.path}" if self.path == "-" else f"{self.scheme}://{self.path}"
             )
@@ -215,6 +234,7 @@ class RateLimitKey(enum.StrEnum):
     SOURCE = "source"  # the sender's IP address (a socket path for a unix input)
     HOSTNAME = "hostname"  # the message's HOSTNAME (a parse per message)
     APP_NAME = "app_name"  # the message's APP-NAME (a parse per message)
+    PID = "pid"  # the sender's pid as the kernel reports it (unix inputs only)
 
 
 class OnLimit(enum.StrEnum):
@@ -229,6 +249,11 @@ _SEVERITY_ALIASES = {"panic": 0, "error": 3, "warn": 4}
 DEFAULT_RATE_LIMIT_MAX_KEYS = 20_000
 DEFAULT_RATE_LIMIT_INTERVAL = 10.0
 MATCH_KEYS = ("source", "hostname", "app_name", "msgid", "contains", "regex")
+# [output.NAME.match] conditions on a local sender's credentials (Batch.creds).
+CREDS_MATCH_KEYS = ("pid", "uid", "gid", "process")
+# A local socket's mode when none is configured: every local program may log,
+# as with /dev/log.
+DEFAULT_SOCKET_MODE = 0o666
 REDACT_RULE_KEYS = ("name", "pattern", "replace", "structured_data")
 
 
@@ -258,6 +283,10 @@ class InputConfig:
     tls: TlsProfile | None = None  # tls:// and relp+tls:// only
     tls_name: str = ""  # the [tls.NAME] it came from, for messages
     rate_limit: RateLimitConfig | None = None
+    # unix:// and unix+stream:// only:
+    socket_mode: int = DEFAULT_SOCKET_MODE  # the key "mode"
+    hostname: str = ""  # filled in for messages without one; "": the local host name
+    annotate: bool = False  # append the sender's credentials to MSG, as imuxsock does
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -346,6 +375,9 @@ class Config:
     # every input is bound: relay/service/privileges.py. "": stay who we are.
     user: str = ""
     group: str = ""
+    metrics: tuple[str, int] | None = None  # [relay] metrics: where /metrics is served
+    control_group: int = -1  # gid that may use state_dir/control.sock (-1: owner only)
+    stats_interval: float = 0.0  # seconds between stats lines in the log (0: never)
 
 
 def default_state_dir() -> Path:
@@ -390,7 +422,7 @@ def parse_endpoint(url: str, role: str) -> Endpoint:
             f"unknown {'' if role == 'send' else role + ' '}scheme {scheme!r}; use one of: "
             + ", ".join(f"{s}://" for s in schemes)
         )
-    if scheme in ("file", "unix"):
+    if scheme in PATH_SCHEMES:
         path = rest[2:] if rest.startswith("//") else rest
         if not path:
             raise ValueError(f"{url!r} names no path (try {scheme}:///var/run/example)")
@@ -399,7 +431,7 @@ def parse_endpoint(url: str, role: str) -> Endpoint:
         if path == "-" and scheme != "file":
             raise ValueError(f"{url!r}: '-' (standard output) is only for file outputs")
         if path != "-":
-            check_path(path, unix_socket=scheme == "unix")
+            check_path(path, unix_socket=scheme in LOCAL_SCHEMES)
         return Endpoint(scheme, path=path)
     if not rest.startswith("//"):
         raise ValueError(f"{url!r} is not an endpoint URL (try {scheme}://host:port)")
@@ -582,7 +614,10 @@ class _Validator:
         group = self.get(relay, "relay.group", _group_name, "")
         if group and not user and "user" not in relay:
             self.error("relay.group", "needs [relay] user: the group is the one the user runs with")
-        self.unknown(relay, "relay", ("state_dir", "stop_timeout", "log_level", "user", "group"))
+        metrics = self.get(relay, "relay.metrics", _listen_address, None)
+        control_group = self.get(relay, "relay.control_group", _group, -1)
+        stats_interval = self.get(relay, "relay.stats_interval", _seconds_or_off, 0.0)
+        self.unknown(relay, "relay", RELAY_KEYS)
         self.profiles = self.tls_profiles(data)
         inputs = tuple(self.endpoints(data, "input", self.input))
         outputs = tuple(self.endpoints(data, "output", self.output))
@@ -591,6 +626,7 @@ class _Validator:
         for output in outputs:
             self.spool_name(output)
             self.routed_inputs(output, input_names)
+            self.creds_inputs(output, inputs)
         if not self.table(data, "input"):
             self.error("input", "no inputs: add at least one [input.NAME] table with a url")
         if not self.table(data, "output"):
@@ -607,6 +643,9 @@ class _Validator:
             tls={k: v for k, v in self.profiles.items() if v is not None},
             user=user,
             group=group,
+            metrics=metrics,
+            control_group=control_group,
+            stats_interval=stats_interval,
         )
 
     def routed_inputs(self, output: OutputConfig, names: set[str]) -> None:
@@ -742,7 +781,18 @@ class _Validator:
             ),
             rcvbuf=self.get(table, f"{key}.rcvbuf", _size(4096, MAX_RCVBUF), DEFAULT_RCVBUF),
             rate_limit=self.rate_limit(key, table, endpoint.scheme),
+            **self.local_input(key, table, endpoint.scheme),
         )
+
+    def local_input(self, key: str, table: Mapping[str, Any], scheme: str) -> dict[str, Any]:
+        """``mode``, ``hostname`` and ``annotate`` of a unix:// or unix+stream:// input."""
+        if scheme not in LOCAL_SCHEMES:
+            return {}
+        return {
+            "socket_mode": self.get(table, f"{key}.mode", _octal_mode, DEFAULT_SOCKET_MODE),
+            "hostname": self.get(table, f"{key}.hostname", _local_hostname, ""),
+            "annotate": self.get(table, f"{key}.annotate", _bool, False),
+        }
 
     def rate_limit(self, key: str, table: Mapping[str, Any], scheme: str) -> RateLimitConfig | None:
         """``[input.NAME.rate_limit]``, or None without one."""
@@ -760,15 +810,24 @@ class _Validator:
         before = len(self.errors)
         rate = self.get(limit, f"{key}.rate", _rate, 1.0)
         on_limit = self.get(limit, f"{key}.on_limit", _enum(OnLimit), OnLimit.DROP)
-        if on_limit is OnLimit.DELAY and scheme in ("udp", "unix"):
+        if on_limit is OnLimit.DELAY and scheme in ("udp", *LOCAL_SCHEMES):
+            why = (
+                "a local input never makes a sender wait"
+                if scheme in LOCAL_SCHEMES
+                else "needs a connection to stop reading"
+            )
+            self.error(f"{key}.on_limit", f'"delay" {why}; a {scheme}:// input can only "drop"')
+        limit_key = self.get(limit, f"{key}.key", _enum(RateLimitKey), RateLimitKey.SOURCE)
+        if limit_key is RateLimitKey.PID and scheme not in LOCAL_SCHEMES:
             self.error(
-                f"{key}.on_limit",
-                f'"delay" needs a connection to stop reading; a {scheme}:// input can only "drop"',
+                f"{key}.key",
+                f'"pid" is the sender\'s pid from the kernel: only unix:// and unix+stream:// '
+                f"inputs have one, not {scheme}://",
             )
         config = RateLimitConfig(
             rate=rate,
             burst=self.get(limit, f"{key}.burst", _count(1, 1 << 40), max(1, round(rate))),
-            key=self.get(limit, f"{key}.key", _enum(RateLimitKey), RateLimitKey.SOURCE),
+            key=limit_key,
             on_limit=on_limit,
             exempt_severity=self.get(limit, f"{key}.exempt_severity", _severity, None),
             max_keys=self.get(
@@ -912,7 +971,7 @@ class _Validator:
         if not isinstance(match, dict):
             self.error(f"{key}.match", f"must be a table ([{key}.match]), not {_kind(match)}")
             match = {}
-        self.unknown(match, f"{key}.match", MATCH_KEYS)
+        self.unknown(match, f"{key}.match", MATCH_KEYS + CREDS_MATCH_KEYS)
         at = f"{key}.match"
         regex = None
         if "regex" in match:
@@ -930,6 +989,28 @@ class _Validator:
                 c.encode("utf-8") for c in self.get(match, f"{at}.contains", _nonempty_strings, ())
             ),
             regex=regex,
+            pids=frozenset(self.get(match, f"{at}.pid", _ids(1), ())),
+            uids=frozenset(self.get(match, f"{at}.uid", _ids(0), ())),
+            gids=frozenset(self.get(match, f"{at}.gid", _ids(0), ())),
+            processes=frozenset(self.get(match, f"{at}.process", _nonempty_strings, ())),
+        )
+
+    def creds_inputs(self, output: OutputConfig, inputs: Sequence[InputConfig]) -> None:
+        """An output matching on credentials must take from a local socket input."""
+        if not output.filter.by_creds:
+            return
+        local = [i.name for i in inputs if i.endpoint.scheme in LOCAL_SCHEMES]
+        taken = output.filter.inputs
+        if any(taken is None or name in taken for name in local):
+            return
+        f = output.filter
+        sets = {"pid": f.pids, "uid": f.uids, "gid": f.gids, "process": f.processes}
+        condition = next(k for k, values in sets.items() if values)
+        where = "the inputs it takes" if taken is not None else "this config"
+        self.error(
+            f"output.{output.name}.match.{condition}",
+            f"only messages from unix:// or unix+stream:// inputs carry the sender's "
+            f"credentials, and {where} has none: it would take nothing",
         )
 
     def redaction(self, key: str, table: Mapping[str, Any]) -> tuple[redact.Rule, ...]:
@@ -1257,6 +1338,45 @@ def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
     return tuple(networks)
 
 
+def _ids(low: int) -> Callable[[Any], tuple[int, ...]]:
+    """One number, or a list of them, each at least ``low`` (a pid, uid or gid)."""
+
+    def convert(value: Any) -> tuple[int, ...]:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ValueError("is empty: the output would take nothing")
+        for item in values:
+            if not isinstance(item, int) or isinstance(item, bool):
+                raise ValueError(f"must be a number or a list of numbers, not {_kind(item)}")
+            if not low <= item <= 0xFFFFFFFF:
+                raise ValueError(f"must be between {low} and {0xFFFFFFFF}, not {item}")
+        return tuple(values)
+
+    return convert
+
+
+def _octal_mode(value: Any) -> int:
+    """A file mode written as a string of octal digits: "0666", "660"."""
+    if not isinstance(value, str) or not re.fullmatch(r"[0-7]{3,4}", value):
+        raise ValueError(f'must be a string of octal digits such as "0660", not {value!r}')
+    mode = int(value, 8)
+    if mode > 0o777:
+        raise ValueError(f"must be a permission mode (at most 0777), not {value}")
+    return mode
+
+
+def _local_hostname(value: Any) -> str:
+    """A host name to fill in: one word of printable ASCII."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a host name, not {_kind(value)}")
+    if len(value) > 255 or not all(33 <= ord(c) <= 126 for c in value):
+        raise ValueError(
+            f"{_shorten(value)!r} is not a host name (at most 255 printable ASCII "
+            "characters, no spaces)"
+        )
+    return value
+
+
 def _regex(value: Any) -> re.Pattern[bytes]:
     if not isinstance(value, str):
         raise ValueError(f"must be a regular expression string, not {_kind(value)}")
@@ -1277,6 +1397,28 @@ def _seconds_or_off(value: Any) -> float:
     if not 0 <= value <= MAX_SECONDS:
         raise ValueError(f"must be from 0 (never) to {MAX_SECONDS} seconds, not {value}")
     return float(value)
+
+
+def _listen_address(value: Any) -> tuple[str, int]:
+    """``HOST:PORT`` (``[IPv6]:PORT``) or a port alone (loopback) to listen on."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise TypeError(f'must be "HOST:PORT" or a port number, not {_kind(value)}')
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = DEFAULT_METRICS_HOST, value
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f'must be "HOST:PORT" with a port from 1 to 65535, not {value!r}')
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not host or not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ValueError(
+                f'must be "HOST:PORT" with an IP address or host name, not {value!r}'
+            ) from None
+    return host, int(port)
 
 
 def _mode(value: Any) -> int:

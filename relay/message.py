@@ -23,6 +23,9 @@ from relay.protocol import framing
 from relay.protocol.detect import parse_any
 from relay.protocol.syslog import SyslogMessage, parse_pri
 
+# A local sender's (pid, uid, gid), as the kernel reports them (SCM_CREDENTIALS).
+Creds = tuple[int, int, int]
+
 
 class Batch:
     """Messages received together: the unit of work on the hot path.
@@ -32,10 +35,26 @@ class Batch:
     microseconds); ``peer`` the sender (``host:port``, a socket path, or ``""``);
     ``input`` the name of the input it came in on. ``octet_counted`` may hold the
     same messages already octet-counted, exactly as they arrived, so that
-    forwarding them costs no re-encoding.
+    forwarding them costs no re-encoding. ``creds`` is the sender's (pid, uid,
+    gid) as the kernel reported them, for a batch from a local socket
+    (``unix://``, ``unix+stream://``), else None; it is not kept in a spool's
+    disk part (the filters and rate limits that read it come before).
+    ``stamped``: a local input wrote the reception time into the messages'
+    timestamps (as rsyslog's imuxsock does), to the second: a file output
+    writes the reception time's microseconds there, as rsyslog writes them
+    (not kept on disk either: a batch replayed from disk writes the second).
     """
 
-    __slots__ = ("_octet_counted", "input", "messages", "nbytes", "peer", "received")
+    __slots__ = (
+        "_octet_counted",
+        "creds",
+        "input",
+        "messages",
+        "nbytes",
+        "peer",
+        "received",
+        "stamped",
+    )
 
     def __init__(
         self,
@@ -46,11 +65,15 @@ class Batch:
         input: str = "",
         octet_counted: bytes | None = None,
         nbytes: int | None = None,
+        creds: Creds | None = None,
+        stamped: bool = False,
     ) -> None:
         self.messages = messages
         self.received = received
         self.peer = peer
         self.input = input
+        self.creds = creds
+        self.stamped = stamped
         self._octet_counted = octet_counted
         self.nbytes = sum(map(len, messages)) if nbytes is None else nbytes
 
@@ -75,10 +98,17 @@ class Batch:
 
     def split(self, count: int) -> tuple[Batch, Batch]:
         """The first ``count`` messages and the rest, as two batches."""
-        head, tail = self.messages[:count], self.messages[count:]
-        return (
-            Batch(head, received=self.received, peer=self.peer, input=self.input),
-            Batch(tail, received=self.received, peer=self.peer, input=self.input),
+        return self.with_messages(self.messages[:count]), self.with_messages(self.messages[count:])
+
+    def with_messages(self, messages: list[bytes]) -> Batch:
+        """A batch of ``messages`` from the same sender, input and time as this one."""
+        return Batch(
+            messages,
+            received=self.received,
+            peer=self.peer,
+            input=self.input,
+            creds=self.creds,
+            stamped=self.stamped,
         )
 
     def __iter__(self) -> Iterator[Message]:

@@ -227,14 +227,14 @@ def test_bad_path_on_the_command_line_is_one_line(option: str, value: str, says:
 
 @pytest.mark.parametrize("command", ["run", "check"])
 def test_help_shows_which_ports_are_optional(command: str) -> None:
-    from relay.config import DEFAULT_PORTS, INPUT_SCHEMES, OUTPUT_SCHEMES
+    from relay.config import DEFAULT_PORTS, INPUT_SCHEMES, OUTPUT_SCHEMES, PATH_SCHEMES
 
     result = relay(command, "--help")
     assert result.returncode == 0, result.stderr
     shown = set(re.findall(r"([a-z+]+)://HOST(\[:PORT\]|:PORT)", result.stdout))
     assert shown == {
         (scheme, "[:PORT]" if scheme in DEFAULT_PORTS else ":PORT")
-        for scheme in set(INPUT_SCHEMES + OUTPUT_SCHEMES) - {"unix", "file"}
+        for scheme in set(INPUT_SCHEMES + OUTPUT_SCHEMES) - set(PATH_SCHEMES)
     }
 
 

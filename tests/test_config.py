@@ -811,3 +811,175 @@ def test_relay_user_mistakes(relay: str, key: str, says: str) -> None:
     assert error.key == f"relay.{key}"
     assert error.line == (3 if key == "group" and "user" in relay else 2)
     assert says in error.message
+
+
+OBSERVE = """\
+[relay]
+metrics = {metrics}
+control_group = {group}
+stats_interval = {interval}
+[input.u]
+url = "udp://127.0.0.1:5514"
+[output.o]
+url = "file:-"
+"""
+
+
+def test_metrics_control_group_and_stats_interval() -> None:
+    cfg = config.loads(OBSERVE.format(metrics='"[::1]:9514"', group=0, interval=60))
+    assert (cfg.metrics, cfg.control_group, cfg.stats_interval) == (("::1", 9514), 0, 60.0)
+    cfg = config.loads(OBSERVE.format(metrics="9514", group='"root"', interval=0))
+    assert (cfg.metrics, cfg.control_group, cfg.stats_interval) == (("127.0.0.1", 9514), 0, 0.0)
+    plain = config.loads('[input.u]\nurl = "udp://127.0.0.1:5514"\n[output.o]\nurl = "file:-"\n')
+    assert (plain.metrics, plain.control_group, plain.stats_interval) == (None, -1, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "group", "interval", "key", "message"),
+    [
+        ('"127.0.0.1:99999"', 0, 1, "relay.metrics", "port from 1 to 65535"),
+        ('"no port"', 0, 1, "relay.metrics", "port from 1 to 65535"),
+        ("true", 0, 1, "relay.metrics", 'must be "HOST:PORT"'),
+        ('"a b:9514"', 0, 1, "relay.metrics", "IP address or host name"),
+        ('"9514"', '"no-such-group-here"', 1, "relay.control_group", "no-such-group-here"),
+        ('"9514"', 0, -1, "relay.stats_interval", "from 0 (never)"),
+    ],
+)
+def test_observe_mistakes(
+    metrics: str, group: object, interval: int, key: str, message: str
+) -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(
+            OBSERVE.format(metrics=metrics, group=group, interval=interval), source="r.toml"
+        )
+    (error,) = caught.value.errors
+    assert error.key == key
+    assert message in str(error)
+    assert len(str(error).splitlines()) == 1
+
+
+# -- local sockets: unix:// and unix+stream:// ------------------------------
+
+LOCAL = """\
+[input.dev]
+url = "unix:///run/relay/log"
+[input.st]
+url = "unix+stream:///run/relay/slog"
+[input.lan]
+url = "udp://127.0.0.1:514"
+[output.o]
+url = "file:///var/log/o.log"
+"""  # the output's own keys start on line 9
+
+
+def local_error(extra: str) -> ConfigError:
+    """The one mistake in ``extra``, as `relay check` would print it."""
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(LOCAL + textwrap.dedent(extra), source="l.toml")
+    (error,) = caught.value.errors
+    assert "\n" not in str(error)
+    return error
+
+
+def test_local_input_keys_and_credential_conditions() -> None:
+    text = LOCAL.replace(
+        'url = "unix:///run/relay/log"\n',
+        'url = "unix:///run/relay/log"\nmode = "0620"\nhostname = "web1"\nannotate = true\n'
+        '[input.dev.rate_limit]\nrate = 10\nkey = "pid"\n',
+    )
+    loaded = config.loads(
+        text + '[output.o.match]\npid = [1, 2]\nuid = 0\ngid = [4]\nprocess = "sshd"\n'
+    )
+    dev, st, _ = loaded.inputs
+    assert (dev.socket_mode, dev.hostname, dev.annotate) == (0o620, "web1", True)
+    assert dev.rate_limit is not None and dev.rate_limit.key is config.RateLimitKey.PID
+    assert (st.endpoint, st.socket_mode, st.hostname, st.annotate) == (
+        Endpoint("unix+stream", path="/run/relay/slog"),
+        0o666,
+        "",
+        False,
+    )
+    f = loaded.outputs[0].filter
+    assert (f.pids, f.uids, f.gids, f.processes) == (
+        frozenset({1, 2}),
+        frozenset({0}),
+        frozenset({4}),
+        frozenset({"sshd"}),
+    )
+    assert f.by_creds and not f.takes_everything and not f.per_message
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "says"),
+    [
+        (
+            ('"udp://127.0.0.1:514"', '"udp://127.0.0.1:514"\nmode = "0600"'),
+            "input.lan.mode",
+            "unknown setting for udp:// inputs",
+        ),
+        (
+            ('"udp://127.0.0.1:514"', '"udp://127.0.0.1:514"\nannotate = true'),
+            "input.lan.annotate",
+            "unknown setting for udp:// inputs",
+        ),
+        (
+            (
+                '"udp://127.0.0.1:514"',
+                '"udp://127.0.0.1:514"\n[input.lan.rate_limit]\nrate = 1\nkey = "pid"',
+            ),
+            "input.lan.rate_limit.key",
+            '"pid" is the sender\'s pid from the kernel',
+        ),
+        (('log"\n', 'log"\nmode = 666\n'), "input.dev.mode", "a string of octal digits"),
+        (('log"\n', 'log"\nmode = "0999"\n'), "input.dev.mode", "a string of octal digits"),
+        (('log"\n', 'log"\nmode = "1777"\n'), "input.dev.mode", "at most 0777"),
+        (('log"\n', 'log"\nhostname = "a b"\n'), "input.dev.hostname", "is not a host name"),
+        (('log"\n', 'log"\nhostname = ""\n'), "input.dev.hostname", "must be a host name"),
+        (('log"\n', 'log"\nannotate = "yes"\n'), "input.dev.annotate", "true or false"),
+        (
+            ('slog"\n', 'slog"\n[input.st.rate_limit]\nrate = 1\non_limit = "delay"\n'),
+            "input.st.rate_limit.on_limit",
+            "a local input never makes a sender wait",
+        ),
+        (
+            ('slog"\n', 'slog"\nrcvbuf = 4096\n'),
+            "input.st.rcvbuf",
+            "unknown setting for unix+stream:// inputs",
+        ),
+    ],
+)
+def test_local_input_mistakes(change: tuple[str, str], key: str, says: str) -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(LOCAL.replace(*change, 1), source="l.toml")
+    (error,) = caught.value.errors
+    assert error.key == key and says in error.message, str(error)
+    assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "says"),
+    [
+        ("[output.o.match]\npid = 0", "match.pid", "between 1 and"),
+        ("[output.o.match]\nuid = -1", "match.uid", "between 0 and"),
+        ('[output.o.match]\ngid = ["wheel"]', "match.gid", "must be a number or a list"),
+        ("[output.o.match]\npid = []", "match.pid", "is empty"),
+        ("[output.o.match]\nuid = true", "match.uid", "must be a number or a list"),
+        ('[output.o.match]\nprocess = ""', "match.process", "may not hold an empty"),
+        # Only a local input's messages carry credentials:
+        ('inputs = "lan"\n[output.o.match]\npid = 1', "match.pid", "the inputs it takes has none"),
+        ('inputs = ["lan"]\n[output.o.match]\nprocess = "cron"', "match.process", "has none"),
+    ],
+)
+def test_credential_condition_mistakes(extra: str, key: str, says: str) -> None:
+    error = local_error(extra + "\n")
+    assert error.key == f"output.o.{key}" and says in error.message, str(error)
+
+
+def test_credential_conditions_need_a_local_input_in_the_config() -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(ROUTED + "[output.o.match]\nuid = 0\n", source="r.toml")
+    (error,) = caught.value.errors
+    assert str(error) == (
+        "r.toml:8: output.o.match.uid: only messages from unix:// or unix+stream:// inputs "
+        "carry the sender's credentials, and this config has none: it would take nothing"
+    )

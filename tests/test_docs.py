@@ -71,7 +71,7 @@ SETTINGS = sorted(
     {k for keys in config.INPUT_KEYS.values() for k in keys}
     | {k for keys in config.OUTPUT_KEYS.values() for k in keys}
     | set(config.TLS_KEYS)
-    | {"state_dir", "stop_timeout", "log_level"}
+    | set(config.RELAY_KEYS)
 )
 
 

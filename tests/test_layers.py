@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("relay.importer",),
     ("relay.policy",),
     ("relay.spool", "relay.tls", "relay.service"),
-    ("relay.inputs", "relay.outputs"),
+    ("relay.inputs", "relay.outputs", "relay.observe"),
     ("relay.app",),
     ("relay.cli", "relay.__main__"),
 )

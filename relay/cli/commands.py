@@ -30,7 +30,8 @@ log = logging.getLogger("relay")
 
 ENDPOINT_HELP = (
     "Endpoint URLs: udp://HOST[:PORT] and tcp://HOST[:PORT] (default port 514), "
-    "relp://HOST:PORT (RELP, port required), unix:///PATH (inputs), file:///PATH or "
+    "relp://HOST:PORT (RELP, port required), unix:///PATH and unix+stream:///PATH "
+    "(local sockets: inputs), file:///PATH or "
     "file:- for standard output (outputs), tls://HOST[:PORT] (default port 6514) and "
     "relp+tls://HOST:PORT (outputs here, checked against the system's CAs; a TLS "
     "input needs a certificate, so a config file: relay.toml(5))."

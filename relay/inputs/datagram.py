@@ -201,12 +201,10 @@ class DatagramInput:
                     if size and buffer[size - 1] == 10:  # a trailer, not content
                         size -= 1  # (rsyslog drops it too)
                     if size > limit:
-                        if not truncate:
-                            counters.add("dropped_oversize")
+                        cut = oversize(view, size, limit, truncate, counters)
+                        if cut is None:
                             continue
-                        data = utf8_cut(view[:size].tobytes(), limit)
-                        size = len(data)
-                        counters.add("truncated")
+                        data, size = cut, len(cut)
                     elif size:
                         data = view[:size].tobytes()  # at its size: see the docstring
                     else:
@@ -275,6 +273,18 @@ def _queue_length() -> int:
         return 10
 
 
+def oversize(
+    view: memoryview, size: int, limit: int, truncate: bool, counters: Counters
+) -> bytes | None:
+    """A datagram of ``size`` bytes over ``limit``: cut at a UTF-8 boundary
+    (``truncate``) or None (dropped); counted either way."""
+    if not truncate:
+        counters.add("dropped_oversize")
+        return None
+    counters.add("truncated")
+    return utf8_cut(view[:size].tobytes(), limit)
+
+
 def _peer_name(peer: object) -> str:
     if isinstance(peer, tuple):
         return host_port(peer[0], peer[1])
@@ -289,16 +299,20 @@ _JOURNALD_HINT = (
 )
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(
+    path: str, mode: int = 0o666, kind: socket.SocketKind = socket.SOCK_DGRAM
+) -> socket.socket:
+    """A unix socket of ``kind`` bound at ``path`` with ``mode``: a stale socket
+    there is replaced, a live one (of either kind) or any other file refused."""
     if _in_use(path):
         raise OSError(errno.EADDRINUSE, f"{path} is in use by another process{_JOURNALD_HINT}")
     if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
         raise OSError(errno.EEXIST, f"{path} exists and is not a socket{_JOURNALD_HINT}")
     _unlink_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_UNIX, kind)
     try:
         sock.bind(path)
-        os.chmod(path, 0o666)  # every local program may log, as with /dev/log
+        os.chmod(path, mode)  # 0666: every local program may log, as with /dev/log
     except OSError:
         sock.close()
         raise
@@ -306,12 +320,13 @@ def _bind_unix(path: str) -> socket.socket:
 
 
 def _in_use(path: str) -> bool:
-    """True if something is bound to the datagram socket at ``path``."""
+    """True if something is bound to the unix socket at ``path`` (datagram or stream)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         probe.connect(path)
-    except OSError:
-        return False
+    except OSError as exc:
+        # EPROTOTYPE: a live socket of another type (a stream listener).
+        return exc.errno == errno.EPROTOTYPE
     finally:
         probe.close()
     return True

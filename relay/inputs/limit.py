@@ -10,7 +10,8 @@ events and once an interval from :meth:`InputLimit.run`, so that a key that
 went quiet gets its end line; :meth:`InputLimit.close` ends every open episode
 at the stop. The ``rate_limited`` counter is the sum of the end lines.
 
-The key is the batch's source address (one dictionary lookup per batch), or
+The key is the batch's source address or, for a local socket input, the
+sender's pid as the kernel reported it (one dictionary lookup per batch), or
 the HOSTNAME or APP-NAME of each message (a parse per message; the batch is
 charged one run of equal keys at a time).
 """
@@ -37,6 +38,17 @@ COUNTERS = ("rate_limited", "rate_limit_delays")
 # interval with the sums (a flood from a million spoofed addresses would
 # otherwise log two lines for each).
 MAX_LINES = 50
+
+
+# Keys that are properties of the whole batch.
+_PER_BATCH = (RateLimitKey.SOURCE, RateLimitKey.PID)
+
+
+def _batch_key(key: RateLimitKey, batch: Batch) -> str:
+    """A per-batch key: the source address, or the pid ("-" without credentials)."""
+    if key is RateLimitKey.PID:
+        return "pid -" if batch.creds is None else f"pid {batch.creds[0]}"
+    return peer_host(batch.peer)
 
 
 def for_input(config: InputConfig, counters: Counters) -> InputLimit | None:
@@ -70,8 +82,8 @@ class InputLimit:
         limiter = self.limiter
         messages = batch.messages
         exempting = self.config.exempt_severity is not None
-        if self.config.key is RateLimitKey.SOURCE:
-            key = peer_host(batch.peer)
+        if self.config.key in _PER_BATCH:
+            key = _batch_key(self.config.key, batch)
             if exempting:
                 kept = limiter.admit_exempting(key, messages, bytes(pris(messages)), now)
             else:
@@ -86,7 +98,7 @@ class InputLimit:
         self.counters.add("rate_limited", len(messages) - len(kept))
         if not kept:
             return None
-        return Batch(kept, received=batch.received, peer=batch.peer, input=batch.input)
+        return batch.with_messages(kept)
 
     def _admit_by_field(self, batch: Batch, now: float) -> list[bytes]:
         """:meth:`admit` for a key read from each message, one run of equal keys at a time."""
@@ -136,8 +148,8 @@ class InputLimit:
             count = charged.count(1)
             if not count:
                 return
-        if self.config.key is RateLimitKey.SOURCE:
-            wait = self.limiter.delay(peer_host(batch.peer), count, now)
+        if self.config.key in _PER_BATCH:
+            wait = self.limiter.delay(_batch_key(self.config.key, batch), count, now)
         else:
             keys = self._keys(batch)
             if charged is not None:

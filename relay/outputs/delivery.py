@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from typing import Any
 
 import trio
@@ -97,6 +98,7 @@ class Output:
         self.counters = counters
         self.name = config.name
         self.last_error = ""
+        self.down_since: float | None = None  # wall time: when last_error was set from none
         # What is written and not yet known safe; by default a batch is safe
         # once deliver() returned (written() below puts it in flight, safe).
         self.window: Window[Any] = Window(spool, counters)
@@ -274,6 +276,8 @@ class Output:
         reason = describe(exc)
         queued = len(self.spool)
         if reason != self.last_error:
+            if not self.last_error:
+                self.down_since = time.time()
             log.warning(
                 "output %s: %s; %d messages queued, retrying in %.1f s",
                 self.name,

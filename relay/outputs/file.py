@@ -310,6 +310,7 @@ class FileOutput(Output):
             int(received % 1 * 1_000_000),
             local.tm_gmtoff,
             peer_host(batch.peer, self._hostname).encode("utf-8", "replace"),
+            batch.stamped,
         )
 
     # -- flushing -------------------------------------------------------------------

@@ -7,6 +7,12 @@ conditions cost what they look at, cheapest first:
 
 * ``inputs`` and ``source`` (address or network) are properties of the whole
   batch: one test per batch.
+* ``pid``, ``uid``, ``gid`` and ``process`` are the sender's credentials as the
+  kernel reported them to a local socket input (``Batch.creds``): one test per
+  batch too. The process name (``/proc/PID/comm``) is read only when a
+  ``process`` condition asks, through the lookup the stage is given (cached
+  by the caller: this module does no I/O). A batch from any other input has
+  no credentials and matches none of them.
 * ``selector`` needs the PRI: a scan of the first five bytes per message (a
   message without a valid PRI is user.notice, as rsyslog treats it).
 * ``contains`` is a substring search per message, ``regex`` a regular
@@ -25,10 +31,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from collections.abc import Callable
 
 from relay.policy.selector import Selector
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A process's name (/proc/PID/comm) by pid; None when it cannot be read.
+ProcessName = Callable[[int], str | None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,6 +50,10 @@ class Filter:
     msgids: frozenset[str] = frozenset()
     contains: tuple[bytes, ...] = ()
     regex: re.Pattern[bytes] | None = None
+    pids: frozenset[int] = frozenset()
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+    processes: frozenset[str] = frozenset()
 
     @property
     def takes_everything(self) -> bool:
@@ -49,6 +62,7 @@ class Filter:
             (self.selector is None or self.selector.matches_everything)
             and self.inputs is None
             and not self.sources
+            and not self.by_creds
             and not self.per_message_fields
             and not self.contains
             and self.regex is None
@@ -79,6 +93,24 @@ class Filter:
                 return False
             return any(address in network for network in self.sources)
         return True
+
+    @property
+    def by_creds(self) -> bool:
+        """Whether a condition reads the sender's credentials (``Batch.creds``)."""
+        return bool(self.pids or self.uids or self.gids or self.processes)
+
+    def takes_creds(self, creds: tuple[int, int, int] | None, process_name: ProcessName) -> bool:
+        """The credential conditions, for a batch whose sender the kernel named."""
+        if creds is None:
+            return False
+        pid, uid, gid = creds
+        if (
+            (self.pids and pid not in self.pids)
+            or (self.uids and uid not in self.uids)
+            or (self.gids and gid not in self.gids)
+        ):
+            return False
+        return not self.processes or process_name(pid) in self.processes
 
 
 def peer_address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

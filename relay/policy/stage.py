@@ -7,7 +7,8 @@ one :class:`~relay.message.Batch` into the batch each output takes (or None):
   that redacts nothing, takes the batch itself: nothing is looked at, nothing
   copied (a relay with no filters never calls the stage at all:
   :attr:`Stage.passthrough`).
-* The per-batch conditions (input, source address) are tested once a batch.
+* The per-batch conditions (input, source address, the sender's pid, uid,
+  gid and process name) are tested once a batch.
 * Per-message conditions make a mask of the batch (one byte per message). The
   PRIs are read once per batch when a selector asks (a slice and a dict
   lookup per message, never a parse), the headers parsed once per message when
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 
 from relay.errors import ParseError
 from relay.message import Batch
-from relay.policy.filter import Filter
+from relay.policy.filter import Filter, ProcessName
 from relay.policy.redact import Redactor
 from relay.policy.selector import DEFAULT_PRI
 from relay.protocol import rfc5424
@@ -86,6 +87,10 @@ def header_fields(raw: bytes, received: float) -> Fields:
     except ParseError:
         return None
     return ((parsed.hostname or "").lower(), parsed.app_name or "", parsed.msgid or "")
+
+
+def _no_name(pid: int) -> None:
+    return None
 
 
 class _View:
@@ -152,10 +157,18 @@ def _mask(filter: Filter, view: _View) -> bytes | None:
 class Stage:
     """The filters and redactors of every output, in the router's order."""
 
-    def __init__(self, filters: Sequence[Filter], redactors: Sequence[Redactor | None]) -> None:
+    def __init__(
+        self,
+        filters: Sequence[Filter],
+        redactors: Sequence[Redactor | None],
+        process_name: ProcessName | None = None,
+    ) -> None:
+        """``process_name`` reads a pid's name for ``process`` conditions (none
+        match without it)."""
         if len(filters) != len(redactors):
             raise ValueError("one filter and one redactor (or None) per output")
         self.outputs = tuple(zip(filters, redactors, strict=True))
+        self.process_name: ProcessName = process_name or _no_name
         self.redactors = tuple(redactors)
         # A relay with no filter and no redaction never calls route().
         self.passthrough = all(f.takes_everything and r is None for f, r in self.outputs)
@@ -171,7 +184,9 @@ class Stage:
         everything = self._someone_takes_all
         count = len(batch.messages)
         for filter, redactor in self.outputs:
-            if not filter.takes_batch_from(batch.input, batch.peer):
+            if not filter.takes_batch_from(batch.input, batch.peer) or (
+                filter.by_creds and not filter.takes_creds(batch.creds, self.process_name)
+            ):
                 routed.append(None)
                 continue
             mask = _mask(filter, view) if filter.per_message else None
@@ -184,18 +199,11 @@ class Stage:
             else:
                 if not everything:
                     taken |= int.from_bytes(mask)
-                chosen = Batch(
-                    list(itertools.compress(batch.messages, mask)),
-                    received=batch.received,
-                    peer=batch.peer,
-                    input=batch.input,
-                )
+                chosen = batch.with_messages(list(itertools.compress(batch.messages, mask)))
             if redactor is not None:
                 redacted = redactor.redact(chosen.messages)
                 if redacted is not chosen.messages:
-                    chosen = Batch(
-                        redacted, received=batch.received, peer=batch.peer, input=batch.input
-                    )
+                    chosen = batch.with_messages(redacted)
             routed.append(chosen)
         if not everything:
             self.counts["unrouted"] += count - taken.bit_count()

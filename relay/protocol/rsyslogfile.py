@@ -107,6 +107,10 @@ class Reception:
     year: int
     offset: bytes  # b"+00:00"
     hostname: bytes
+    # The messages' BSD timestamps that read as ``traditional`` are the
+    # reception time (a local input's, as imuxsock's): written as ``rfc3339``,
+    # with its microseconds, as rsyslog writes them.
+    stamped: bool = False
 
     @classmethod
     def at(
@@ -115,6 +119,7 @@ class Reception:
         microsecond: int,
         utcoffset: int,
         hostname: bytes,
+        stamped: bool = False,
     ) -> Reception:
         """From the local time ``(year, month, day, hour, minute, second)``,
         its microseconds and the offset from UTC in seconds."""
@@ -129,6 +134,7 @@ class Reception:
             year=year,
             offset=offset,
             hostname=hostname,
+            stamped=stamped,
         )
 
 
@@ -363,6 +369,8 @@ def _ts_traditional(timestamp: Timestamp | None, reception: Reception) -> bytes:
 def _ts_rfc3339(timestamp: Timestamp | None, reception: Reception) -> bytes:
     if timestamp is None:
         return reception.rfc3339
+    if reception.stamped and _ts_traditional(timestamp, reception) == reception.traditional:
+        return reception.rfc3339
     year, month, day, hour, minute, second, fraction, offset = timestamp
     return b"%04d-%02d-%02dT%02d:%02d:%02d%s%s" % (
         reception.year if year is None else year,
@@ -388,6 +396,21 @@ def _fast(raw: bytes) -> re.Match[bytes] | None:
     if match[6] is None and match.end() == len(raw) and match[7][-1:] != b":":
         return None
     return match
+
+
+def _fast_rfc3339(raw: bytes, match: re.Match[bytes], reception: Reception) -> bytes:
+    """The BSD timestamp of ``_fast``'s ``match`` as RFC 3339 (the reception
+    time's, with microseconds, where a local input wrote it)."""
+    if reception.stamped and raw[match.start(3) : match.end(5)] == reception.traditional:
+        return reception.rfc3339
+    day = match[4]
+    return b"%d-%s-%sT%s%s" % (
+        reception.year,
+        _MONTH_TEXT[match[3]],
+        b"0" + day[1:] if day[:1] == b" " else day,
+        match[5],
+        reception.offset,
+    )
 
 
 def _fast_5424(raw: bytes) -> list[bytes] | None:
@@ -444,13 +467,8 @@ def rsyslog(raw: bytes, reception: Reception) -> bytes:
         msg = raw[match.end() :]
         hostname = reception.hostname if match[6] is None else match[6]
         space = b"" if msg[:1] == b" " else b" "
-        day = match[4]
-        return b"%d-%s-%sT%s%s %s %s%s%s\n" % (
-            reception.year,
-            _MONTH_TEXT[match[3]],
-            b"0" + day[1:] if day[:1] == b" " else day,
-            match[5],
-            reception.offset,
+        return b"%s %s %s%s%s\n" % (
+            _fast_rfc3339(raw, match, reception),
             hostname,
             match[7],
             space,
@@ -473,14 +491,9 @@ def rfc5424(raw: bytes, reception: Reception) -> bytes:
     match = _fast(raw)
     if match is not None:
         app, procid = _app_procid(match[7])
-        day = match[4]
-        return b"<%d>1 %d-%s-%sT%s%s %s %s %s - - %s\n" % (
+        return b"<%d>1 %s %s %s %s - - %s\n" % (
             int(match[1]),
-            reception.year,
-            _MONTH_TEXT[match[3]],
-            b"0" + day[1:] if day[:1] == b" " else day,
-            match[5],
-            reception.offset,
+            _fast_rfc3339(raw, match, reception),
             reception.hostname if match[6] is None else match[6],
             app,
             procid,

@@ -156,14 +156,21 @@ class Router:
 
     def put_nowait(self, batch: Batch) -> int:
         """Queue ``batch`` where the spools take it; return how many outputs dropped it."""
-        dropped = 0
+        return len(self.offer(batch)[1])
+
+    def offer(self, batch: Batch) -> tuple[int, list[str]]:
+        """:meth:`put_nowait`, saying how many outputs took ``batch`` and which
+        dropped it, by name (a local input sums these up in its log)."""
+        taken = 0
+        dropped: list[str] = []
         for route, chosen in self._plan(batch):
             admission = route.spool.put_nowait(chosen)
             if admission is Admission.QUEUED:
                 route.counters.add("queued", len(chosen.messages))
-            elif admission is Admission.FULL:
+                taken += 1
+                continue
+            if admission is Admission.FULL:
                 route.counters.add("dropped_queue_full", len(chosen.messages))
-                dropped += 1
-            else:
-                dropped += 1  # counted by the spool, by its on_full policy
-        return dropped
+            # else counted by the spool, by its on_full policy
+            dropped.append(route.counters.name)
+        return taken, dropped

@@ -184,6 +184,7 @@ class Spool:
         self._segments: collections.deque[_Segment] = collections.deque()
         self._disk_messages = 0
         self._disk_bytes = 0
+        self.recovered = 0  # messages found on disk at open(), from an earlier run
         self._writer: segment.SegmentWriter | None = None
         self._next_id = 0
         self._peeked = 0  # head entries handed to the output and not yet acked
@@ -234,6 +235,7 @@ class Spool:
                 self._disk_messages += seg.messages
                 self._disk_bytes += seg.size
         self._next_id = max(ids, default=-1) + 1
+        self.recovered = self._disk_messages
         if missing:
             # What the metadata says was there and is not: cut off by a
             # truncation, in damaged records, or in a segment file that is gone.

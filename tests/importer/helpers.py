@@ -11,15 +11,6 @@ from relay import config
 from relay.importer import Conversion, MappingFiles, convert
 from relay.importer.toml import key, value
 
-# --- DELETE AFTER THE ISSUE 16 MERGE ---------------------------------------
-# Keys and values the other parts of issue 16 add (notes/issue16-shared.md);
-# this tree's loader does not know them yet, so the check below takes them
-# out first. Once merged, every conversion must pass config.loads as it is:
-# delete these and `_without_pending`.
-PENDING_UNIX_KEYS = frozenset({"mode", "annotate", "hostname"})
-PENDING_RATE_LIMIT_KEYS = frozenset({"pid"})
-# ---------------------------------------------------------------------------
-
 MAIN = "/etc/rsyslog.conf"
 
 
@@ -41,24 +32,7 @@ def loaded(conversion: Conversion) -> dict[str, Any]:
 
 def check(data: dict[str, Any]) -> config.Config:
     """relay's config loader over the converted tables: raises ConfigErrors."""
-    return config.loads(_dump(_without_pending(data)), source="converted.toml")
-
-
-def _without_pending(data: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: dict(v) for k, v in data.items()}
-    for name, table in data.get("output", {}).items():
-        table = dict(table)
-        out["output"][name] = table
-    for name, table in data.get("input", {}).items():
-        table = dict(table)
-        if str(table.get("url", "")).startswith("unix://"):
-            for pending in PENDING_UNIX_KEYS & set(table):
-                del table[pending]
-        limit = table.get("rate_limit")
-        if isinstance(limit, dict) and limit.get("key") in PENDING_RATE_LIMIT_KEYS:
-            table["rate_limit"] = {k: v for k, v in limit.items() if k != "key"}
-        out["input"][name] = table
-    return out
+    return config.loads(_dump(data), source="converted.toml")
 
 
 def _dump(data: dict[str, Any]) -> str:

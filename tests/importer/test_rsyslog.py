@@ -16,6 +16,8 @@ from relay.importer import MappingFiles, UnreadableConfig, convert
 from relay.importer.selectors import ALL, table
 from tests.importer.helpers import MAIN, loaded, problems, run
 
+REPO = Path(__file__).resolve().parents[2]
+
 SEED = """\
 $ModLoad imuxsock
 $ModLoad imklog
@@ -564,3 +566,18 @@ def _never_raises(text: str) -> None:
 
 def test_selectors_table_covers_all() -> None:
     assert table("*.*") == ALL
+
+
+def test_etc_relay_local_holds_what_debians_config_converts_to() -> None:
+    """etc/relay-local.toml's file outputs are the conversion of Debian 12's
+    stock /etc/rsyslog.conf (this machine's, shipped by the rsyslog package)."""
+    stock = Path("/etc/rsyslog.conf")
+    if not stock.exists():
+        pytest.fail(f"{stock} is missing: apt-get install --reinstall rsyslog")
+    text = stock.read_text(encoding="utf-8")
+    converted = tomllib.loads(convert(str(stock), MappingFiles({str(stock): text})).toml)["output"]
+    example = tomllib.loads((REPO / "etc" / "relay-local.toml").read_text())["output"]
+    files = {name: out for name, out in example.items() if out["url"].startswith("file:")}
+    assert set(files) == set(converted)
+    for name, out in converted.items():
+        assert {key: files[name][key] for key in out} == out, name
