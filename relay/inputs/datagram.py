@@ -234,14 +234,7 @@ class DatagramInput:
         finally:
             sock.close()
             if self.config.endpoint.scheme == "unix":
-                try:
-                    _unlink_socket(self.config.endpoint.path)
-                except PermissionError:  # root made it, and we run as --user now
-                    log.info(
-                        "input %s: %s is left behind (the next start replaces it)",
-                        self.config.name,
-                        self.config.endpoint.path,
-                    )
+                release_socket(self.config.name, self.config.endpoint.path)
 
     def _queue(self, groups: dict[object, list[bytes]], count: int, nbytes: int) -> None:
         """Hand one wake-up's datagrams on, a batch per sender."""
@@ -330,6 +323,14 @@ def _in_use(path: str) -> bool:
     finally:
         probe.close()
     return True
+
+
+def release_socket(name: str, path: str) -> None:
+    """At stop: remove input ``name``'s socket file, or say why it stays."""
+    try:
+        _unlink_socket(path)
+    except PermissionError:  # root made it, and we run as --user now
+        log.info("input %s: %s is left behind (the next start replaces it)", name, path)
 
 
 def _unlink_socket(path: str) -> None:

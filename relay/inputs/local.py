@@ -251,7 +251,7 @@ class _LocalInput:
                     await self._serve(sock)
         finally:
             sock.close()
-            datagram._unlink_socket(self.config.endpoint.path)
+            datagram.release_socket(self.config.name, self.config.endpoint.path)
             self.drops.flush(trio.current_time())
 
     async def _serve(self, sock: socket.socket) -> None:
