@@ -153,19 +153,7 @@ class DatagramInput:
             await self._serve()
 
     def _fault(self, exc: Exception, count: int) -> None:
-        """An error nobody handled while queueing: counted, logged (once a minute
-        per kind), and the input goes on receiving."""
-        self.counters.add("handler_errors")
-        self._fault_log.log(
-            log,
-            logging.ERROR,
-            type(exc).__name__,
-            f"input {self.config.name}: {count} datagrams not queued after an error: "
-            f"{type(exc).__name__}: {exc} (a bug in relay; the traceback is logged at debug "
-            "level)",
-            trio.current_time(),
-        )
-        log.debug("input %s: the error's traceback:", self.config.name, exc_info=exc)
+        report_fault(self.config.name, self.counters, self._fault_log, exc, f"{count} datagrams")
 
     async def _serve(self) -> None:
         sock = self.sock
@@ -264,6 +252,23 @@ def _queue_length() -> int:
         return min(int(MAX_DGRAM_QLEN.read_text()), UDP_QUEUE)
     except (OSError, ValueError):
         return 10
+
+
+def report_fault(
+    name: str, counters: Counters, fault_log: LogLimit, exc: Exception, what: str
+) -> None:
+    """An error nobody handled while queueing ``what`` (e.g. "12 datagrams"):
+    counted, logged (once a minute per kind), and the input goes on receiving."""
+    counters.add("handler_errors")
+    fault_log.log(
+        log,
+        logging.ERROR,
+        type(exc).__name__,
+        f"input {name}: {what} not queued after an error: {type(exc).__name__}: {exc}"
+        " (a bug in relay; the traceback is logged at debug level)",
+        trio.current_time(),
+    )
+    log.debug("input %s: the error's traceback:", name, exc_info=exc)
 
 
 def oversize(

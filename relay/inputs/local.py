@@ -288,19 +288,9 @@ class _LocalInput:
             self.drops.dropped(dropped, count, not taken, trio.current_time())
 
     def fault(self, exc: Exception, count: int) -> None:
-        """An error nobody handled while queueing: counted, logged (once a minute
-        per kind), and the input goes on receiving."""
-        self.counters.add("handler_errors")
-        self._fault_log.log(
-            log,
-            logging.ERROR,
-            type(exc).__name__,
-            f"input {self.config.name}: {count} messages not queued after an error: "
-            f"{type(exc).__name__}: {exc} (a bug in relay; the traceback is logged at debug "
-            "level)",
-            trio.current_time(),
+        datagram.report_fault(
+            self.config.name, self.counters, self._fault_log, exc, f"{count} messages"
         )
-        log.debug("input %s: the error's traceback:", self.config.name, exc_info=exc)
 
 
 class LocalDatagramInput(_LocalInput):
