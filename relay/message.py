@@ -46,10 +46,11 @@ class Batch:
     """
 
     __slots__ = (
+        "_count",
+        "_messages",
         "_octet_counted",
         "creds",
         "input",
-        "messages",
         "nbytes",
         "peer",
         "received",
@@ -58,30 +59,52 @@ class Batch:
 
     def __init__(
         self,
-        messages: list[bytes],
+        messages: list[bytes] | None,
         *,
         received: float,
         peer: str = "",
         input: str = "",
         octet_counted: bytes | None = None,
         nbytes: int | None = None,
+        count: int | None = None,
         creds: Creds | None = None,
         stamped: bool = False,
     ) -> None:
-        self.messages = messages
+        if messages is None:
+            if octet_counted is None or nbytes is None or count is None:
+                raise ValueError("a batch without messages needs octet_counted, nbytes and count")
+            self._count = count
+        else:
+            self._count = len(messages)
+        self._messages = messages
         self.received = received
         self.peer = peer
         self.input = input
         self.creds = creds
         self.stamped = stamped
         self._octet_counted = octet_counted
-        self.nbytes = sum(map(len, messages)) if nbytes is None else nbytes
+        if nbytes is None:
+            nbytes = sum(map(len, messages)) if messages is not None else 0
+        self.nbytes = nbytes
+
+    @property
+    def messages(self) -> list[bytes]:
+        """The raw bytes of each message. A batch made from octet-counted frames
+        alone (``messages=None``: the TCP input's hot path) slices them out of
+        ``octet_counted`` at the first call, for a caller that needs them one by
+        one (the processing stage, a disk spool, a file output); forwarding it
+        over TCP never does."""
+        messages = self._messages
+        if messages is None:
+            assert self._octet_counted is not None
+            messages = self._messages = framing.split_octet_counted(self._octet_counted)
+        return messages
 
     def __len__(self) -> int:
-        return len(self.messages)
+        return self._count
 
     def __repr__(self) -> str:
-        return f"<Batch {len(self.messages)} messages, {self.nbytes} bytes from {self.peer!r}>"
+        return f"<Batch {self._count} messages, {self.nbytes} bytes from {self.peer!r}>"
 
     def octet_counted(self) -> bytes:
         """The batch as RFC 6587 octet-counted frames.

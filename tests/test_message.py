@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from relay.message import Batch, Message, format_received
+from relay.protocol.framing import encode_octet_counted
 from relay.protocol.syslog import Facility, Severity
 
 
@@ -54,3 +57,15 @@ def test_bsd_timestamp_year_comes_from_the_receive_time() -> None:
     message = Message(b"<13>Jun  1 11:59:59 host app: old", received=received)
     timestamp = message.parsed().timestamp
     assert timestamp is not None and timestamp.year == 2020
+
+
+def test_batch_from_octet_counted_frames_slices_messages_when_asked() -> None:
+    wire = encode_octet_counted([b"<13>a", b"<14>bc"])
+    batch = Batch(None, received=1.5, octet_counted=wire, nbytes=11, count=2)
+    assert (len(batch), batch.nbytes, batch.octet_counted()) == (2, 11, wire)
+    assert batch.messages == [b"<13>a", b"<14>bc"]
+    assert [m.pri for m in batch] == [13, 14]
+    head, tail = batch.split(1)
+    assert (head.messages, tail.octet_counted()) == ([b"<13>a"], b"6 <14>bc")
+    with pytest.raises(ValueError, match="needs octet_counted"):
+        Batch(None, received=1.5, nbytes=11, count=2)

@@ -282,7 +282,7 @@ class _LocalInput:
             batch = limited
         taken, dropped = self.router.offer(batch)
         if dropped:
-            count = len(batch.messages)
+            count = len(batch)
             if not taken:
                 self.counters.add("dropped_full", count)
             self.drops.dropped(dropped, count, not taken, trio.current_time())

@@ -264,16 +264,20 @@ class TcpInput:
         try:
             while True:
                 data = await self._read(stream, connection)
-                frames = decoder.receive_data(data)
-                if frames:
+                # Clean octet-counted frames stay one buffer (frames is None):
+                # a TCP output sends it as it came, nothing slices it per message.
+                frames, wire, count, nbytes = decoder.receive_batch(data)
+                if count:
                     batch = Batch(
                         frames,
                         received=time.time(),
                         peer=peer,
                         input=name,
-                        octet_counted=decoder.clean_octet_counted,
+                        octet_counted=wire,
+                        nbytes=nbytes,
+                        count=count,
                     )
-                    counters.add("received", len(frames))
+                    counters.add("received", count)
                     counters.add("bytes", batch.nbytes)
                     try:
                         limited: Batch | None = batch
@@ -282,12 +286,12 @@ class TcpInput:
                         if limited is not None:
                             await put(limited, keep_if_cancelled=True)
                     except trio.Cancelled:  # stopping while the queues are full
-                        counters.add("kept_at_stop", len(frames))
+                        counters.add("kept_at_stop", count)
                         log.info(
                             "input %s: %d messages from %s, read while the spools were full, "
                             "are kept past their budget and saved with them at the stop",
                             name,
-                            len(frames),
+                            count,
                             peer,
                         )
                         raise

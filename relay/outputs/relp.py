@@ -109,7 +109,7 @@ class RelpOutput(Output):
         for batch in batches:
             # In flight at once: if sending fails halfway, the loss counts these
             # as resent too (some of them may have arrived).
-            count = len(batch.messages)
+            count = len(batch)
             flight = self.window.written((batch,), now, None, awaiting=count)
             messages.extend(batch.messages)
             owners.extend([flight] * count)

@@ -142,7 +142,7 @@ class Window(Generic[T]):
         messages = 0
         nbytes = 0
         for batch in batches:
-            messages += len(batch.messages)
+            messages += len(batch)
             nbytes += batch.nbytes
         flight = Flight(len(batches), messages, nbytes, now, via, end, awaiting)
         self._flights.append(flight)
@@ -163,7 +163,7 @@ class Window(Generic[T]):
         """``batches`` were being written, not in flight yet, when the connection
         broke: part of them may have arrived. They are written again whole, so
         they count as ``resent`` like the window."""
-        self._counters.add("resent", sum([len(batch.messages) for batch in batches]))
+        self._counters.add("resent", sum([len(batch) for batch in batches]))
 
     # -- confirming ----------------------------------------------------------------
 

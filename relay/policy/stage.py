@@ -182,7 +182,7 @@ class Stage:
         routed: list[Batch | None] = []
         taken = 0  # the union of the outputs' masks, as an integer (one byte a message)
         everything = self._someone_takes_all
-        count = len(batch.messages)
+        count = len(batch)
         for filter, redactor in self.outputs:
             if not filter.takes_batch_from(batch.input, batch.peer) or (
                 filter.by_creds and not filter.takes_creds(batch.creds, self.process_name)

@@ -36,6 +36,13 @@ _MAX_LEN_DIGITS = 10
 
 _DIGITS = frozenset(b"0123456789")
 
+# Frame headers already checked (b"300" -> 300), shared by all decoders: one
+# dict lookup per frame costs less than isdigit and int (FrameDecoder._walk).
+# Holds only headers of ASCII digits with a non-zero value; bounded (the
+# first _MAX_LENGTHS distinct ones seen stay, about 100 bytes each).
+_LENGTHS: dict[bytes, int] = {}
+_MAX_LENGTHS = 4096
+
 
 class Framing(enum.StrEnum):
     """How frames are delimited on one connection."""
@@ -119,6 +126,9 @@ class FrameDecoder:
         # octet-counted frame, -1 for a non-transparent one (until the next LF).
         self._skip = 0
         self._eof = False
+        # what the last lazy receive_batch found (messages, their bytes)
+        self._count = 0
+        self._nbytes = 0
         #: frames cut to ``max_frame``
         self.truncated = 0
         #: oversize frames discarded whole
@@ -128,6 +138,29 @@ class FrameDecoder:
 
     def receive_data(self, data: bytes) -> list[bytes]:
         """Take the next bytes of the stream (``b""`` at EOF); return complete frames."""
+        frames = self._receive(data, False)
+        assert frames is not None  # only the lazy path returns None
+        return frames
+
+    def receive_batch(self, data: bytes) -> tuple[list[bytes] | None, bytes | None, int, int]:
+        """As :meth:`receive_data`, for a relay that mostly forwards the frames:
+        ``(messages, wire, count, nbytes)``.
+
+        When every frame came octet-counted and well-formed (the frame
+        boundaries are checked all the same), ``messages`` is None and ``wire``
+        holds the frames exactly as they arrived: the per-message slices are
+        not made (:func:`split_octet_counted` makes them, from ``wire``, for a
+        caller that needs them). Otherwise ``messages`` is what
+        :meth:`receive_data` would return and ``wire`` is
+        :attr:`clean_octet_counted`. ``count`` is the number of messages and
+        ``nbytes`` their total length (without framing) in both cases.
+        """
+        frames = self._receive(data, True)
+        if frames is None:
+            return None, self.clean_octet_counted, self._count, self._nbytes
+        return frames, self.clean_octet_counted, len(frames), sum(map(len, frames))
+
+    def _receive(self, data: bytes, lazy: bool) -> list[bytes] | None:
         self.clean_octet_counted = None
         if self._eof:
             if data:
@@ -152,6 +185,16 @@ class FrameDecoder:
                 first = buf[0]
             self.framing = Framing.OCTET_COUNTING if first in _DIGITS else Framing.NON_TRANSPARENT
         if self.framing is Framing.OCTET_COUNTING:
+            if lazy:
+                walked = self._walk(buf)
+                if walked is not None:
+                    pos, self._count, self._nbytes = walked
+                    size = len(buf)
+                    self._buf = buf[pos:] if pos < size else b""
+                    if not self._count:
+                        return []
+                    self.clean_octet_counted = buf[:pos] if pos < size else buf
+                    return None
             return self._octet_counted(buf)
         return self._non_transparent(buf)
 
@@ -185,6 +228,48 @@ class FrameDecoder:
         return kept
 
     # -- octet counting, RFC 6587 §3.4.1 --------------------------------------
+
+    def _walk(self, buf: bytes) -> tuple[int, int, int] | None:
+        """Check the frames in ``buf`` without slicing them: ``(end of the last
+        complete frame, frames, message bytes)`` when ``buf`` holds well-formed
+        octet-counted frames and at most the start of one more, else None (the
+        general :meth:`_octet_counted` then reads it, as it reads every buffer
+        for :meth:`receive_data`).
+
+        The relay's hot path for octet-counted input: per frame one find, one
+        slice of the header and one lookup in _LENGTHS (isdigit and int for a
+        header not seen before); a third fewer instructions than the general
+        loop, which also slices every message out."""
+        find = buf.find
+        size = len(buf)
+        max_frame = self.max_frame
+        get = _LENGTHS.get
+        pos = count = nbytes = 0
+        while pos < size:
+            sp = find(b" ", pos, pos + _MAX_LEN_DIGITS + 1)
+            if sp <= pos:  # no SP yet (a header split across reads?), or none before it
+                if sp < 0 and size - pos <= _MAX_LEN_DIGITS and buf[pos:].isdigit():
+                    break
+                return None
+            head = buf[pos:sp]
+            length = get(head)
+            if length is None:  # a header not seen yet
+                if not head.isdigit():  # ASCII digits only
+                    return None
+                length = int(head)
+                if not length:  # an empty frame: the general path
+                    return None
+                if len(_LENGTHS) < _MAX_LENGTHS:
+                    _LENGTHS[head] = length
+            if length > max_frame:  # oversize: the general path
+                return None
+            end = sp + 1 + length
+            if end > size:  # the frame goes on in the next read
+                break
+            count += 1
+            nbytes += length
+            pos = end
+        return pos, count, nbytes
 
     def _octet_counted(self, buf: bytes) -> list[bytes]:
         frames: list[bytes] = []
@@ -311,6 +396,22 @@ def _resync(buf: bytes, pos: int) -> int:
 
 
 _LENGTH = b"%d ".__mod__
+
+
+def split_octet_counted(wire: bytes) -> list[bytes]:
+    """The messages in ``wire``: well-formed octet-counted frames, and nothing
+    else (what :meth:`FrameDecoder.receive_batch` returns as ``wire``)."""
+    messages: list[bytes] = []
+    append = messages.append
+    find = wire.find
+    size = len(wire)
+    pos = 0
+    while pos < size:
+        sp = find(b" ", pos)
+        end = sp + 1 + int(wire[pos:sp])
+        append(wire[sp + 1 : end])
+        pos = end
+    return messages
 
 
 def encode_octet_counted(messages: list[bytes]) -> bytes:

@@ -73,7 +73,7 @@ class Router:
             for route, chosen in pending:
                 if route in gone:
                     route.spool.keep_at_stop(chosen)
-                    route.counters.add("queued", len(chosen.messages))
+                    route.counters.add("queued", len(chosen))
             pending[:] = [(r, b) for r, b in pending if r not in gone]
         self.routes = tuple(routes)
         self.stage = None if stage.passthrough else stage
@@ -100,7 +100,7 @@ class Router:
             if keep_if_cancelled:
                 for route, chosen in pending:
                     route.spool.keep_at_stop(chosen)
-                    route.counters.add("queued", len(chosen.messages))
+                    route.counters.add("queued", len(chosen))
             raise
 
     def keep_at_stop(self, batch: Batch) -> None:
@@ -108,7 +108,7 @@ class Router:
         saved at the stop: read from a sender that cannot send it again."""
         for route, chosen in self._plan(batch):
             route.spool.keep_at_stop(chosen)
-            route.counters.add("queued", len(chosen.messages))
+            route.counters.add("queued", len(chosen))
 
     async def _put(self, pending: list[tuple[Route, Batch]]) -> None:
         """:meth:`put`; ``pending`` loses each route as it takes its batch."""
@@ -140,7 +140,7 @@ class Router:
                 continue  # pending[0] again: a reload may have taken it out meanwhile
             del pending[0]
             if admission is Admission.QUEUED:
-                route.counters.add("queued", len(chosen.messages))
+                route.counters.add("queued", len(chosen))
 
     async def wait_durable(self) -> None:
         """Until what every spool holds is as safe as its durability promises."""
@@ -151,7 +151,7 @@ class Router:
         """Try to queue ``batch`` on ``route``; False if it must wait or spill."""
         admission = route.spool.put_nowait(batch, spill=spill)
         if admission is Admission.QUEUED:
-            route.counters.add("queued", len(batch.messages))
+            route.counters.add("queued", len(batch))
         return admission is not Admission.WOULD_SPILL and admission is not Admission.FULL
 
     def put_nowait(self, batch: Batch) -> int:
@@ -166,11 +166,11 @@ class Router:
         for route, chosen in self._plan(batch):
             admission = route.spool.put_nowait(chosen)
             if admission is Admission.QUEUED:
-                route.counters.add("queued", len(chosen.messages))
+                route.counters.add("queued", len(chosen))
                 taken += 1
                 continue
             if admission is Admission.FULL:
-                route.counters.add("dropped_queue_full", len(chosen.messages))
+                route.counters.add("dropped_queue_full", len(chosen))
             # else counted by the spool, by its on_full policy
             dropped.append(route.counters.name)
         return taken, dropped

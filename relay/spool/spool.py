@@ -269,7 +269,7 @@ class Spool:
             records, offset_next = segment.read_records(path, offset, REFILL_BYTES)
             if not records:
                 break
-            seg.messages += sum(len(b.messages) for b, _ in records)
+            seg.messages += sum(len(b) for b, _ in records)
             offset = offset_next
         if seg.messages == 0:
             path.unlink()
@@ -338,11 +338,11 @@ class Spool:
         seg = self._segments[-1]
         if to_memory:  # also in memory: the copy on disk is for a crash
             seg.read = end
-            seg.read_messages += len(batch.messages)
+            seg.read_messages += len(batch)
             self._append_memory(_Entry(batch, seg.id, end))
         else:
-            self._disk_messages += len(batch.messages)
-            self.counters.add("written_to_disk", len(batch.messages))
+            self._disk_messages += len(batch)
+            self.counters.add("written_to_disk", len(batch))
         self._notify()
         return Admission.QUEUED
 
@@ -366,8 +366,8 @@ class Spool:
                 self.counters.add("disk_errors")
                 log.error("spool %s: cannot write to %s: %s", self.name, self.directory, exc)
             else:
-                self._disk_messages += len(batch.messages)
-                self.counters.add("written_to_disk", len(batch.messages))
+                self._disk_messages += len(batch)
+                self.counters.add("written_to_disk", len(batch))
                 return
         self._append_memory(_Entry(batch))
 
@@ -388,7 +388,7 @@ class Spool:
 
     def _append_memory(self, entry: _Entry) -> None:
         self._memory.append(entry)
-        self._memory_messages += len(entry.batch.messages)
+        self._memory_messages += len(entry.batch)
         self._memory_bytes += entry.batch.nbytes
         self._notify()
 
@@ -419,7 +419,7 @@ class Spool:
         (end,) = writer.append([payload])
         seg = self._segments[-1]
         seg.size = writer.size
-        seg.messages += len(batch.messages)
+        seg.messages += len(batch)
         self._disk_bytes += writer.size - before
         if self._space is not None:
             self._space.wrote(writer.size - before)
@@ -441,7 +441,7 @@ class Spool:
         """The budget is spent: apply on_full."""
         policy = self.settings.on_full
         if policy is OnFull.DROP_NEWEST:
-            self.counters.add("dropped_newest", len(batch.messages))
+            self.counters.add("dropped_newest", len(batch))
             return Admission.DROPPED
         if policy is OnFull.DROP_OLDEST and memory_only and self._drop_oldest_memory(batch):
             self._append_memory(_Entry(batch))
@@ -453,13 +453,13 @@ class Spool:
         kept = [self._memory.popleft() for _ in range(min(self._peeked, len(self._memory)))]
         dropped = 0
         while self._memory and (
-            self._memory_messages + len(batch.messages) > self.settings.max_messages
+            self._memory_messages + len(batch) > self.settings.max_messages
             or self._memory_bytes + batch.nbytes > self.settings.max_bytes
         ):
             entry = self._memory.popleft()
-            self._memory_messages -= len(entry.batch.messages)
+            self._memory_messages -= len(entry.batch)
             self._memory_bytes -= entry.batch.nbytes
-            dropped += len(entry.batch.messages)
+            dropped += len(entry.batch)
         self._memory.extendleft(reversed(kept))
         self.counters.add("dropped_oldest", dropped)
         return dropped > 0 or not self._memory
@@ -611,11 +611,11 @@ class Spool:
         acked: dict[int, int] = {}
         for _ in range(count):
             entry = self._memory.popleft()
-            self._memory_messages -= len(entry.batch.messages)
+            self._memory_messages -= len(entry.batch)
             self._memory_bytes -= entry.batch.nbytes
             if entry.seg is not None:
                 last = entry
-                acked[entry.seg] = acked.get(entry.seg, 0) + len(entry.batch.messages)
+                acked[entry.seg] = acked.get(entry.seg, 0) + len(entry.batch)
         for seg in self._segments:
             seg.acked_messages += acked.get(seg.id, 0)
         self._peeked = max(0, self._peeked - count)
@@ -675,9 +675,9 @@ class Spool:
             if self._memory and self._memory_messages >= self.settings.max_messages:
                 break  # the rest stays on disk, to be read again later
             seg.read = end
-            seg.read_messages += len(batch.messages)
-            self._disk_messages -= len(batch.messages)
-            self.counters.add("read_from_disk", len(batch.messages))
+            seg.read_messages += len(batch)
+            self._disk_messages -= len(batch)
+            self.counters.add("read_from_disk", len(batch))
             self._append_memory(_Entry(batch, seg.id, end))
 
     # -- housekeeping --------------------------------------------------------
@@ -734,7 +734,7 @@ class Spool:
         or the spool has no disk at all).
         """
         unsaved = [e for e in self._memory]
-        messages = sum(len(e.batch.messages) for e in unsaved)
+        messages = sum(len(e.batch) for e in unsaved)
         if self.directory is None:
             return messages
         # Batches with no copy on disk: put there directly, or their segment was
@@ -788,7 +788,7 @@ class Spool:
             self._path(seg_id).unlink(missing_ok=True)
             raise
         writer.close()
-        messages = sum(len(e.batch.messages) for e in entries)
+        messages = sum(len(e.batch) for e in entries)
         return _Segment(seg_id, self._path(seg_id), writer.size, messages=messages)
 
     def _delete(self, seg: _Segment) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from relay.protocol.framing import (
     encode_lines,
     encode_octet_counted,
     limit_frames,
+    split_octet_counted,
     utf8_cut,
 )
 
@@ -281,3 +284,61 @@ def test_good_message_survives_any_garbage_before_a_newline(garbage: bytes, chun
 def test_limit_frames(policy: OversizePolicy, kept: list[bytes]) -> None:
     frames = [b"ok", b"abc", "éé".encode()]
     assert limit_frames(frames, 2, policy) == (kept, 2)
+
+
+# -- receive_batch: the relay's lazy path --------------------------------------
+
+# Pieces of an octet-counted stream: good frames (some over max_frame=50), empty
+# frames, trailers, garbage, headers with no frame after them.
+stream_pieces = st.lists(
+    st.one_of(
+        st.binary(min_size=1, max_size=80).map(lambda m: encode_octet_counted([m])),
+        st.integers(45, 56).map(lambda n: encode_octet_counted([b"o" * n])),  # about max_frame
+        st.sampled_from([b"0 ", b"\n", b"\r\n", b"12x ", b"-3 abc", b"00005 hello", b"7"]),
+        st.binary(max_size=20),
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(stream_pieces, st.lists(st.integers(min_value=0, max_value=2000), max_size=8))
+def test_receive_batch_equals_receive_data_for_any_split(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    """Whatever the bytes and the read boundaries, the messages receive_batch
+    stands for (sliced out of ``wire`` when it returns none) are those
+    receive_data returns, with the same counts, wire form and statistics."""
+    data = b"".join(pieces)
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    reads = [data[a:b] for a, b in itertools.pairwise(bounds)] + [b""]
+    eager = FrameDecoder(framing=Framing.OCTET_COUNTING, max_frame=50)
+    lazy = FrameDecoder(framing=Framing.OCTET_COUNTING, max_frame=50)
+    for read in reads:
+        expected = eager.receive_data(read)
+        messages, wire, count, nbytes = lazy.receive_batch(read)
+        if messages is None:
+            assert wire is not None and count > 0
+            messages = split_octet_counted(wire)
+        assert messages == expected
+        assert (count, nbytes) == (len(expected), sum(map(len, expected)))
+        assert wire == eager.clean_octet_counted
+        assert lazy.statistics() == eager.statistics()
+
+
+def test_receive_batch_leaves_clean_frames_in_one_buffer() -> None:
+    """The hot path: clean frames come back as the received bytes, unsliced, and
+    a frame cut by the read boundary comes whole in the next one."""
+    wire = encode_octet_counted([b"<13>one", b"<13>two", b"<13>three"])
+    decoder = FrameDecoder()
+    cut = len(wire) - 3
+    assert decoder.receive_batch(wire[:cut]) == (None, wire[:18], 2, 14)
+    assert decoder.receive_batch(wire[cut:]) == (None, wire[18:], 1, 9)
+    assert decoder.receive_batch(b"") == ([], None, 0, 0)
+
+
+def test_receive_batch_reads_a_malformed_frame_as_receive_data_does() -> None:
+    wire = _framed(b"<13>first") + b"12x junk\n" + _framed(GOOD)
+    messages, clean, count, _ = FrameDecoder().receive_batch(wire)
+    assert messages == [b"<13>first", b"12x junk", GOOD] and count == 3
+    assert clean is None
