@@ -1,4 +1,4 @@
-"""UDP (RFC 5426) and unix datagram (``/dev/log``) inputs.
+"""The UDP input (RFC 5426), and what the local datagram input (inputs/local.py) shares with it.
 
 One datagram is one message. The receive task only receives and queues: when
 the socket is readable it drains the waiting datagrams without awaiting (up to
@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
-import stat
 import time
-from pathlib import Path
 
 import trio
 
@@ -63,12 +60,11 @@ MAX_DATAGRAM = 65_507
 # not wait (with the kernel's default of 10: above 2,500 msg/s).
 DEFER_MAX = 0.002
 DEFER_MIN = 0.001
-# What the wait is planned for when the queue is not bounded in datagrams
-# (UDP: a full buffer drops, it never blocks), and at most (a unix sender
-# also blocks when its own send buffer, 208 KiB by default, holds what the
-# reader has not taken: ~270 short datagrams).
+# What the wait is planned for: a UDP socket's queue is not bounded in
+# datagrams (a full buffer drops, it never blocks); plan as if it held this
+# many. (The unix input, inputs/local.py, does not wait: with the kernel's
+# net.unix.max_dgram_qlen of 10 a local sender would block first.)
 UDP_QUEUE = 256
-MAX_DGRAM_QLEN = Path("/proc/sys/net/unix/max_dgram_qlen")
 
 # Linux's SO_RCVBUFFORCE (asm-generic/socket.h); the socket module lacks the name.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -102,24 +98,20 @@ class DatagramInput:
         """Create and bind the socket; StartupError with one clear line on failure."""
         endpoint = self.config.endpoint
         try:
-            if endpoint.scheme == "unix":
-                self.sock = _bind_unix(endpoint.path)
-                self.address = f"unix://{endpoint.path}"
-            else:
-                family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                self.sock = sock
-                self._grow_rcvbuf(sock)
-                sock.bind((endpoint.host, endpoint.port))
-                host, port = sock.getsockname()[:2]
-                self.address = f"udp://{host_port(host, port)}"
-            self.sock.setblocking(False)
+            family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            self.sock = sock
+            self._grow_rcvbuf(sock)
+            sock.bind((endpoint.host, endpoint.port))
+            host, port = sock.getsockname()[:2]
+            self.address = f"udp://{host_port(host, port)}"
+            sock.setblocking(False)
         except OSError as exc:
             if self.sock is not None:
                 self.sock.close()
             reason = exc.strerror or str(exc)
-            if exc.errno == errno.EADDRINUSE and endpoint.scheme == "udp":
-                reason = ADDRESS_IN_USE  # a unix socket's reason names its path
+            if exc.errno == errno.EADDRINUSE:
+                reason = ADDRESS_IN_USE
             raise StartupError(
                 f"input {self.config.name}: cannot listen on {endpoint.url}: {reason}"
             ) from None
@@ -163,12 +155,10 @@ class DatagramInput:
         truncate = self.config.oversize is OversizePolicy.TRUNCATE
         recvfrom_into = sock.recvfrom_into
         counters = self.counters
-        udp = self.config.endpoint.scheme == "udp"
-        bufsize = MAX_DATAGRAM + 1 if udp else limit + 1
-        buffer = bytearray(bufsize)
+        buffer = bytearray(MAX_DATAGRAM + 1)
         view = memoryview(buffer)
         # The deferral (DEFER_MAX): plan for a quarter of the queue.
-        quarter = (UDP_QUEUE if udp else _queue_length()) / 4
+        quarter = UDP_QUEUE / 4
         monotonic = time.monotonic
         last = monotonic()
         deferred = False
@@ -221,8 +211,6 @@ class DatagramInput:
                 # Otherwise wait_readable is the checkpoint: no other await here.
         finally:
             sock.close()
-            if self.config.endpoint.scheme == "unix":
-                release_socket(self.config.name, self.config.endpoint.path)
 
     def _queue(self, groups: dict[object, list[bytes]], count: int, nbytes: int) -> None:
         """Hand one wake-up's datagrams on, a batch per sender."""
@@ -244,14 +232,6 @@ class DatagramInput:
                 put_nowait(batch)  # a full spool counts its own drops
         except Exception as exc:  # the guard: this wake-up's datagrams, not the input
             self._fault(exc, count)
-
-
-def _queue_length() -> int:
-    """net.unix.max_dgram_qlen (10 if it cannot be read), at most UDP_QUEUE."""
-    try:
-        return min(int(MAX_DGRAM_QLEN.read_text()), UDP_QUEUE)
-    except (OSError, ValueError):
-        return 10
 
 
 def report_fault(
@@ -287,61 +267,3 @@ def _peer_name(peer: object) -> str:
     if isinstance(peer, tuple):
         return host_port(peer[0], peer[1])
     return str(peer or "")
-
-
-# On systemd hosts /dev/log is journald's socket (or a link to it); the local
-# syslog daemon reads what journald forwards instead (ForwardToSyslog=yes).
-_JOURNALD_HINT = (
-    " (on a systemd host /dev/log belongs to journald: listen on"
-    " unix:///run/systemd/journal/syslog instead)"
-)
-
-
-def _bind_unix(
-    path: str, mode: int = 0o666, kind: socket.SocketKind = socket.SOCK_DGRAM
-) -> socket.socket:
-    """A unix socket of ``kind`` bound at ``path`` with ``mode``: a stale socket
-    there is replaced, a live one (of either kind) or any other file refused."""
-    if _in_use(path):
-        raise OSError(errno.EADDRINUSE, f"{path} is in use by another process{_JOURNALD_HINT}")
-    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
-        raise OSError(errno.EEXIST, f"{path} exists and is not a socket{_JOURNALD_HINT}")
-    _unlink_socket(path)
-    sock = socket.socket(socket.AF_UNIX, kind)
-    try:
-        sock.bind(path)
-        os.chmod(path, mode)  # 0666: every local program may log, as with /dev/log
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _in_use(path: str) -> bool:
-    """True if something is bound to the unix socket at ``path`` (datagram or stream)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        # EPROTOTYPE: a live socket of another type (a stream listener).
-        return exc.errno == errno.EPROTOTYPE
-    finally:
-        probe.close()
-    return True
-
-
-def release_socket(name: str, path: str) -> None:
-    """At stop: remove input ``name``'s socket file, or say why it stays."""
-    try:
-        _unlink_socket(path)
-    except PermissionError:  # root made it, and we run as --user now
-        log.info("input %s: %s is left behind (the next start replaces it)", name, path)
-
-
-def _unlink_socket(path: str) -> None:
-    """Remove a stale socket left by an earlier run; never remove anything else."""
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass

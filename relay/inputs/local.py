@@ -28,7 +28,7 @@ apart from the network ones:
   ``max_connections`` a new one is closed at once.
 
 The socket is created with the configured ``mode``; a stale socket left at
-the path is replaced, a live one refused (``datagram._bind_unix``), and the
+the path is replaced, a live one refused (``bind_socket``), and the
 socket is removed at the stop.
 """
 
@@ -37,7 +37,9 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import os
 import socket
+import stat
 import struct
 import time
 from collections.abc import Callable
@@ -84,6 +86,64 @@ DROP_LOG_INTERVAL = 10.0
 # after this, never trusted for long.
 PROCESS_NAMES_MAX = 1024
 PROCESS_NAME_LIFETIME = 5.0
+
+
+# On systemd hosts /dev/log is journald's socket (or a link to it); the local
+# syslog daemon reads what journald forwards instead (ForwardToSyslog=yes).
+_JOURNALD_HINT = (
+    " (on a systemd host /dev/log belongs to journald: listen on"
+    " unix:///run/systemd/journal/syslog instead)"
+)
+
+
+def bind_socket(
+    path: str, mode: int = 0o666, kind: socket.SocketKind = socket.SOCK_DGRAM
+) -> socket.socket:
+    """A unix socket of ``kind`` bound at ``path`` with ``mode``: a stale socket
+    there is replaced, a live one (of either kind) or any other file refused."""
+    if _in_use(path):
+        raise OSError(errno.EADDRINUSE, f"{path} is in use by another process{_JOURNALD_HINT}")
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket{_JOURNALD_HINT}")
+    _unlink_socket(path)
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)  # 0666: every local program may log, as with /dev/log
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _in_use(path: str) -> bool:
+    """True if something is bound to the unix socket at ``path`` (datagram or stream)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        # EPROTOTYPE: a live socket of another type (a stream listener).
+        return exc.errno == errno.EPROTOTYPE
+    finally:
+        probe.close()
+    return True
+
+
+def release_socket(name: str, path: str) -> None:
+    """At stop: remove input ``name``'s socket file, or say why it stays."""
+    try:
+        _unlink_socket(path)
+    except PermissionError:  # root made it, and we run as --user now
+        log.info("input %s: %s is left behind (the next start replaces it)", name, path)
+
+
+def _unlink_socket(path: str) -> None:
+    """Remove a stale socket left by an earlier run; never remove anything else."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class ProcessNames:
@@ -251,7 +311,7 @@ class _LocalInput:
                     await self._serve(sock)
         finally:
             sock.close()
-            datagram.release_socket(self.config.name, self.config.endpoint.path)
+            release_socket(self.config.name, self.config.endpoint.path)
             self.drops.flush(trio.current_time())
 
     async def _serve(self, sock: socket.socket) -> None:
@@ -302,7 +362,7 @@ class LocalDatagramInput(_LocalInput):
     (``creds_wanted``); otherwise the batch's ``creds`` are None."""
 
     def _bind(self) -> socket.socket:
-        sock = datagram._bind_unix(self.config.endpoint.path, self.config.socket_mode)
+        sock = bind_socket(self.config.endpoint.path, self.config.socket_mode)
         if self.creds_wanted:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         return sock
@@ -386,9 +446,7 @@ class LocalStreamInput(_LocalInput):
         self._refused_log = LogLimit(DROP_LOG_INTERVAL, "connections turned away")
 
     def _bind(self) -> socket.socket:
-        sock = datagram._bind_unix(
-            self.config.endpoint.path, self.config.socket_mode, socket.SOCK_STREAM
-        )
+        sock = bind_socket(self.config.endpoint.path, self.config.socket_mode, socket.SOCK_STREAM)
         sock.listen(socket.SOMAXCONN)
         return sock
 

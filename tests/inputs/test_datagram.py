@@ -1,9 +1,8 @@
-"""relay/inputs/datagram.py: UDP and unix datagram sockets."""
+"""relay/inputs/datagram.py: UDP sockets (unix ones: tests/inputs/test_local.py)."""
 
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 import trio
@@ -104,25 +103,6 @@ async def test_udp_drain_round_is_bounded_in_bytes() -> None:
     assert [m for b in batches for m in b.messages] == sent
     assert max(b.nbytes for b in batches) < datagram.DRAIN_BYTES + 65_536
     assert len(batches) >= 3
-
-
-async def test_unix_socket_replaces_stale_and_refuses_live(tmp_path: Path) -> None:
-    path = tmp_path / "log"
-    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    stale.bind(str(path))
-    stale.close()  # leaves the socket file behind, like a crashed daemon
-    spool = memory_spool()
-    dgram = make_input(spool, Endpoint("unix", path=str(path)))
-    with pytest.raises(StartupError, match="in use"):
-        make_input(memory_spool(), Endpoint("unix", path=str(path)))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(dgram.serve)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
-            client.sendto(b"<13>Nov 22 00:00:00 app[1]: hello", str(path))
-        await wait_for(spool, 1)
-        nursery.cancel_scope.cancel()
-    assert queued(spool) == [b"<13>Nov 22 00:00:00 app[1]: hello"]
-    assert not path.exists()  # removed on stop
 
 
 def test_udp_port_in_use_is_a_startup_error() -> None:
