@@ -4,7 +4,8 @@ One rsyslogd writes what it receives over UDP and TCP with its three stock
 file templates (RSYSLOG_TraditionalFileFormat, RSYSLOG_FileFormat,
 RSYSLOG_SyslogProtocol23Format), and one ``relay run`` writes the same with
 ``format = "traditional"``, ``"rsyslog"`` and ``"rfc5424"``. Both get every
-message of ``CASES`` once over UDP, then once octet-counted over TCP. The
+message of ``CASES`` once over UDP, then (once those are written) once
+octet-counted over TCP. The
 files must be the same, line for line, except the timestamp of a message that
 has none (the reception time differs): that field is masked, in the cases
 marked so only. Both run with TZ set to a zone with a half-hour offset, so
@@ -86,12 +87,19 @@ def _mask(fmt: str, line: bytes) -> bytes:
     return pri + b" TIMESTAMP " + rest
 
 
-def _send(udp_port: int, tcp_port: int) -> None:
+def _send(udp_port: int, tcp_port: int, paths: list[Path], what: str) -> None:
+    """Every case over UDP, and once all are written, every case over TCP.
+
+    The two inputs are read by different threads (rsyslog) or tasks (relay):
+    sent back to back, their messages may interleave in the files.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for message, _ in CASES:
             sock.sendto(message, (LOOPBACK, udp_port))
+    _wait_for(paths, len(CASES), f"{what}, UDP")
     with socket.create_connection((LOOPBACK, tcp_port)) as sock:
         sock.sendall(b"".join(b"%d %s" % (len(m), m) for m, _ in CASES))
+    _wait_for(paths, 2 * len(CASES), f"{what}, TCP")
 
 
 def _lines(path: Path) -> list[bytes]:
@@ -131,8 +139,7 @@ ruleset(name="files") {{
     with Rsyslog(tmp_path / "rsyslog", config) as rsyslog:
         rsyslog.wait_for_tcp(tcp)
         rsyslog.wait_for_udp(udp)
-        _send(udp, tcp)
-        _wait_for([out / f"{fmt}.log" for fmt in FORMATS], 2 * len(CASES), "rsyslog")
+        _send(udp, tcp, [out / f"{fmt}.log" for fmt in FORMATS], "rsyslog")
     return out
 
 
@@ -150,8 +157,7 @@ def _through_relay(tmp_path: Path) -> Path:
     )
     with RelayProcess(["-c", str(config)], tmp_path / "relay") as relay:
         relay.wait_for_tcp(tcp)
-        _send(udp, tcp)
-        _wait_for([out / f"{fmt}.log" for fmt in FORMATS], 2 * len(CASES), "relay")
+        _send(udp, tcp, [out / f"{fmt}.log" for fmt in FORMATS], "relay")
         assert relay.terminate() == 0, relay.log_tail()
     return out
 
