@@ -335,11 +335,12 @@ class Relay:
             self._nursery = nursery
             for output in self.outputs:
                 self._start_output(output)
-            if self.tls_contexts():
-                nursery.start_soon(self._warn_expiry_daily)
+            # Always: a reload may add the first TLS input or target.
+            nursery.start_soon(self._warn_expiry_daily)
             for item in self.inputs:
                 if item.limit is not None:
-                    nursery.start_soon(item.limit.run)
+                    # Keyed, as the inputs a reload adds: removing the input stops it.
+                    self._start(nursery, item.limit, item.limit.run)
             self._serve_observers(nursery)
             async with trio.open_nursery() as inputs:
                 self._inputs_nursery = inputs

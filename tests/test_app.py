@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from relay import app, config
+from relay.inputs import limit
 from relay.protocol.framing import encode_octet_counted
 from tests.waiting import await_until
 
@@ -149,3 +150,37 @@ def test_the_stage_is_counted_only_when_it_has_work(tmp_path: Path) -> None:
     snapshot = filtered.stats.snapshot()
     assert snapshot["router"]["stage"] == {"unrouted": 0}
     assert snapshot["redaction"]["o"] == {"ipv4": 0}
+
+
+async def test_a_reload_stops_what_served_a_removed_input(tmp_path: Path) -> None:
+    """An input removed by a reload takes its rate limit's task with it (the
+    task that logs its episodes once an interval), whether it was there at
+    the start or added by an earlier reload."""
+    head = (
+        f'[relay]\nstate_dir = "{tmp_path}"\n[output.o]\nurl = "file://{tmp_path}/out"\n'
+        '[input.kept]\nurl = "udp://127.0.0.1:0"\n'
+    )
+    limited = '[input.{name}]\nurl = "udp://127.0.0.1:0"\nrate_limit = {{ rate = 10 }}\n'
+    texts = [
+        head + limited.format(name="a"),
+        head + limited.format(name="a") + limited.format(name="b"),
+        head,
+    ]
+    relay = app.Relay(config.loads(texts[0]))
+    relay.reread = lambda: config.loads(texts[0])
+    await relay.open()
+
+    def limit_tasks() -> set[str]:
+        return {key.name for key in relay._tasks if isinstance(key, limit.InputLimit)}
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.run)
+        assert limit_tasks() == {"a"}
+        texts.pop(0)
+        await relay.reload()
+        assert limit_tasks() == {"a", "b"}
+        texts.pop(0)
+        await relay.reload()
+        assert limit_tasks() == set()
+        assert [i.config.name for i in relay.inputs] == ["kept"]
+        nursery.cancel_scope.cancel()
