@@ -38,6 +38,7 @@ from relay.policy import redact
 from relay.policy.filter import Filter
 from relay.policy.selector import SelectorError, parse_selector
 from relay.protocol.framing import DEFAULT_MAX_FRAME, Framing, OversizePolicy
+from relay.protocol.ingest import DEFAULT_MAX_BODY, DEFAULT_PATH
 from relay.protocol.relp import DEFAULT_WINDOW
 from relay.spool.settings import (
     DEFAULT_DISK_MAX_BYTES,
@@ -49,9 +50,9 @@ from relay.spool.settings import (
 )
 from relay.tls.profile import TlsProfile
 
-INPUT_SCHEMES = ("udp", "tcp", "unix", "unix+stream", "relp", "tls", "relp+tls")
+INPUT_SCHEMES = ("udp", "tcp", "unix", "unix+stream", "relp", "tls", "relp+tls", "http", "https")
 OUTPUT_SCHEMES = ("tcp", "udp", "file", "relp", "tls", "relp+tls")
-TLS_SCHEMES = ("tls", "relp+tls")
+TLS_SCHEMES = ("tls", "relp+tls", "https")
 SEND_SCHEMES = ("udp", "tcp", "unix")  # what `relay send` speaks
 # Local sockets: the sender's credentials come from the kernel (relay/inputs/local.py).
 LOCAL_SCHEMES = ("unix", "unix+stream")
@@ -116,6 +117,7 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 
 _COMMON_INPUT = ("url", "max_message_size", "oversize", "rate_limit")
 _LOCAL_INPUT = ("mode", "hostname", "annotate")
+HTTP_INPUT_KEYS = ("path", "token_file", "max_body_bytes")
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "udp": (*_COMMON_INPUT, "rcvbuf"),
     "unix": (*_COMMON_INPUT, "rcvbuf", *_LOCAL_INPUT),
@@ -124,6 +126,9 @@ INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "relp": (*_COMMON_INPUT, "max_connections", "idle_timeout"),
     "tls": (*_COMMON_INPUT, "framing", "max_connections", "idle_timeout", "tls"),
     "relp+tls": (*_COMMON_INPUT, "max_connections", "idle_timeout", "tls"),
+    # the HTTP ingest input (relay/inputs/http.py)
+    "http": (*_COMMON_INPUT, "max_connections", "idle_timeout", *HTTP_INPUT_KEYS),
+    "https": (*_COMMON_INPUT, "max_connections", "idle_timeout", "tls", *HTTP_INPUT_KEYS),
 }
 # file:// outputs (see FileSettings): modes and owner at creation, dynamic
 # paths, buffering.
@@ -292,6 +297,10 @@ class InputConfig:
     socket_mode: int = DEFAULT_SOCKET_MODE  # the key "mode"
     hostname: str = ""  # filled in for messages without one; "": the local host name
     annotate: bool = False  # append the sender's credentials to MSG, as imuxsock does
+    # http:// and https:// only (relay/inputs/http.py):
+    path: str = DEFAULT_PATH  # what clients POST to
+    token_file: str = ""  # the bearer token clients must send; "": none asked
+    max_body_bytes: int = DEFAULT_MAX_BODY  # compressed and inflated alike
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -787,7 +796,20 @@ class _Validator:
             rcvbuf=self.get(table, f"{key}.rcvbuf", _size(4096, MAX_RCVBUF), DEFAULT_RCVBUF),
             rate_limit=self.rate_limit(key, table, endpoint.scheme),
             **self.local_input(key, table, endpoint.scheme),
+            **self.http_input(key, table, endpoint.scheme),
         )
+
+    def http_input(self, key: str, table: Mapping[str, Any], scheme: str) -> dict[str, Any]:
+        """``path``, ``token_file`` and ``max_body_bytes`` of an http:// or https:// input."""
+        if scheme not in ("http", "https"):
+            return {}
+        return {
+            "path": self.get(table, f"{key}.path", _url_path, DEFAULT_PATH),
+            "token_file": self.get(table, f"{key}.token_file", _absolute_path, ""),
+            "max_body_bytes": self.get(
+                table, f"{key}.max_body_bytes", _size(1024, 1 << 31), DEFAULT_MAX_BODY
+            ),
+        }
 
     def local_input(self, key: str, table: Mapping[str, Any], scheme: str) -> dict[str, Any]:
         """``mode``, ``hostname`` and ``annotate`` of a unix:// or unix+stream:// input."""
@@ -1268,6 +1290,13 @@ def _escape_controls(text: str) -> str:
 def _shorten(text: str, width: int = 60) -> str:
     """``text`` quoted for a one-line message (control characters escaped), cut to ``width``."""
     return repr(text) if len(text) <= width else repr(text[: width - 3]) + "..."
+
+
+def _url_path(value: Any) -> str:
+    text = _text(value)
+    if not text.startswith("/") or not all(33 <= ord(c) < 127 for c in text) or "?" in text:
+        raise ValueError(f"must be a URL path such as /v1/ingest, not {_shorten(repr(text))}")
+    return text
 
 
 def _optional_path(value: Any) -> Path:
