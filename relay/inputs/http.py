@@ -141,7 +141,7 @@ class HttpInput(TcpInput):
     async def _session(
         self, stream: trio.SocketStream | ByteStream, connection: Connection
     ) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        conn = _Server()
         while await self._exchange(conn, stream, connection):
             if self.stopping.is_set():
                 return
@@ -151,7 +151,7 @@ class HttpInput(TcpInput):
                 return
 
     async def _exchange(
-        self, conn: h11.Connection, stream: trio.SocketStream | ByteStream, connection: Connection
+        self, conn: _Server, stream: trio.SocketStream | ByteStream, connection: Connection
     ) -> bool:
         """One request and its answer; False when the connection is to close."""
         try:
@@ -202,7 +202,7 @@ class HttpInput(TcpInput):
 
     async def _body(
         self,
-        conn: h11.Connection,
+        conn: _Server,
         stream: trio.SocketStream | ByteStream,
         connection: Connection,
         request: h11.Request,
@@ -291,7 +291,7 @@ class HttpInput(TcpInput):
 
     async def _event(
         self,
-        conn: h11.Connection,
+        conn: _Server,
         stream: trio.SocketStream | ByteStream,
         connection: Connection,
         deadline: float,
@@ -299,7 +299,7 @@ class HttpInput(TcpInput):
         """The next h11 event, reading as needed; ``h11.ConnectionClosed`` at the
         end (EOF, idle, stop); _Timeout past ``deadline``."""
         while True:
-            event = conn.next_event()
+            event = conn.next()
             if event is not h11.NEED_DATA:
                 return event
             if conn.their_state is h11.IDLE and (self.stopping.is_set() or connection.closing):
@@ -308,10 +308,10 @@ class HttpInput(TcpInput):
                 data = await self._read(stream, connection)
             if scope.cancelled_caught:
                 raise _Timeout
-            conn.receive_data(data)
+            conn.feed(data)
 
     async def _answer(
-        self, conn: h11.Connection, stream: trio.SocketStream | ByteStream, answer: Answer
+        self, conn: _Server, stream: trio.SocketStream | ByteStream, answer: Answer
     ) -> None:
         """Send ``answer`` if the connection can still take one."""
         self.counters.add("requests")
@@ -353,6 +353,39 @@ class HttpInput(TcpInput):
             f"input {self.config.name}: {peer}: {text}",
             trio.current_time(),
         )
+
+
+class _Server(h11.Connection):
+    """h11's server side, given at most MAX_HEADER_BYTES at a time while it
+    reads a request's head: its max_incomplete_event_size looks only at what
+    is incomplete, so a 100 KiB head that came in one read would pass whole."""
+
+    def __init__(self) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.unfed = b""
+        self.ended = False  # EOF read, to be given once all before it is
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self.unfed += data
+        else:
+            self.ended = True
+
+    def next(self) -> object:
+        """The next event, as ``next_event``, once what was fed is given to h11."""
+        while True:
+            event = self.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if self.unfed:
+                size = MAX_HEADER_BYTES if self.their_state is h11.IDLE else len(self.unfed)
+                self.receive_data(self.unfed[:size])
+                self.unfed = self.unfed[size:]
+            elif self.ended and self.their_state is not h11.CLOSED:
+                self.ended = False
+                self.receive_data(b"")
+            else:
+                return event
 
 
 class _Timeout(Exception):
