@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -19,7 +20,7 @@ def record(n: int) -> dict[str, object]:
     return {"message": f"seq={n}", "hostname": "web1", "app_name": "app", "severity": "err"}
 
 
-def ndjson(records: list[object], newline: bytes = b"\n") -> bytes:
+def ndjson(records: Sequence[object], newline: bytes = b"\n") -> bytes:
     return b"".join(json.dumps(r).encode() + newline for r in records)
 
 
