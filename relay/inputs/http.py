@@ -149,19 +149,19 @@ class HttpInput(TcpInput):
                 conn.start_next_cycle()
             except h11.LocalProtocolError:  # not both done: close
                 return
+            conn.deadline = math.inf
 
     async def _exchange(
         self, conn: _Server, stream: trio.SocketStream | ByteStream, connection: Connection
     ) -> bool:
         """One request and its answer; False when the connection is to close."""
         try:
-            request = await self._event(conn, stream, connection, math.inf)
+            request = await self._event(conn, stream, connection)
             if not isinstance(request, h11.Request):
                 return False  # closed (or stopping) between requests
-            deadline = trio.current_time() + REQUEST_TIMEOUT
             answer = self._check(request)
             if answer is None:
-                answer = await self._body(conn, stream, connection, request, deadline)
+                answer = await self._body(conn, stream, connection, request)
         except h11.RemoteProtocolError as exc:
             self.counters.add("protocol_errors")
             self._refused(connection.peer, "protocol", f"not HTTP/1.1 as it should be: {exc}")
@@ -206,7 +206,6 @@ class HttpInput(TcpInput):
         stream: trio.SocketStream | ByteStream,
         connection: Connection,
         request: h11.Request,
-        deadline: float,
     ) -> Answer:
         """Read the body, decode it, queue it: the answer."""
         if conn.they_are_waiting_for_100_continue:  # curl asks for bodies over 1 MiB
@@ -216,7 +215,7 @@ class HttpInput(TcpInput):
         chunks: list[bytes] = []
         size = 0
         while True:
-            event = await self._event(conn, stream, connection, deadline)
+            event = await self._event(conn, stream, connection)
             if isinstance(event, h11.EndOfMessage):
                 break
             if not isinstance(event, h11.Data):
@@ -294,17 +293,19 @@ class HttpInput(TcpInput):
         conn: _Server,
         stream: trio.SocketStream | ByteStream,
         connection: Connection,
-        deadline: float,
     ) -> object:
         """The next h11 event, reading as needed; ``h11.ConnectionClosed`` at the
-        end (EOF, idle, stop); _Timeout past ``deadline``."""
+        end (EOF, idle, stop); _Timeout once REQUEST_TIMEOUT has passed since
+        the request's first byte (before it, idle_timeout applies)."""
         while True:
             event = conn.next()
             if event is not h11.NEED_DATA:
                 return event
             if conn.their_state is h11.IDLE and (self.stopping.is_set() or connection.closing):
                 return h11.ConnectionClosed()  # between requests: close now
-            with trio.CancelScope(deadline=deadline) as scope:
+            if conn.deadline == math.inf and conn.started():
+                conn.deadline = trio.current_time() + REQUEST_TIMEOUT
+            with trio.CancelScope(deadline=conn.deadline) as scope:
                 data = await self._read(stream, connection)
             if scope.cancelled_caught:
                 raise _Timeout
@@ -364,6 +365,13 @@ class _Server(h11.Connection):
         super().__init__(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.unfed = b""
         self.ended = False  # EOF read, to be given once all before it is
+        # When the request being read must be whole (REQUEST_TIMEOUT after its
+        # first byte); inf until a byte of it came.
+        self.deadline = math.inf
+
+    def started(self) -> bool:
+        """Whether a byte of the next (or current) request has come."""
+        return bool(self.unfed or self.trailing_data[0]) or self.their_state is not h11.IDLE
 
     def feed(self, data: bytes) -> None:
         if data:
