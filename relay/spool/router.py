@@ -105,9 +105,10 @@ class Router:
 
     def refusing(self, batch: Batch) -> list[str]:
         """The outputs whose spools would not take ``batch`` now (full, on_full =
-        block), by name; empty if :meth:`put` would queue it without waiting
-        for room. Nothing is queued: for an input that answers "retry later"
-        (HTTP 429) rather than wait, and must not queue a request by halves."""
+        block, memory and disk spent), by name; empty if :meth:`put` would
+        not have to wait for one of them to drain. Nothing is queued: for an
+        input that answers "retry later" (HTTP 429) rather than wait, and must
+        not queue a request by halves."""
         return [r.counters.name for r, chosen in self._plan(batch) if r.spool.refuses(chosen)]
 
     def keep_at_stop(self, batch: Batch) -> None:
