@@ -61,6 +61,12 @@ MAX_HEADER_BYTES = 16 * 1024
 REQUEST_TIMEOUT = 60.0
 # Writing one answer: a client that does not read it is closed.
 SEND_TIMEOUT = 10.0
+# After an answer sent before the request's body was read (401, 413...):
+# what the client still sends is read and dropped for this long (and at most
+# max_body_bytes) before the close, so that the close does not reset the
+# connection (RFC 9112 9.6) and lose the answer in the client's buffers.
+# nginx's lingering_time is 30 s, lingering_timeout 5 s.
+LINGER_TIME = 2.0
 # Queueing one request's batch, once the spools said they had room: the router
 # may first wait for room in memory (back-pressure) before spilling to disk.
 # Past this the batch is taken past the spools' budgets (never half-queued).
@@ -148,8 +154,10 @@ class HttpInput(TcpInput):
             try:
                 conn.start_next_cycle()
             except h11.LocalProtocolError:  # not both done: close
-                return
+                break
             conn.deadline = math.inf
+        if conn.their_state is h11.SEND_BODY:  # answered before its body was read
+            await _linger(stream, self.config.max_body_bytes)
 
     async def _exchange(
         self, conn: _Server, stream: trio.SocketStream | ByteStream, connection: Connection
@@ -402,6 +410,18 @@ class _Timeout(Exception):
 
 # A connection closed in the middle of a request: nothing to answer.
 _GONE = Answer(0, "", close=True)
+
+
+async def _linger(stream: trio.SocketStream | ByteStream, limit: int) -> None:
+    """Read and drop what the client still sends, for LINGER_TIME and ``limit``
+    bytes at most."""
+    taken = 0
+    with (
+        trio.move_on_after(LINGER_TIME),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        while taken < limit and (data := await stream.receive_some(64 * 1024)):
+            taken += len(data)
 
 
 def _authorized(header: bytes | None, token: bytes) -> bool:
