@@ -60,7 +60,7 @@ import trio
 from relay import stats
 from relay.config import LOCAL_SCHEMES, Config, InputConfig, OutputConfig
 from relay.errors import ConfigErrors, StartupError
-from relay.inputs import datagram, limit, local, relp, tcp
+from relay.inputs import datagram, http, limit, local, relp, tcp
 from relay.observe import clients, control, metrics, status
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
@@ -264,6 +264,14 @@ class Relay:
                 )
 
     async def _open_input(self, config: InputConfig) -> Input:
+        if config.endpoint.scheme in ("http", "https"):
+            names = http.COUNTERS + (TLS_COUNTERS if config.tls is not None else ())
+            names += limit.COUNTERS if config.rate_limit is not None else ()
+            http_input = http.HttpInput(
+                config, self.router, self.stats.counters("input", config.name, names)
+            )
+            await http_input.open()
+            return http_input
         if config.endpoint.scheme in ("tcp", "relp", "tls", "relp+tls"):
             module = relp if config.endpoint.scheme.startswith("relp") else tcp
             names = module.COUNTERS + (TLS_COUNTERS if config.tls is not None else ())
@@ -282,7 +290,7 @@ class Relay:
             )
             names = local_kind.counter_names + limit_names
             counters = self.stats.counters("input", config.name, names)
-            creds_wanted = any(o.filter.by_creds for o in self.config.outputs)
+            creds_wanted = any(o.filter.by_creds or o.writes_json for o in self.config.outputs)
             local_input = local_kind(
                 config, self.router, counters, self.process_names, creds_wanted=creds_wanted
             )

@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from relay.errors import ConfigError, ConfigErrors
+from relay.jsonsettings import JSON_KEYS, JsonSettings, json_settings
 from relay.policy import redact
 from relay.policy.filter import Filter
 from relay.policy.selector import SelectorError, parse_selector
 from relay.protocol.framing import DEFAULT_MAX_FRAME, Framing, OversizePolicy
+from relay.protocol.ingest import DEFAULT_MAX_BODY, DEFAULT_PATH
 from relay.protocol.relp import DEFAULT_WINDOW
 from relay.spool.settings import (
     DEFAULT_DISK_MAX_BYTES,
@@ -49,9 +51,9 @@ from relay.spool.settings import (
 )
 from relay.tls.profile import TlsProfile
 
-INPUT_SCHEMES = ("udp", "tcp", "unix", "unix+stream", "relp", "tls", "relp+tls")
+INPUT_SCHEMES = ("udp", "tcp", "unix", "unix+stream", "relp", "tls", "relp+tls", "http", "https")
 OUTPUT_SCHEMES = ("tcp", "udp", "file", "relp", "tls", "relp+tls")
-TLS_SCHEMES = ("tls", "relp+tls")
+TLS_SCHEMES = ("tls", "relp+tls", "https")
 SEND_SCHEMES = ("udp", "tcp", "unix")  # what `relay send` speaks
 # Local sockets: the sender's credentials come from the kernel (relay/inputs/local.py).
 LOCAL_SCHEMES = ("unix", "unix+stream")
@@ -116,6 +118,7 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 
 _COMMON_INPUT = ("url", "max_message_size", "oversize", "rate_limit")
 _LOCAL_INPUT = ("mode", "hostname", "annotate")
+HTTP_INPUT_KEYS = ("path", "token_file", "max_body_bytes")
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "udp": (*_COMMON_INPUT, "rcvbuf"),
     "unix": (*_COMMON_INPUT, "rcvbuf", *_LOCAL_INPUT),
@@ -124,6 +127,9 @@ INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "relp": (*_COMMON_INPUT, "max_connections", "idle_timeout"),
     "tls": (*_COMMON_INPUT, "framing", "max_connections", "idle_timeout", "tls"),
     "relp+tls": (*_COMMON_INPUT, "max_connections", "idle_timeout", "tls"),
+    # the HTTP ingest input (relay/inputs/http.py)
+    "http": (*_COMMON_INPUT, "max_connections", "idle_timeout", *HTTP_INPUT_KEYS),
+    "https": (*_COMMON_INPUT, "max_connections", "idle_timeout", "tls", *HTTP_INPUT_KEYS),
 }
 # file:// outputs (see FileSettings): modes and owner at creation, dynamic
 # paths, buffering.
@@ -137,7 +143,7 @@ FILE_KEYS = (
     "fsync",
     "max_open_files",
 )
-FILE_FORMATS = ("lines", "octet-counted", "traditional", "rsyslog", "rfc5424")
+FILE_FORMATS = ("lines", "octet-counted", "traditional", "rsyslog", "rfc5424", "json")
 # {name} in a file:// path: per message (from the header, as rsyslog reads it)
 # or per batch (the rest; the date is the reception's, local time).
 PATH_PLACEHOLDERS = (
@@ -183,7 +189,7 @@ _COMMON_OUTPUT = (
 OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
     "tcp": (*_COMMON_OUTPUT, "targets", "mode"),
     "udp": _COMMON_OUTPUT,
-    "file": (*_COMMON_OUTPUT, "format", *FILE_KEYS),
+    "file": (*_COMMON_OUTPUT, "format", *FILE_KEYS, *JSON_KEYS),
     "relp": (*_COMMON_OUTPUT, "window"),
     "tls": (*_COMMON_OUTPUT, "targets", "mode", "tls"),
     "relp+tls": (*_COMMON_OUTPUT, "window", "tls"),
@@ -292,6 +298,10 @@ class InputConfig:
     socket_mode: int = DEFAULT_SOCKET_MODE  # the key "mode"
     hostname: str = ""  # filled in for messages without one; "": the local host name
     annotate: bool = False  # append the sender's credentials to MSG, as imuxsock does
+    # http:// and https:// only (relay/inputs/http.py):
+    path: str = DEFAULT_PATH  # what clients POST to
+    token_file: str = ""  # the bearer token clients must send; "": none asked
+    max_body_bytes: int = DEFAULT_MAX_BODY  # compressed and inflated alike
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -360,10 +370,16 @@ class OutputConfig:
     tls_name: str = ""
     filter: Filter = dataclasses.field(default_factory=Filter)  # which messages it takes
     redact: tuple[redact.Rule, ...] = ()  # applied in this order before the spool
+    json: JsonSettings = dataclasses.field(default_factory=JsonSettings)  # JSON outputs
 
     @property
     def all_targets(self) -> tuple[Endpoint, ...]:
         return self.targets or (self.endpoint,)
+
+    @property
+    def writes_json(self) -> bool:
+        """Whether it writes the JSON form, which carries the senders' credentials."""
+        return self.format == "json"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -787,7 +803,20 @@ class _Validator:
             rcvbuf=self.get(table, f"{key}.rcvbuf", _size(4096, MAX_RCVBUF), DEFAULT_RCVBUF),
             rate_limit=self.rate_limit(key, table, endpoint.scheme),
             **self.local_input(key, table, endpoint.scheme),
+            **self.http_input(key, table, endpoint.scheme),
         )
+
+    def http_input(self, key: str, table: Mapping[str, Any], scheme: str) -> dict[str, Any]:
+        """``path``, ``token_file`` and ``max_body_bytes`` of an http:// or https:// input."""
+        if scheme not in ("http", "https"):
+            return {}
+        return {
+            "path": self.get(table, f"{key}.path", _url_path, DEFAULT_PATH),
+            "token_file": self.get(table, f"{key}.token_file", _absolute_path, ""),
+            "max_body_bytes": self.get(
+                table, f"{key}.max_body_bytes", _size(1024, 1 << 31), DEFAULT_MAX_BODY
+            ),
+        }
 
     def local_input(self, key: str, table: Mapping[str, Any], scheme: str) -> dict[str, Any]:
         """``mode``, ``hostname`` and ``annotate`` of a unix:// or unix+stream:// input."""
@@ -918,8 +947,16 @@ class _Validator:
                 table, f"{key}.queue_max_bytes", _size(1024, 1 << 50), DEFAULT_MAX_BYTES
             ),
             retry_max=self.get(table, f"{key}.retry_max", _seconds, DEFAULT_RETRY_MAX),
-            format=self.get(table, f"{key}.format", _choice(FILE_FORMATS), "lines"),
+            format=(fmt := self.get(table, f"{key}.format", _choice(FILE_FORMATS), "lines")),
             file=self.file_settings(key, table, endpoint),
+            json=json_settings(
+                table,
+                key,
+                get=self.get,
+                error=self.error,
+                allowed=OUTPUT_KEYS[endpoint.scheme],
+                writes_json=endpoint.scheme != "file" or fmt == "json",
+            ),
             window=self.get(table, f"{key}.window", _count(1, 65536), DEFAULT_WINDOW),
             filter=self.filter(key, table),
             redact=self.redaction(key, table),
@@ -1268,6 +1305,13 @@ def _escape_controls(text: str) -> str:
 def _shorten(text: str, width: int = 60) -> str:
     """``text`` quoted for a one-line message (control characters escaped), cut to ``width``."""
     return repr(text) if len(text) <= width else repr(text[: width - 3]) + "..."
+
+
+def _url_path(value: Any) -> str:
+    text = _text(value)
+    if not text.startswith("/") or not all(33 <= ord(c) < 127 for c in text) or "?" in text:
+        raise ValueError(f"must be a URL path such as /v1/ingest, not {_shorten(repr(text))}")
+    return text
 
 
 def _optional_path(value: Any) -> Path:

@@ -297,6 +297,41 @@ def test_relp_mistakes_name_the_key(table: str, key: str, says: str) -> None:
     assert says in errors[key]
 
 
+def test_http_input_settings() -> None:
+    cfg = config.loads(
+        '[input.a]\nurl = "http://127.0.0.1:8080"\n'
+        '[input.b]\nurl = "http://[::1]:8081"\npath = "/ingest"\n'
+        'token_file = "/etc/relay/token"\nmax_body_bytes = "1 MiB"\n'
+        '[output.o]\nurl = "file:///tmp/x"\n'
+    )
+    a, b = cfg.inputs
+    assert a.endpoint == Endpoint("http", "127.0.0.1", 8080)
+    assert (a.path, a.token_file, a.max_body_bytes) == ("/v1/ingest", "", 10 * 1024 * 1024)
+    assert (b.path, b.token_file, b.max_body_bytes) == ("/ingest", "/etc/relay/token", 1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "says"),
+    [
+        ('url = "http://h"\n', "input.i.url", "no default port"),
+        ('url = "https://h:443"\n', "input.i", "needs a certificate"),
+        ('url = "http://h:80"\npath = "ingest"\n', "input.i.path", "URL path"),
+        ('url = "http://h:80"\npath = "/a b"\n', "input.i.path", "URL path"),
+        ('url = "http://h:80"\ntoken_file = "token"\n', "input.i.token_file", "absolute"),
+        ('url = "http://h:80"\nmax_body_bytes = 10\n', "input.i.max_body_bytes", "1024"),
+        ('url = "http://h:80"\nframing = "auto"\n', "input.i.framing", "unknown setting"),
+        ('url = "tcp://h:80"\npath = "/x"\n', "input.i.path", "unknown setting"),
+    ],
+)
+def test_http_input_mistakes_name_the_key(table: str, key: str, says: str) -> None:
+    text = "[input.i]\n" + table + '[output.o]\nurl = "file:///tmp/x"\n'
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(text)
+    errors = {e.key: str(e) for e in caught.value.errors}
+    assert key in errors, errors
+    assert says in errors[key]
+
+
 def test_relay_send_does_not_speak_relp() -> None:
     with pytest.raises(ValueError, match="not supported by relay send"):
         parse_endpoint("relp://127.0.0.1:2514", "send")
@@ -770,7 +805,7 @@ def test_file_output_settings() -> None:
         ('url = "file:///x"\nfile_mode = 640', "file_mode", "octal digits in quotes"),
         ('url = "file:///x"\ndir_mode = "0999"', "dir_mode", "octal digits"),
         ('url = "file:///x/{host}.log"', "url", "unknown placeholder {host}"),
-        ('url = "file:///x"\nformat = "json"', "format", "must be one of"),
+        ('url = "file:///x"\nformat = "xml"', "format", "must be one of"),
         ('url = "file:///x"\nmax_open_files = 0', "max_open_files", "between 1 and"),
         ('url = "tcp://a:514"\nfsync = true', "fsync", "unknown setting"),
     ],

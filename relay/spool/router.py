@@ -103,6 +103,14 @@ class Router:
                     route.counters.add("queued", len(chosen))
             raise
 
+    def refusing(self, batch: Batch) -> list[str]:
+        """The outputs whose spools would not take ``batch`` now (full, on_full =
+        block, memory and disk spent), by name; empty if :meth:`put` would
+        not have to wait for one of them to drain. Nothing is queued: for an
+        input that answers "retry later" (HTTP 429) rather than wait, and must
+        not queue a request by halves."""
+        return [r.counters.name for r, chosen in self._plan(batch) if r.spool.refuses(chosen)]
+
     def keep_at_stop(self, batch: Batch) -> None:
         """Every spool that would take ``batch`` keeps it past its budget, to be
         saved at the stop: read from a sender that cannot send it again."""

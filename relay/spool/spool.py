@@ -346,6 +346,28 @@ class Spool:
         self._notify()
         return Admission.QUEUED
 
+    def refuses(self, batch: Batch) -> bool:
+        """Whether :meth:`put_nowait` would answer FULL for ``batch`` now (on_full =
+        block, memory and disk budgets spent), without taking it. An input that
+        can tell its sender to come back later (HTTP 429) asks every spool
+        first, so that a request is queued whole or not at all. An estimate
+        (a record's exact size is known only once encoded), on the safe side.
+        """
+        settings = self.settings
+        if settings.on_full is not OnFull.BLOCK:
+            return False  # a drop_* policy takes it (dropping, counted)
+        to_memory = not self.memory_full() and self._disk_messages == 0
+        if to_memory and settings.durability is Durability.MEMORY:
+            return False
+        if self.directory is None or not settings.disk_max_bytes:
+            return not to_memory
+        need = RECORD_OVERHEAD + batch.nbytes + 4 * len(batch)
+        keep = self._save_size() + (need if to_memory else 0)
+        space = self._space
+        return self._disk_bytes + need > settings.disk_max_bytes or (
+            space is not None and not space.admits(need, keep)
+        )
+
     async def put(self, batch: Batch) -> str:
         """Queue ``batch``, waiting while the spool is full and the policy is block."""
         while True:

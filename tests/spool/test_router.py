@@ -10,7 +10,7 @@ from relay.outputs.delivery import COUNTERS
 from relay.policy.filter import Filter
 from relay.policy.stage import Stage
 from relay.spool.router import Route, Router
-from relay.spool.spool import Spool, memory_spool
+from relay.spool.spool import OnFull, Spool, memory_spool
 from relay.stats import Counters
 
 
@@ -48,3 +48,16 @@ async def test_a_put_waiting_for_a_removed_output_is_kept_by_its_spool() -> None
     await router.put(Batch([b"third"], received=0.0))  # routed by the new routes only
     assert held(gone.spool) == [b"first", b"second"]
     assert held(stays.spool) == [b"first", b"second", b"third"]
+
+
+def test_refusing_names_the_full_spools_and_queues_nothing() -> None:
+    """What the HTTP input asks before it queues a request (429 or all of it)."""
+    roomy, full = memory_spool(name="roomy"), memory_spool(2, name="full")
+    dropping = memory_spool(2, on_full=OnFull.DROP_NEWEST, name="dropping")
+    router = Router([route(roomy), route(full), route(dropping)])
+    batch = Batch([b"<13>seq=1", b"<13>seq=2"], received=0.0, peer="p", input="i")
+    assert router.refusing(batch) == []
+    router.put_nowait(batch)
+    # full (block) refuses; dropping would drop, as its on_full says: not a refusal
+    assert router.refusing(batch) == ["full"]
+    assert [len(s) for s in (roomy, full, dropping)] == [2, 2, 2]

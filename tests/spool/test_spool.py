@@ -524,3 +524,18 @@ async def test_a_new_segment_that_cannot_be_created_does_not_break_the_next_writ
     assert Admission.FULL in results  # the second segment could not be made
     fail = False
     assert spool.put_nowait(wide(30)) is Admission.QUEUED
+
+
+def test_refuses_says_what_put_nowait_would_answer_full(tmp_path: Path) -> None:
+    """Memory full and the disk budget spent, with on_full = block: refused."""
+    spool = make(tmp_path, max_messages=2, disk_max_bytes=1 << 20)
+    spool.refresh_space()  # the runtime does it every second
+    small = Batch([b"<13>seq=1"] * 2, received=0.0, peer="p", input="i")
+    assert not spool.refuses(small)
+    assert spool.put_nowait(small) == Admission.QUEUED  # memory now full
+    assert not spool.refuses(small)  # the disk has room
+    assert spool.put_nowait(small) == Admission.QUEUED
+    big = Batch([b"x" * 4096] * 300, received=0.0, peer="p", input="i")  # over 1 MiB
+    assert spool.refuses(big)
+    assert spool.put_nowait(big) == Admission.FULL
+    assert not make(None, max_messages=2, on_full=OnFull.DROP_OLDEST).refuses(big)
