@@ -116,14 +116,15 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 
 _COMMON_INPUT = ("url", "max_message_size", "oversize", "rate_limit")
 _LOCAL_INPUT = ("mode", "hostname", "annotate")
+_STREAM_INPUT = ("max_connections", "idle_timeout", "proxy_protocol", "proxy_trusted")
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "udp": (*_COMMON_INPUT, "rcvbuf"),
     "unix": (*_COMMON_INPUT, "rcvbuf", *_LOCAL_INPUT),
     "unix+stream": (*_COMMON_INPUT, *_LOCAL_INPUT, "max_connections"),
-    "tcp": (*_COMMON_INPUT, "framing", "max_connections", "idle_timeout"),
-    "relp": (*_COMMON_INPUT, "max_connections", "idle_timeout"),
-    "tls": (*_COMMON_INPUT, "framing", "max_connections", "idle_timeout", "tls"),
-    "relp+tls": (*_COMMON_INPUT, "max_connections", "idle_timeout", "tls"),
+    "tcp": (*_COMMON_INPUT, *_STREAM_INPUT, "framing"),
+    "relp": (*_COMMON_INPUT, *_STREAM_INPUT),
+    "tls": (*_COMMON_INPUT, *_STREAM_INPUT, "framing", "tls"),
+    "relp+tls": (*_COMMON_INPUT, *_STREAM_INPUT, "tls"),
 }
 # file:// outputs (see FileSettings): modes and owner at creation, dynamic
 # paths, buffering.
@@ -292,6 +293,10 @@ class InputConfig:
     socket_mode: int = DEFAULT_SOCKET_MODE  # the key "mode"
     hostname: str = ""  # filled in for messages without one; "": the local host name
     annotate: bool = False  # append the sender's credentials to MSG, as imuxsock does
+    # tcp://, tls://, relp://, relp+tls://: a PROXY protocol header (v1 or v2)
+    # starts every connection, which must come from one of proxy_trusted.
+    proxy_protocol: bool = False
+    proxy_trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -787,7 +792,26 @@ class _Validator:
             rcvbuf=self.get(table, f"{key}.rcvbuf", _size(4096, MAX_RCVBUF), DEFAULT_RCVBUF),
             rate_limit=self.rate_limit(key, table, endpoint.scheme),
             **self.local_input(key, table, endpoint.scheme),
+            **self.proxy_protocol(key, table),
         )
+
+    def proxy_protocol(self, key: str, table: Mapping[str, Any]) -> dict[str, Any]:
+        """``proxy_protocol`` and ``proxy_trusted`` of a stream input (the
+        balancers whose PROXY header is believed: required with it, and only
+        with it)."""
+        enabled = self.get(table, f"{key}.proxy_protocol", _bool, False)
+        trusted = self.get(table, f"{key}.proxy_trusted", _networks, ())
+        if enabled and not trusted and "proxy_trusted" not in table:
+            self.error(
+                f"{key}.proxy_protocol",
+                "needs proxy_trusted, the balancers' addresses or networks "
+                '(e.g. proxy_trusted = ["10.0.0.0/8"]): a header from anyone else is refused',
+            )
+        elif enabled and table.get("proxy_trusted") == []:
+            self.error(f"{key}.proxy_trusted", "is empty: every connection would be refused")
+        elif trusted and not enabled and isinstance(table.get("proxy_protocol", False), bool):
+            self.error(f"{key}.proxy_trusted", "is set but proxy_protocol is not true")
+        return {"proxy_protocol": enabled, "proxy_trusted": trusted}
 
     def local_input(self, key: str, table: Mapping[str, Any], scheme: str) -> dict[str, Any]:
         """``mode``, ``hostname`` and ``annotate`` of a unix:// or unix+stream:// input."""
