@@ -17,7 +17,8 @@ closed, counted (``proxy_untrusted``, ``proxy_bad_header``) and logged, one
 line per kind per REFUSAL_LOG_INTERVAL with the number not logged (a flood
 of them must not flood the log). A LOCAL header (the balancer's health
 check) is counted (``proxy_local``) and the connection closed quietly; so
-is a connection that closes having sent nothing (a plain TCP check).
+is a connection that closes having sent nothing, or before its address could
+be read (a plain TCP check, a port probe): there is nothing to refuse.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class ProxyGate:
         served (refused, a health check, or nothing sent: counted and logged as
         the module doc says). The caller closes it then. Cancelled (the stop),
         it raises trio.Cancelled, having taken no byte after the header."""
+        if peer == "?":  # gone before we could ask who it was (a port probe)
+            return None
         if not self.trusts(peer):
             self._refuse("proxy_untrusted", f"from {peer}, which is not in proxy_trusted")
             return None
