@@ -283,3 +283,11 @@ def test_relay_send_proxy_from(relays: list[Relay], version: str) -> None:
     lines = relay.files()["192.0.2.7"]
     assert sorted(int(line.split(b"seq=")[1]) for line in lines) == list(range(50))
     assert set(relay.files()) == {"192.0.2.7"}
+
+
+def test_example_config_is_valid(haproxy_program: str) -> None:
+    example = Path(__file__).resolve().parents[2] / "etc" / "haproxy.cfg"
+    check = subprocess.run(
+        [haproxy_program, "-c", "-f", str(example)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
