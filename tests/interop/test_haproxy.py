@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -258,6 +259,14 @@ def test_clients_seen_and_limited_by_their_own_address_behind_haproxy(
     assert relays[0].counter(untrusted) == 1
     assert relays[1].counter(untrusted) == 0
     assert "is DOWN" not in (tmp_path / "haproxy" / "haproxy.log").read_text()
+    stats = subprocess.run(
+        [sys.executable, "-m", "relay", "stats", "-c", str(relays[0].directory / "relay.toml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert "in: PROXY refusals: untrusted 1" in stats.stdout, stats.stdout + stats.stderr
     for relay in relays:
         assert relay.process.terminate() == 0
         assert "Traceback" not in relay.process.log()
