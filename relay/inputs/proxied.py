@@ -29,6 +29,7 @@ import socket
 
 import trio
 
+from relay.config import host_port
 from relay.errors import RemoteProtocolError
 from relay.policy.filter import peer_address
 from relay.protocol.proxy import (
@@ -118,6 +119,17 @@ class ProxyGate:
             f"input {self.name}: refused a connection {why}",
             trio.current_time(),
         )
+
+
+def client_peer(source: tuple[str, int]) -> str:
+    """The ``peer`` of a connection whose header names ``source``: ``host:port``,
+    an IPv4-mapped IPv6 address as the IPv4 one it is (one rate-limit key and
+    one ``{source}`` per client, as for a dual-stack listener's peers)."""
+    host, port = source
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        host = str(address.ipv4_mapped)
+    return host_port(host, port)
 
 
 async def _read_header(sock: trio.socket.SocketType, reader: ProxyHeaderReader) -> ProxyHeader:

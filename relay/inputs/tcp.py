@@ -39,7 +39,7 @@ import trio
 from relay.config import InputConfig, host_port
 from relay.errors import ADDRESS_IN_USE, RelayError, StartupError
 from relay.inputs.limit import InputLimit, for_input
-from relay.inputs.proxied import ProxyGate
+from relay.inputs.proxied import ProxyGate, client_peer
 from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
 from relay.spool.router import Router
@@ -254,7 +254,7 @@ class TcpInput:
         if scope.cancelled_caught or header is None:
             return False
         if header.source is not None:  # None: UNKNOWN, the balancer's own address stands
-            connection.peer = host_port(*header.source)
+            connection.peer = client_peer(header.source)
         return True
 
     def _fault(self, peer: str, exc: Exception) -> None:

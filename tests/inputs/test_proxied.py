@@ -74,6 +74,27 @@ async def test_the_client_in_the_header_is_the_peer(version: int, one_write: boo
     assert {b.peer for b in spool.peek(1 << 40)} == {"192.0.2.7:40123"}
 
 
+@pytest.mark.parametrize(
+    ("source", "peer"),
+    [
+        (("2001:db8::7", 7), "[2001:db8::7]:7"),
+        (("::ffff:192.0.2.7", 7), "192.0.2.7:7"),  # IPv4-mapped: the IPv4 client it is
+    ],
+)
+async def test_an_ipv6_client(source: tuple[str, int], peer: str) -> None:
+    spool = memory_spool()
+    the_input = await start_input(spool)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(the_input.serve)
+        stream = await trio.open_tcp_stream("127.0.0.1", port_of(the_input))
+        await stream.send_all(encode_v2(source, ("2001:db8::1", 514)) + b"<13>six\n")
+        await stream.aclose()
+        while len(spool) < 1:
+            await spool.wait_changed()
+        nursery.cancel_scope.cancel()
+    assert spool.peek(1)[0].peer == peer
+
+
 async def test_header_before_the_tls_handshake(pki: Pki) -> None:
     spool = memory_spool()
     the_input = await start_input(spool, "tls", tls=listener(pki.server))
