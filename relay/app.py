@@ -60,7 +60,7 @@ import trio
 from relay import stats
 from relay.config import LOCAL_SCHEMES, Config, InputConfig, OutputConfig
 from relay.errors import ConfigErrors, StartupError
-from relay.inputs import datagram, http, limit, local, relp, tcp
+from relay.inputs import datagram, http, limit, local, proxied, relp, tcp
 from relay.observe import clients, control, metrics, status
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
@@ -276,6 +276,7 @@ class Relay:
             module = relp if config.endpoint.scheme.startswith("relp") else tcp
             names = module.COUNTERS + (TLS_COUNTERS if config.tls is not None else ())
             names += limit.COUNTERS if config.rate_limit is not None else ()
+            names += proxied.COUNTERS if config.proxy_protocol else ()
             counters = self.stats.counters("input", config.name, names)
             kind = relp.RelpInput if module is relp else tcp.TcpInput
             tcp_input = kind(config, self.router, counters)

@@ -119,14 +119,15 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 _COMMON_INPUT = ("url", "max_message_size", "oversize", "rate_limit")
 _LOCAL_INPUT = ("mode", "hostname", "annotate")
 HTTP_INPUT_KEYS = ("path", "token_file", "max_body_bytes")
+_STREAM_INPUT = ("max_connections", "idle_timeout", "proxy_protocol", "proxy_trusted")
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "udp": (*_COMMON_INPUT, "rcvbuf"),
     "unix": (*_COMMON_INPUT, "rcvbuf", *_LOCAL_INPUT),
     "unix+stream": (*_COMMON_INPUT, *_LOCAL_INPUT, "max_connections"),
-    "tcp": (*_COMMON_INPUT, "framing", "max_connections", "idle_timeout"),
-    "relp": (*_COMMON_INPUT, "max_connections", "idle_timeout"),
-    "tls": (*_COMMON_INPUT, "framing", "max_connections", "idle_timeout", "tls"),
-    "relp+tls": (*_COMMON_INPUT, "max_connections", "idle_timeout", "tls"),
+    "tcp": (*_COMMON_INPUT, *_STREAM_INPUT, "framing"),
+    "relp": (*_COMMON_INPUT, *_STREAM_INPUT),
+    "tls": (*_COMMON_INPUT, *_STREAM_INPUT, "framing", "tls"),
+    "relp+tls": (*_COMMON_INPUT, *_STREAM_INPUT, "tls"),
     # the HTTP ingest input (relay/inputs/http.py)
     "http": (*_COMMON_INPUT, "max_connections", "idle_timeout", *HTTP_INPUT_KEYS),
     "https": (*_COMMON_INPUT, "max_connections", "idle_timeout", "tls", *HTTP_INPUT_KEYS),
@@ -302,6 +303,10 @@ class InputConfig:
     path: str = DEFAULT_PATH  # what clients POST to
     token_file: str = ""  # the bearer token clients must send; "": none asked
     max_body_bytes: int = DEFAULT_MAX_BODY  # compressed and inflated alike
+    # tcp://, tls://, relp://, relp+tls://: a PROXY protocol header (v1 or v2)
+    # starts every connection, which must come from one of proxy_trusted.
+    proxy_protocol: bool = False
+    proxy_trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -804,6 +809,7 @@ class _Validator:
             rate_limit=self.rate_limit(key, table, endpoint.scheme),
             **self.local_input(key, table, endpoint.scheme),
             **self.http_input(key, table, endpoint.scheme),
+            **self.proxy_protocol(key, table),
         )
 
     def http_input(self, key: str, table: Mapping[str, Any], scheme: str) -> dict[str, Any]:
@@ -817,6 +823,24 @@ class _Validator:
                 table, f"{key}.max_body_bytes", _size(1024, 1 << 31), DEFAULT_MAX_BODY
             ),
         }
+
+    def proxy_protocol(self, key: str, table: Mapping[str, Any]) -> dict[str, Any]:
+        """``proxy_protocol`` and ``proxy_trusted`` of a stream input (the
+        balancers whose PROXY header is believed: required with it, and only
+        with it)."""
+        enabled = self.get(table, f"{key}.proxy_protocol", _bool, False)
+        trusted = self.get(table, f"{key}.proxy_trusted", _networks, ())
+        if enabled and not trusted and "proxy_trusted" not in table:
+            self.error(
+                f"{key}.proxy_protocol",
+                "needs proxy_trusted, the balancers' addresses or networks "
+                '(e.g. proxy_trusted = ["10.0.0.0/8"]): a header from anyone else is refused',
+            )
+        elif enabled and table.get("proxy_trusted") == []:
+            self.error(f"{key}.proxy_trusted", "is empty: every connection would be refused")
+        elif trusted and not enabled and isinstance(table.get("proxy_protocol", False), bool):
+            self.error(f"{key}.proxy_trusted", "is set but proxy_protocol is not true")
+        return {"proxy_protocol": enabled, "proxy_trusted": trusted}
 
     def local_input(self, key: str, table: Mapping[str, Any], scheme: str) -> dict[str, Any]:
         """``mode``, ``hostname`` and ``annotate`` of a unix:// or unix+stream:// input."""

@@ -1018,3 +1018,41 @@ def test_credential_conditions_need_a_local_input_in_the_config() -> None:
         "r.toml:8: output.o.match.uid: only messages from unix:// or unix+stream:// inputs "
         "carry the sender's credentials, and this config has none: it would take nothing"
     )
+
+
+def test_proxy_protocol_settings() -> None:
+    cfg = config.loads(
+        '[input.r]\nurl = "relp://0.0.0.0:2514"\nproxy_protocol = true\n'
+        'proxy_trusted = ["127.0.0.1", "10.0.0.0/8", "2001:db8::/32"]\n'
+        '[output.o]\nurl = "file:-"\n'
+    )
+    (given,) = cfg.inputs
+    assert given.proxy_protocol
+    assert [str(n) for n in given.proxy_trusted] == ["127.0.0.1/32", "10.0.0.0/8", "2001:db8::/32"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "says"),
+    [
+        ("proxy_protocol = true", "proxy_protocol", "needs proxy_trusted"),
+        ("proxy_protocol = true\nproxy_trusted = []", "proxy_trusted", "every connection"),
+        ('proxy_trusted = ["10.0.0.1"]', "proxy_trusted", "proxy_protocol is not true"),
+        ('proxy_protocol = true\nproxy_trusted = "10.0.0.300"', "proxy_trusted", "10.0.0.300"),
+        ('proxy_protocol = "yes"\nproxy_trusted = "10.0.0.1"', "proxy_protocol", "true or false"),
+    ],
+)
+def test_proxy_protocol_mistakes(lines: str, key: str, says: str) -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(f'[input.t]\nurl = "tcp://0.0.0.0:514"\n{lines}\n[output.o]\nurl = "file:-"\n')
+    (error,) = caught.value.errors
+    assert error.key == f"input.t.{key}"
+    assert says in error.message
+    assert error.line == 3 + [line.split(" ")[0] for line in lines.splitlines()].index(key)
+
+
+def test_proxy_protocol_is_for_stream_inputs() -> None:
+    with pytest.raises(ConfigErrors, match="unknown setting for udp:// inputs"):
+        config.loads(
+            '[input.u]\nurl = "udp://0.0.0.0:514"\nproxy_protocol = true\n'
+            '[output.o]\nurl = "file:-"\n'
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import ipaddress
 import logging
 import sys
 import time
@@ -342,6 +343,20 @@ def reload(config_file: str | None, state_dir: str | None) -> None:
     help="First sequence number.",
 )
 @click.option("-m", "--message", "text", default="", help="Text to put after seq=<n>.")
+@click.option(
+    "--proxy-from",
+    metavar="ADDR:PORT",
+    default=None,
+    help="TCP: start each connection with a PROXY protocol header naming this client "
+    "(as a load balancer would), e.g. 192.0.2.7:40000 or [2001:db8::7]:40000.",
+)
+@click.option(
+    "--proxy-version",
+    type=click.Choice(["1", "2"]),
+    default="2",
+    show_default=True,
+    help="The PROXY header's version: 1 (text) or 2 (binary).",
+)
 def send(
     url: str,
     count: int,
@@ -351,6 +366,8 @@ def send(
     framing: str,
     start: int,
     text: str,
+    proxy_from: str | None,
+    proxy_version: str,
 ) -> None:
     """Send numbered test messages to URL (tcp://, udp:// or unix://).
 
@@ -361,6 +378,9 @@ def send(
         endpoint = config.parse_endpoint(url, "send")
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
+    client = None
+    if proxy_from is not None:
+        client = _proxy_client(proxy_from, endpoint.scheme)
     plan = sender.SendPlan(
         endpoint=endpoint,
         count=count,
@@ -370,22 +390,44 @@ def send(
         framing=framing,
         start=start,
         text=text,
+        proxy_from=client,
+        proxy_version=int(proxy_version),
     )
     try:
         seconds = _run_trio(sender.send, plan)
-    except OSError as exc:
-        _fail(f"error: cannot send to {url}: {exc.strerror or exc}")
+    except (OSError, ValueError) as exc:
+        _fail(f"error: cannot send to {url}: {_why(exc)}")
     except BaseExceptionGroup as group:
-        errors = [e for e in _leaf_errors(group) if isinstance(e, OSError)]
+        errors = [e for e in _leaf_errors(group) if isinstance(e, OSError | ValueError)]
         if not errors:
             raise
-        _fail(f"error: cannot send to {url}: {errors[0].strerror or errors[0]}")
+        _fail(f"error: cannot send to {url}: {_why(errors[0])}")
     rate_done = count / seconds if seconds > 0 else float("inf")
     click.echo(
         f"relay: sent {_plural(count, 'message')} to {url} in {seconds:.2f} s "
         f"({rate_done:,.0f} msg/s)",
         err=True,
     )
+
+
+def _why(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else "") or str(exc)
+
+
+def _proxy_client(text: str, scheme: str) -> tuple[str, int]:
+    """``--proxy-from``'s address and port; one line and exit 2 if it is wrong."""
+    if scheme != "tcp":
+        _fail(f"error: --proxy-from: a PROXY header starts a TCP connection, not {scheme}://", 2)
+    host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        address = ipaddress.ip_address(host)
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise ValueError(port)
+    except ValueError:
+        _fail(f"error: --proxy-from: {text!r} is not ADDR:PORT (e.g. 192.0.2.7:40000)", 2)
+    return str(address), number
 
 
 class _DiskFiles:

@@ -19,6 +19,7 @@ import trio
 from relay.config import Endpoint
 from relay.message import format_received
 from relay.protocol.framing import encode_lines, encode_octet_counted
+from relay.protocol.proxy import encode_v1, encode_v2
 
 # Messages built and written per write: amortises the await and the syscall.
 CHUNK = 1000
@@ -35,6 +36,10 @@ class SendPlan:
     start: int = 0
     text: str = ""
     app_name: str = "relay-send"
+    # A PROXY protocol header first on each TCP connection, naming this client
+    # (address, port) as a balancer would; proxy_version 1 (text) or 2 (binary).
+    proxy_from: tuple[str, int] | None = None
+    proxy_version: int = 2
 
 
 def build_messages(plan: SendPlan, first: int, last: int) -> list[bytes]:
@@ -83,6 +88,8 @@ async def _send_share(plan: SendPlan, first: int, last: int) -> None:
         stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
         encode = encode_octet_counted if plan.framing == "octet-counting" else encode_lines
         try:
+            if plan.proxy_from is not None:
+                await stream.send_all(proxy_header(plan, stream.socket.getpeername()))
             async for messages in _paced(plan, first, last, rate):
                 await stream.send_all(encode(messages))
         finally:
@@ -93,6 +100,18 @@ async def _send_share(plan: SendPlan, first: int, last: int) -> None:
         async for messages in _paced(plan, first, last, rate):
             for message in messages:
                 await sock.send(message)
+
+
+def proxy_header(plan: SendPlan, destination: tuple[str, int]) -> bytes:
+    """The PROXY header of a connection to ``destination`` (address, port);
+    ValueError if the two are not of one family (a header cannot mix them)."""
+    assert plan.proxy_from is not None
+    where = (destination[0], destination[1])
+    if ":" in where[0] and "." in where[0] and ":" not in plan.proxy_from[0]:
+        where = (where[0].rpartition(":")[2], where[1])  # ::ffff:a.b.c.d: IPv4 after all
+    if plan.proxy_version == 1:
+        return encode_v1(plan.proxy_from, where)
+    return encode_v2(plan.proxy_from, where)
 
 
 async def _datagram_socket(endpoint: Endpoint) -> trio.socket.SocketType:

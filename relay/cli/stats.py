@@ -104,6 +104,7 @@ def table(doc: Doc, before: Doc | None = None) -> str:
             ]
         )
         notes += _reasons(name, "dropped", dropped) + _reasons(name, "TLS failures", tls)
+        notes += _reasons(name, "PROXY refusals", entry.get("proxy_refused", {}))
     lines += _align(rows)
     rows = [[*OUTPUT_COLUMNS[:3], *(RATE_COLUMNS[1:] if rates else ()), *OUTPUT_COLUMNS[3:]]]
     for name, entry in doc["outputs"].items():

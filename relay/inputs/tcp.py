@@ -39,6 +39,7 @@ import trio
 from relay.config import InputConfig, host_port
 from relay.errors import ADDRESS_IN_USE, RelayError, StartupError
 from relay.inputs.limit import InputLimit, for_input
+from relay.inputs.proxied import ProxyGate, client_peer
 from relay.message import Batch
 from relay.protocol.framing import FrameDecoder
 from relay.spool.router import Router
@@ -114,6 +115,10 @@ class TcpInput:
         self._connections: dict[Connection, None] = {}
         # tls:// and relp+tls://: the handshake before the session (open() builds it).
         self.tls: TlsAcceptor | None = None
+        # proxy_protocol: the balancer's PROXY header before anything else.
+        self.proxy: ProxyGate | None = None
+        if config.proxy_protocol:
+            self.proxy = ProxyGate(config.name, config.proxy_trusted, counters)
         self._full_log = LogLimit(FULL_LOG_INTERVAL, "connections turned away")
         self._idle_log = LogLimit(FULL_LOG_INTERVAL, "idle connections closed")
         self._fault_log = LogLimit(FAULT_LOG_INTERVAL, "sessions ended by this error")
@@ -220,6 +225,8 @@ class TcpInput:
         The close is bounded (a TLS peer that does not read must not hold up a stop)."""
         byte_stream: trio.SocketStream | ByteStream = stream
         try:
+            if self.proxy is not None and not await self._proxied(stream, connection):
+                return
             if self.tls is not None:
                 ssl_stream = await self.tls.accept(stream, connection.peer)
                 if ssl_stream is None:  # refused: logged and counted, nothing queued
@@ -232,6 +239,23 @@ class TcpInput:
         finally:
             self._connections.pop(connection, None)
             await tls_aclose(byte_stream)
+
+    async def _proxied(self, stream: trio.SocketStream, connection: Connection) -> bool:
+        """Whether the connection is served: its PROXY header read, the client
+        it names now its peer (:class:`ProxyGate`). The wait for the header is
+        the connection's read (the stop and an eviction end it)."""
+        assert self.proxy is not None
+        with trio.CancelScope() as scope:
+            connection.read_scope = scope
+            try:
+                header = await self.proxy.admit(stream, connection.peer)
+            finally:
+                connection.read_scope = None
+        if scope.cancelled_caught or header is None:
+            return False
+        if header.source is not None:  # None: UNKNOWN, the balancer's own address stands
+            connection.peer = client_peer(header.source)
+        return True
 
     def _fault(self, peer: str, exc: Exception) -> None:
         """A session ended by an error nobody handled: count, one line (rate-limited)."""

@@ -49,6 +49,14 @@ METRICS: dict[str, tuple[str, str]] = {
         "counter",
         "Datagrams the kernel dropped for a udp:// or unix:// input (receive buffer full).",
     ),
+    "relay_input_proxy_refused_connections_total": (
+        "counter",
+        "Connections a proxy_protocol input refused, by reason (untrusted, bad_header).",
+    ),
+    "relay_input_proxy_health_checks_total": (
+        "counter",
+        "PROXY LOCAL connections (a balancer's health checks) a proxy_protocol input closed.",
+    ),
     "relay_output_received_messages_total": (
         "counter",
         "Messages routed to an output (received = delivered + dropped + queued).",
@@ -100,6 +108,11 @@ def _samples(doc: Mapping[str, Any]) -> Iterator[Sample]:
             yield "relay_input_dropped_messages_total", {**labels, "reason": reason}, value
         if "kernel" in entry["dropped"]:
             yield "relay_udp_kernel_drops_total", labels, entry["dropped"]["kernel"]
+        for reason, value in entry.get("proxy_refused", {}).items():
+            labels_reason = {**labels, "reason": reason}
+            yield "relay_input_proxy_refused_connections_total", labels_reason, value
+        if "proxy_health_checks" in entry:
+            yield "relay_input_proxy_health_checks_total", labels, entry["proxy_health_checks"]
         for reason, value in entry["tls_failures"].items():
             endpoint = {"endpoint": f"input.{name}", "reason": reason}
             yield "relay_tls_failures_total", endpoint, value

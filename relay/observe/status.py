@@ -62,6 +62,8 @@ DROP_REASONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 # Input drop reasons and their counters.
 INPUT_DROPS = {"oversize": "dropped_oversize", "rate_limited": "rate_limited"}
+# Why an input with proxy_protocol refused connections (its proxy_<reason> counters).
+PROXY_REFUSALS = ("untrusted", "bad_header")
 
 
 class Observed(Protocol):
@@ -112,6 +114,11 @@ def _input(item: Any, counters: Mapping[str, int]) -> dict[str, Any]:
         "tls_failures": _tls(counters) if config.tls is not None else {},
         "counters": dict(counters),
     }
+    if config.proxy_protocol:
+        entry["proxy_refused"] = {
+            reason: counters.get(f"proxy_{reason}", 0) for reason in PROXY_REFUSALS
+        }
+        entry["proxy_health_checks"] = counters.get("proxy_local", 0)
     if config.endpoint.scheme in ("udp", "unix"):
         kernel = kernel_counters(getattr(item, "sock", None))
         entry["dropped"]["kernel"] = kernel[0] if kernel else 0

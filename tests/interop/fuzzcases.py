@@ -17,7 +17,9 @@ that lies). The bytes are then cut into writes at random points, and the
 connection ends in one of several ways (close, half-close and wait, reset
 with SO_LINGER 0). TLS inputs also get plaintext, garbage before or after a
 real ClientHello, a handshake cut short, and clients without a permitted
-certificate. :func:`hypothesis.event` marks which branches a run reached.
+certificate. The PROXY protocol input gets a header first (v1, v2 with or
+without TLVs, LOCAL, UNKNOWN, none, garbage, or one cut short), mutated
+with the rest. :func:`hypothesis.event` marks which branches a run reached.
 """
 
 from __future__ import annotations
@@ -32,14 +34,17 @@ from typing import Any
 from hypothesis import event
 from hypothesis import strategies as st
 
+from relay.protocol.proxy import encode_v1, encode_v2
 from relay.protocol.relpframe import encode_offers, encode_parts, our_offers
 
 # The inputs of the fuzzed relay (fuzzrig.relay_config names them so).
-STREAM_TARGETS = ("tcp", "tcp-octet", "tcp-lf", "tls", "relp", "relp-tls")
+STREAM_TARGETS = ("tcp", "tcp-octet", "tcp-lf", "tls", "relp", "relp-tls", "tcp-proxy")
 DATAGRAM_TARGETS = ("udp", "unix")
 TARGETS = STREAM_TARGETS + DATAGRAM_TARGETS
 TLS_TARGETS = ("tls", "relp-tls")
 RELP_TARGETS = ("relp", "relp-tls")
+# A tcp input with proxy_protocol, trusting the fuzzer's address (127.0.0.1).
+PROXY_TARGETS = ("tcp-proxy",)
 
 # How a stream connection ends.
 ENDS = (
@@ -368,10 +373,45 @@ def stream_bytes(draw: st.DrawFn, target: str) -> tuple[bytes, list[str]]:
     else:
         framing = {"tcp-octet": "octet", "tcp-lf": "lf"}.get(target, "mixed")
         data = draw(syslog_stream(framing))
+    if target in PROXY_TARGETS:
+        header, kind = draw(proxy_header())
+        data = header + data if kind != "cut" else header
+        note(f"proxy: {kind}")
     for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2, 4]))):
         data, kind = draw(mutate_bytes(data))
         shape.append(kind)
     return data, shape
+
+
+_ADDRESS = st.sampled_from(["192.0.2.7", "198.51.100.1", "0.0.0.0", "255.255.255.255"])
+_ADDRESS6 = st.sampled_from(["2001:db8::7", "::", "::ffff:192.0.2.7", "fe80::1"])
+_PORT = st.integers(0, 65535)
+
+
+@st.composite
+def proxy_header(draw: st.DrawFn) -> tuple[bytes, str]:
+    """A PROXY header of some kind for the PROXY input: (bytes, kind)."""
+    kind = draw(
+        st.sampled_from(["v1", "v1", "v2", "v2", "v2-tlvs", "local", "unknown", "none", "cut"])
+    )
+    family = draw(st.sampled_from([_ADDRESS, _ADDRESS6]))
+    source = (draw(family), draw(_PORT))
+    destination = (draw(family), draw(_PORT))
+    if kind == "v1":
+        return encode_v1(source, destination), kind
+    if kind in ("v2", "cut"):
+        header = encode_v2(source, destination)
+        if kind == "cut":
+            header = header[: draw(st.integers(0, len(header) - 1))]
+        return header, kind
+    if kind == "v2-tlvs":
+        tlvs = draw(st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=40)), max_size=5))
+        return encode_v2(source, destination, tlvs=tlvs), kind
+    if kind == "local":
+        return encode_v2(None), kind
+    if kind == "unknown":
+        return b"PROXY UNKNOWN\r\n", kind
+    return b"", kind
 
 
 @st.composite

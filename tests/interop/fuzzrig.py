@@ -3,12 +3,14 @@ streaming numbered messages the whole time, and a player for fuzz cases.
 
 :class:`Rig` starts ``python -m relay run -c CONFIG`` (tests.interop.peers'
 RelayProcess) with inputs tcp (framing auto), tcp-octet, tcp-lf, tls,
-relp, relp-tls, udp and unix, all writing to the relay's own file://
+relp, relp-tls, tcp-proxy (PROXY protocol, trusting loopback), udp and
+unix, all writing to the relay's own file://
 output (octet-counted, so no message's bytes can fake another's frame).
 Good clients stream on their own connections to tcp (LF), tcp-octet, tls,
-relp and relp-tls, each message tagged with a token drawn at start that no
-fuzz case contains (``G<token><stream> seq=N``), so the output file says
-which good messages arrived and how often, whatever the fuzz cases wrote.
+relp, relp-tls and tcp-proxy (after a PROXY header), each message tagged
+with a token drawn at start that no fuzz case contains
+(``G<token><stream> seq=N``), so the output file says which good messages
+arrived and how often, whatever the fuzz cases wrote.
 
 :meth:`Rig.play` plays one :class:`~tests.interop.fuzzcases.Case` over a
 real socket; :meth:`Rig.faults` says what is wrong since the last look
@@ -34,9 +36,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from relay.protocol.proxy import encode_v2
 from relay.protocol.relp import Acked, Closed, Opened, RelpClient, State
 from tests.certs import CertFiles, CertificateAuthority
-from tests.interop.fuzzcases import MAX_MESSAGE, RELP_TARGETS, TLS_TARGETS, Case
+from tests.interop.fuzzcases import (
+    MAX_MESSAGE,
+    PROXY_TARGETS,
+    RELP_TARGETS,
+    TLS_TARGETS,
+    Case,
+)
 from tests.interop.peers import LOOPBACK, RelayProcess, free_port, udp_port_bound
 from tests.waiting import wait_until
 
@@ -90,6 +99,8 @@ def relay_config(directory: Path, ports: dict[str, int], unix_path: Path, pki: P
             lines.append('framing = "octet-counting"')
         if name == "tcp-lf":
             lines += ['framing = "non-transparent"', 'oversize = "drop"']
+        if name in PROXY_TARGETS:
+            lines += ["proxy_protocol = true", f'proxy_trusted = ["{LOOPBACK}"]']
         inputs.append("\n".join(lines))
     path = directory / "relay.toml"
     path.write_text(
@@ -255,7 +266,7 @@ class Rig:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.pki = pki or Pki.create(self.directory)
-        names = ("tcp", "tcp-octet", "tcp-lf", "tls", "relp", "relp-tls")
+        names = ("tcp", "tcp-octet", "tcp-lf", "tls", "relp", "relp-tls", "tcp-proxy")
         self.ports = {name: free_port() for name in names}
         self.ports["udp"] = free_port("udp")
         self.unix_path = self.directory / "log.sock"
@@ -295,9 +306,16 @@ class Rig:
             GoodTcp("tls", self.token, ctx.wrap_socket(self._connect("tls")), octet=True),
             GoodRelp("relp", self.token, self._connect("relp")),
             GoodRelp("relptls", self.token, ctx.wrap_socket(self._connect("relp-tls"))),
+            GoodTcp("proxy", self.token, self._proxied("tcp-proxy"), octet=True),
         ]
         for client in self.good:
             client.start()
+
+    def _proxied(self, target: str) -> socket.socket:
+        """A connection that has sent its PROXY header, as a balancer's would."""
+        sock = self._connect(target)
+        sock.sendall(encode_v2(("192.0.2.1", 40000), (LOOPBACK, self.ports[target])))
+        return sock
 
     def _connect(self, target: str) -> socket.socket:
         return socket.create_connection((LOOPBACK, self.ports[target]), timeout=10)
