@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "relay.policy.selector",
         "relay.policy.filter",
         "relay.policy.redact",
+        "relay.policy.http",
     ),
     ("relay.config",),
     # `relay import-rsyslog`'s converter: reads selectors, writes TOML text
