@@ -29,7 +29,7 @@ import orjson
 # Distinct second-resolution timestamps whose index name is remembered; a
 # batch spans a few seconds, so this is never reached except by garbage.
 _INDEX_CACHE = 4096
-_TS = b'"timestamp":"'
+_TS = b'"timestamp":'
 _RECEIVED = b'"received":"'
 
 
@@ -86,13 +86,11 @@ class EsBulkBody:
 
 def _stamp(record: bytes) -> bytes:
     """``YYYY-MM-DDTHH:MM:SS`` of the record's timestamp, else of its receive time."""
-    at = record.find(_TS)
-    if at < 0:
-        at = record.find(_RECEIVED)
-        if at < 0:
-            return b""
-        return record[at + len(_RECEIVED) : at + len(_RECEIVED) + 19]
-    return record[at + len(_TS) : at + len(_TS) + 19]
+    at = record.find(_TS) + len(_TS)  # the first: relay's own field comes first
+    if record[at : at + 1] == b'"':
+        return record[at + 1 : at + 20]
+    at = record.find(_RECEIVED)  # "timestamp":null
+    return record[at + len(_RECEIVED) : at + len(_RECEIVED) + 19] if at >= 0 else b""
 
 
 class LokiBody:
@@ -106,7 +104,7 @@ class LokiBody:
     def encode(self, records: Sequence[bytes], received: Sequence[float]) -> bytes:
         # A record is a JSON object; Loki wants the line as a string.
         values = b",".join(
-            b'["%d",%s]' % (int(at * 1e9), orjson.dumps(record.decode("utf-8", "replace")))
+            b'["%d000",%s]' % (round(at * 1e6), orjson.dumps(record.decode("utf-8", "replace")))
             for record, at in zip(records, received, strict=True)
         )
         return b'{"streams":[{"stream":' + self._stream + b',"values":[' + values + b"]}]}"

@@ -113,7 +113,7 @@ class Recorder:
                 data = gzip.decompress(data)
             self.authorization.add(headers.get("Authorization", ""))
             records = self._records(data)
-            items = []
+            items: list[dict[str, dict[str, Any]]] = []
             for record in records:
                 seq = _seq(record)
                 status = self.bulk_refuse.pop(seq, 201) if seq is not None else 201
