@@ -28,6 +28,7 @@ from tests.interop.peers import (
     RelaySendProcess,
     free_port,
     relay_counters,
+    relay_send,
     require_program,
 )
 from tests.waiting import wait_until
@@ -140,3 +141,113 @@ def test_hundred_thousand_through_nginx(tmp_path: Path, certs: tuple[CertFiles, 
     assert record["message"].startswith("seq=")
     assert record["timestamp"].endswith("Z")
     assert TOKEN not in relay.log()
+
+
+def burst(port: int, count: int, start: int) -> int:
+    """``relay send`` of ``count`` numbered messages from ``start``; the next start."""
+    relay_send(port, count, start=start, size=200)
+    return start + count
+
+
+def wait_logged(relay: RelayProcess, text: str, times: int = 1) -> None:
+    wait_until(
+        lambda: relay.log().count(text) >= times,
+        30,
+        message=lambda: f"the relay never logged {text!r}; {relay.log_tail()}",
+    )
+
+
+def wait_all(recorder: Recorder, count: int, relay: RelayProcess) -> None:
+    wait_until(
+        lambda: set(range(count)) <= set(recorder.seqs),
+        60,
+        message=lambda: (
+            f"{len(set(range(count)) - set(recorder.seqs))} of {count} missing; " + relay.log_tail()
+        ),
+    )
+
+
+def test_faults_lose_nothing(tmp_path: Path, certs: tuple[CertFiles, CertFiles]) -> None:
+    """Done-when 2: each fault while a burst of 5,000 messages goes through,
+    then a SIGTERM while the API is down: every seq arrives, and the
+    duplicates are at most what the relay counted as resent."""
+    server, client = certs
+    token = write_token(tmp_path / "token", TOKEN)
+    tcp_port = free_port()
+    with (
+        Recorder(free_port()) as recorder,
+        Nginx(tmp_path / "nginx", server=server, backend=recorder.port, token=TOKEN) as nginx,
+    ):
+        config = relay_config(
+            tmp_path,
+            nginx.url,
+            client,
+            tcp_port=tcp_port,
+            extra="batch_max_messages = 500\nretry_max = 2\n",
+        )
+        with start_relay(tmp_path / "run1", config, tcp_port) as relay:
+            sent = burst(tcp_port, 5000, 0)
+            wait_all(recorder, sent, relay)
+
+            # The API answers 429 (Retry-After: 1), then 503, for a while.
+            recorder.refuse(429, 3)
+            sent = burst(tcp_port, 5000, sent)
+            wait_until(lambda: recorder.refused >= 3, 30)
+            recorder.refuse(503, 3)
+            wait_until(lambda: recorder.refused >= 6, 30)
+            wait_all(recorder, sent, relay)
+            wait_logged(relay, "answered 429")
+            wait_logged(relay, "answered 503")
+
+            # nginx's body limit lowered below a request: 413, halves.
+            # (a third of the largest request so far: gzip makes them small)
+            limit = max(1024, recorder.max_body // 3)
+            print(f"largest request {recorder.max_body} bytes, limit {limit}")
+            nginx.set_body_limit(str(limit))
+            recorder.max_body = 0
+            sent = burst(tcp_port, 5000, sent)
+            wait_all(recorder, sent, relay)  # still under the low limit
+            assert "client intended to send too large body" in nginx.error_log.read_text()
+            assert 0 < recorder.max_body <= limit
+            nginx.set_body_limit("10m")
+
+            # The API stopped: nginx answers 502.
+            recorder.stop()
+            sent = burst(tcp_port, 5000, sent)
+            wait_logged(relay, "answered 502")
+            recorder.start()
+            wait_all(recorder, sent, relay)
+
+            # nginx stopped, and started again.
+            nginx.stop()
+            sent = burst(tcp_port, 5000, sent)
+            wait_logged(relay, "cannot connect")
+            nginx.start()
+            wait_all(recorder, sent, relay)
+
+            # The token replaced by a wrong one (401), then fixed.
+            write_token(token, "a-wrong-token")
+            sent = burst(tcp_port, 5000, sent)
+            wait_logged(relay, "answered 401 (unauthorized)")
+            assert len(set(recorder.seqs)) < sent
+            write_token(token, TOKEN)
+            wait_all(recorder, sent, relay)
+
+            # SIGTERM while the API is down: kept on disk, delivered after a restart.
+            recorder.stop()
+            sent = burst(tcp_port, 5000, sent)
+            wait_logged(relay, "answered 502", 2)
+            assert relay.terminate(timeout=30) == 0
+        first = relay_counters(relay.log(), "output", "api")
+        recorder.start()
+        with start_relay(tmp_path / "run2", config, tcp_port) as relay2:
+            wait_all(recorder, sent, relay2)
+            assert relay2.terminate(timeout=30) == 0
+        second = relay_counters(relay2.log(), "output", "api")
+    log = relay.log() + relay2.log()
+    assert TOKEN not in log and "a-wrong-token" not in log
+    assert first.get("throttled", 0) >= 3
+    assert first.get("split", 0) >= 1
+    assert first.get("auth_failures", 0) >= 1
+    assert first.get("rejected", 0) == 0
+    assert_delivered(recorder, sent, first.get("resent", 0) + second.get("resent", 0))
