@@ -157,7 +157,10 @@ class HttpOutput(Output):
     async def open(self) -> None:
         await super().open()
         if self.token is not None:
-            self.token.load()
+            try:
+                self.token.load()
+            except StartupError as exc:
+                raise StartupError(f"output {self.name}: {exc}") from None
         if self.settings.dead_letter:
             try:
                 with open(self.settings.dead_letter, "ab"):
@@ -267,6 +270,7 @@ class HttpOutput(Output):
                     tried.clear()
                 continue
             status, headers, answer = outcome
+            self._report(self.targets.connected(index))  # it answered: up (5xx: down below)
             found = policy.verdict(status)
             if found is Verdict.DELIVERED:
                 retry = self._taken(index, part, times, answer)
@@ -418,7 +422,6 @@ class HttpOutput(Output):
     ) -> tuple[list[bytes], list[float]] | None:
         """A 2xx: the records are taken (for ``_bulk``, those without an error);
         what is to be sent again (``_bulk`` items refused with 429/5xx), or None."""
-        self._report(self.targets.connected(index))
         self._report(self.targets.delivered(index))
         if self.settings.body != "es_bulk":
             return None

@@ -16,6 +16,7 @@ counted by number at the API.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -251,3 +252,100 @@ def test_faults_lose_nothing(tmp_path: Path, certs: tuple[CertFiles, CertFiles])
     assert first.get("auth_failures", 0) >= 1
     assert first.get("rejected", 0) == 0
     assert_delivered(recorder, sent, first.get("resent", 0) + second.get("resent", 0))
+
+
+def plain_config(tmp_path: Path, port: int, tcp_port: int, extra: str) -> Path:
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f"""\
+[relay]
+state_dir = "{tmp_path / "state"}"
+
+[input.tcp]
+url = "tcp://127.0.0.1:{tcp_port}"
+
+[output.api]
+url = "http://127.0.0.1:{port}/ingest"
+flush_interval = 0.1
+retry_max = 1
+{extra}
+"""
+    )
+    return config
+
+
+@pytest.mark.parametrize("body", ["ndjson", "json_array", "es_bulk", "loki"])
+def test_every_body_kind(tmp_path: Path, body: str) -> None:
+    tcp_port = free_port()
+    with Recorder(body=body) as recorder:
+        config = plain_config(tmp_path, recorder.port, tcp_port, f'body = "{body}"\n')
+        with start_relay(tmp_path, config, tcp_port) as relay:
+            relay_send(tcp_port, 2000, size=200)
+            wait_all(recorder, 2000, relay)
+            assert relay.terminate() == 0
+    assert_delivered(recorder, 2000, 0)
+    assert recorder.gzipped == 0
+
+
+def test_bulk_items_refused_are_retried_or_dead_lettered(tmp_path: Path) -> None:
+    """_bulk answered 200 with item errors: the 429 item is sent again, the 400
+    item goes to the dead-letter file with its status; the rest once."""
+    tcp_port = free_port()
+    dead = tmp_path / "dead.ndjson"
+    with Recorder(body="es_bulk") as recorder:
+        recorder.bulk_refuse = {5: 429, 7: 400}
+        extra = f'body = "es_bulk"\ndead_letter = "{dead}"\n'
+        config = plain_config(tmp_path, recorder.port, tcp_port, extra)
+        with start_relay(tmp_path, config, tcp_port) as relay:
+            relay_send(tcp_port, 100, size=200)
+            wait_all(recorder, 7, relay)
+            wait_until(lambda: set(recorder.seqs) == set(range(100)) - {7}, 30)
+            assert relay.terminate() == 0
+        counters = relay_counters(relay.log(), "output", "api")
+    assert all(n == 1 for n in recorder.seqs.values())
+    (line,) = dead.read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["status"] == 400 and entry["output"] == "api"
+    assert entry["record"]["message"].startswith("seq=7 ")
+    assert counters["rejected"] == counters["dead_lettered"] == 1
+    assert "the API refused 1 messages with 400" in relay.log()
+
+
+def test_other_4xx_goes_to_the_dead_letter_file(tmp_path: Path) -> None:
+    tcp_port = free_port()
+    dead = tmp_path / "dead.ndjson"
+    with Recorder() as recorder:
+        recorder.refuse(422, 1)
+        config = plain_config(tmp_path, recorder.port, tcp_port, f'dead_letter = "{dead}"\n')
+        with start_relay(tmp_path, config, tcp_port) as relay:
+            relay_send(tcp_port, 10, size=200)
+            wait_until(lambda: dead.exists() and len(dead.read_text().splitlines()) == 10, 30)
+            relay_send(tcp_port, 10, size=200, start=10)
+            wait_until(
+                lambda: set(recorder.seqs) == set(range(10, 20)),
+                30,
+                message=lambda: f"{recorder.seqs} {recorder.requests} {recorder.refused}",
+            )
+            assert relay.terminate() == 0
+        counters = relay_counters(relay.log(), "output", "api")
+    seqs = sorted(
+        int(json.loads(x)["record"]["message"][4:].split()[0])
+        for x in dead.read_text().splitlines()
+    )
+    assert seqs == list(range(10))
+    assert counters["dead_lettered"] == 10
+    assert relay.log().count("the API refused") == 1
+
+
+def test_token_file_readable_by_others_is_refused_at_start(tmp_path: Path) -> None:
+    token = write_token(tmp_path / "token", TOKEN)
+    token.chmod(0o644)
+    tcp_port = free_port()
+    config = plain_config(tmp_path, 9, tcp_port, f'token_file = "{token}"\n')
+    with RelayProcess(["-c", str(config)], tmp_path) as relay:
+        assert relay.wait_for_exit() != 0
+        errors = relay.log().strip().splitlines()
+    assert errors == [
+        f"relay: error: output api: token_file {token}: readable by others (mode 0644); "
+        "chmod 600 it"
+    ]
