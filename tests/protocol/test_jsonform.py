@@ -1,0 +1,391 @@
+"""Tests of relay.protocol.jsonform: the JSON form of a message and the way back."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.errors import ParseError
+from relay.protocol import rfc3164, rfc5424
+from relay.protocol.detect import parse_any
+from relay.protocol.jsonform import (
+    FIELDS,
+    Enrichment,
+    JsonOptions,
+    decode_record,
+    encode_batch,
+    loads,
+)
+from relay.protocol.syslog import Facility, Severity, SyslogMessage
+from tests.protocol.test_rfc3164 import NOW, _bsd_messages
+from tests.protocol.test_rfc5424 import messages as _5424_messages
+
+RECEIVED = NOW.timestamp() + 0.123456
+PLAIN = JsonOptions()
+BOM = b"\xef\xbb\xbf"
+
+# The message fields: what decode_record reads back. The others (received,
+# source, input, creds, enrichment) are the receiver's.
+MESSAGE_FIELDS = (
+    "timestamp",
+    "hostname",
+    "app_name",
+    "procid",
+    "msgid",
+    "facility",
+    "facility_code",
+    "severity",
+    "severity_code",
+    "structured_data",
+    "message",
+    "message_base64",
+)
+
+
+def encode(raw: bytes, options: JsonOptions = PLAIN, **kwargs: object) -> dict[str, object]:
+    args: dict[str, object] = {"received": RECEIVED, "peer": "", "input": "in", "creds": None}
+    args.update(kwargs)
+    [out] = encode_batch([raw], options=options, **args)  # type: ignore[arg-type]
+    assert b"\n" not in out
+    value = orjson.loads(out)
+    assert isinstance(value, dict)
+    return value
+
+
+def rfc3339_utc(when: datetime) -> str:
+    utc = when.astimezone(UTC)
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
+
+
+def expected_fields(raw: bytes) -> dict[str, object]:
+    """The schema of relay.toml(5), written from relay's parser's view of ``raw``."""
+    try:
+        parsed = parse_any(raw, now=datetime.fromtimestamp(RECEIVED, UTC))
+    except ParseError:
+        parsed = SyslogMessage(Facility.user, Severity.notice, msg=raw)
+    sd: dict[str, dict[str, object]] = {}
+    for element in parsed.structured_data:
+        params: dict[str, list[str]] = {}
+        for name, value in element.params:
+            params.setdefault(name, []).append(value)
+        sd[element.id] = {k: v[0] if len(v) == 1 else v for k, v in params.items()}
+    text = parsed.msg.removeprefix(BOM)
+    fields: dict[str, object] = {
+        "timestamp": None if parsed.timestamp is None else rfc3339_utc(parsed.timestamp),
+        "hostname": parsed.hostname,
+        "app_name": None if parsed.app_name == "-" else parsed.app_name,
+        "procid": parsed.procid,
+        "msgid": parsed.msgid,
+        "facility": parsed.facility.name,
+        "facility_code": parsed.facility.value,
+        "severity": parsed.severity.name,
+        "severity_code": parsed.severity.value,
+        "structured_data": sd,
+        "message": text.decode("utf-8", "replace"),
+    }
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        fields["message_base64"] = base64.b64encode(parsed.msg).decode()
+    return fields
+
+
+def message_fields(record: dict[str, object]) -> dict[str, object]:
+    return {key: record[key] for key in MESSAGE_FIELDS if key in record}
+
+
+# --- hypothesis: any message, its fields, and the way back ------------------------------
+
+_texts = st.text(st.characters(codec="utf-8"), max_size=60).map(str.encode)
+_msgs = st.one_of(
+    st.binary(max_size=80),  # mostly invalid UTF-8
+    _texts,
+    _texts.map(lambda text: BOM + text),  # RFC 5424 §6.4
+    _texts.map(lambda text: BOM + BOM + text),  # a text that starts with U+FEFF
+    st.binary(max_size=40).map(lambda octets: BOM + octets),
+)
+_rfc5424 = st.tuples(_5424_messages, _msgs).map(
+    lambda pair: rfc5424.format(dataclasses.replace(pair[0], msg=pair[1]))
+)
+_rfc3164 = st.tuples(_bsd_messages, _msgs).map(
+    lambda pair: rfc3164.format(dataclasses.replace(pair[0], msg=pair[1]))
+)
+_raw_messages = st.one_of(
+    _rfc5424,
+    _rfc3164,
+    st.binary(max_size=120),  # garbage: mostly no PRI at all
+    st.tuples(st.integers(0, 191), st.binary(max_size=80)).map(lambda t: b"<%d>%s" % t),
+    st.tuples(st.integers(0, 191), st.binary(max_size=80)).map(lambda t: b"<%d>1 %s" % t),
+)
+
+
+@settings(max_examples=1000)
+@given(_raw_messages)
+def test_fields_are_what_the_parser_reads_and_round_trip(raw: bytes) -> None:
+    record = encode(raw)
+    assert message_fields(record) == expected_fields(raw)
+    # The way back: RFC 5424 bytes whose JSON form has the same fields.
+    again = decode_record(loads(orjson.dumps(record)))
+    assert encode(again) == record
+    assert decode_record(encode(again)) == again
+
+
+@settings(max_examples=300)
+@given(st.lists(_raw_messages, max_size=20))
+def test_a_batch_is_its_messages_in_order(raws: list[bytes]) -> None:
+    options = JsonOptions(Enrichment({"name": "web1"}, {"env": "prod"}), parse_message="app")
+    out = encode_batch(
+        raws, received=RECEIVED, peer="127.0.0.1:514", input="tcp", creds=None, options=options
+    )
+    expected = [encode(raw, options, peer="127.0.0.1:514", input="tcp") for raw in raws]
+    assert [orjson.loads(item) for item in out] == expected
+
+
+# --- examples ---------------------------------------------------------------------------
+
+RFC5424_EXAMPLE = (
+    b"<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 "
+    b'[exampleSDID@32473 iut="3" eventSource="Appl\\]ication" eventID="1011"]'
+    b'[examplePriority@32473 class="high" class="low"] \xef\xbb\xbfAn application event'
+)
+
+
+def test_rfc5424_example() -> None:
+    # RFC 5424 §6.5 example 4, with a repeated PARAM-NAME (§6.3.3 allows it).
+    record = encode(
+        RFC5424_EXAMPLE,
+        peer="[2001:db8::1]:5514",
+        input="tcp-in",
+        creds=(4242, 1000, 100),
+        options=JsonOptions(Enrichment({"name": "web1", "kernel": "6.1.0"}, {"env": "prod"})),
+    )
+    assert record == {
+        "timestamp": "2003-10-11T22:14:15.003000Z",
+        "received": rfc3339_utc(datetime.fromtimestamp(RECEIVED, UTC)),
+        "hostname": "mymachine.example.com",
+        "app_name": "evntslog",
+        "procid": None,
+        "msgid": "ID47",
+        "facility": "local4",
+        "facility_code": 20,
+        "severity": "notice",
+        "severity_code": 5,
+        "structured_data": {
+            "exampleSDID@32473": {"iut": "3", "eventSource": "Appl]ication", "eventID": "1011"},
+            "examplePriority@32473": {"class": ["high", "low"]},
+        },
+        "message": "An application event",
+        "source": "2001:db8::1",
+        "input": "tcp-in",
+        "pid": 4242,
+        "uid": 1000,
+        "gid": 100,
+        "host": {"name": "web1", "kernel": "6.1.0"},
+        "labels": {"env": "prod"},
+    }
+    assert received_time_is_utc_microseconds(record)
+
+
+def received_time_is_utc_microseconds(record: dict[str, object]) -> bool:
+    return record["received"] == "2026-11-23T12:00:00.123456Z"
+
+
+def test_rfc3164_line() -> None:
+    record = encode(b"<34>Nov 22 10:01:02 mymachine su[77]: 'su root' failed on /dev/pts/8")
+    assert message_fields(record) == {
+        "timestamp": "2026-11-22T10:01:02.000000Z",  # the year nearest the receive time
+        "hostname": "mymachine",
+        "app_name": "su",
+        "procid": "77",
+        "msgid": None,
+        "facility": "auth",
+        "facility_code": 4,
+        "severity": "crit",
+        "severity_code": 2,
+        "structured_data": {},
+        "message": "'su root' failed on /dev/pts/8",
+    }
+
+
+def test_without_pri_the_whole_text_is_the_message_as_user_notice() -> None:
+    record = encode(b"no pri \xff here")
+    assert message_fields(record) == {
+        "timestamp": None,
+        "hostname": None,
+        "app_name": None,
+        "procid": None,
+        "msgid": None,
+        "facility": "user",
+        "facility_code": 1,
+        "severity": "notice",
+        "severity_code": 5,
+        "structured_data": {},
+        "message": "no pri \ufffd here",
+        "message_base64": base64.b64encode(b"no pri \xff here").decode(),
+    }
+
+
+def test_invalid_utf8_is_kept_exactly_with_its_bom() -> None:
+    msg = BOM + b"caf\xc3\xa9 \xc3(\x00"
+    record = encode(b"<13>1 - - - - - - " + msg)
+    assert record["message"] == "caf\u00e9 \ufffd(\x00"
+    assert base64.b64decode(str(record["message_base64"])) == msg
+    assert decode_record(record) == b"<13>1 - - - - - - " + msg
+
+
+@pytest.mark.parametrize(
+    ("stamp", "json_time"),
+    [
+        (b"2026-12-01T13:22:27Z", "2026-12-01T13:22:27.000000Z"),
+        (b"2026-12-01T13:22:27.5+01:30", "2026-12-01T11:52:27.500000Z"),
+        (b"2026-12-31T23:59:59.999999-00:30", "2027-01-01T00:29:59.999999Z"),
+        # UTC would be year 0: the offset is kept, still RFC 3339.
+        (b"0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00.000000+01:00"),
+        (b"9999-12-31T23:30:00-01:00", "9999-12-31T23:30:00.000000-01:00"),
+    ],
+)
+def test_timestamps_in_utc_with_microseconds(stamp: bytes, json_time: str) -> None:
+    record = encode(b"<13>1 " + stamp + b" - - - - -")
+    assert record["timestamp"] == json_time
+    assert encode(decode_record(record)) == record
+
+
+@pytest.mark.parametrize(
+    ("peer", "source"),
+    [
+        ("192.0.2.1:514", "192.0.2.1"),
+        ("[::1]:6514", "::1"),
+        ("/run/relay/log.sock", "/run/relay/log.sock"),
+        ("", None),
+    ],
+)
+def test_source_is_the_peer_without_port(peer: str, source: str | None) -> None:
+    assert encode(b"<13>x", peer=peer)["source"] == source
+
+
+def test_credentials_only_when_the_kernel_gave_them() -> None:
+    assert not {"pid", "uid", "gid"} & encode(b"<13>x").keys()
+    assert {k: encode(b"<13>x", creds=(1, 2, 3))[k] for k in ("pid", "uid", "gid")} == {
+        "pid": 1,
+        "uid": 2,
+        "gid": 3,
+    }
+
+
+def test_enrichment_only_what_is_configured() -> None:
+    assert not {"host", "labels"} & encode(b"<13>x", JsonOptions(Enrichment())).keys()
+    record = encode(b"<13>x", JsonOptions(Enrichment(labels={"team": "db"})))
+    assert "host" not in record
+    assert record["labels"] == {"team": "db"}
+
+
+# --- parse_message ----------------------------------------------------------------------
+
+APP = JsonOptions(parse_message="app")
+
+
+def test_parse_message_puts_a_json_object_under_its_key() -> None:
+    text = b' {"user": "ann", "n": [1, 2.5], "message": "not relay\'s", "x": {"y": null}}'
+    record = encode(b"<13>1 - host app - - - " + text, APP)
+    assert record["app"] == {
+        "user": "ann",
+        "n": [1, 2.5],
+        "message": "not relay's",
+        "x": {"y": None},
+    }
+    assert record["message"] == text.decode()  # relay's own fields are untouched
+    assert record["hostname"] == "host"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"[1, 2]", b'"a string"', b"{not json", b"{}x", b"plain", b"\xff{}", b"{" * 300 + b"}" * 300],
+)
+def test_parse_message_leaves_out_what_is_not_an_object(text: bytes) -> None:
+    record = encode(b"<13>1 - - - - - - " + text, APP)
+    assert "app" not in record
+    assert record == encode(b"<13>1 - - - - - - " + text)
+
+
+def test_parse_message_deeper_than_the_encoder_goes_is_left_out() -> None:
+    # orjson reads 1024 levels but writes 254: never a failed batch for it.
+    text = b'{"a":' * 300 + b"1" + b"}" * 300
+    record = encode(b"<13>1 - - - - - - " + text, APP)
+    assert "app" not in record
+    assert record["message"] == text.decode()
+
+
+@pytest.mark.parametrize("key", [*sorted(FIELDS), ""])
+def test_parse_message_cannot_take_a_field_of_relay(key: str) -> None:
+    with pytest.raises(ValueError, match="parse_message"):
+        JsonOptions(parse_message=key)
+
+
+# --- decode_record ----------------------------------------------------------------------
+
+
+def test_decode_minimal_record_is_user_notice() -> None:
+    assert decode_record({}) == b"<13>1 - - - - - -"
+    assert decode_record({"message": "hello"}) == b"<13>1 - - - - - - hello"
+
+
+def test_decode_ignores_the_receivers_fields() -> None:
+    record = encode(RFC5424_EXAMPLE, APP, creds=(1, 2, 3), peer="192.0.2.1:1")
+    assert decode_record(record) == decode_record(message_fields(record))
+
+
+def test_decode_keeps_a_leading_u_feff_of_the_text() -> None:
+    raw = decode_record({"message": "\ufeffx"})
+    assert raw == b"<13>1 - - - - - - " + BOM + BOM + b"x"
+    assert encode(raw)["message"] == "\ufeffx"
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ([], "expected a JSON object, got an array"),
+        ("text", "expected a JSON object, got a string"),
+        (None, "expected a JSON object, got null"),
+        ({"hostname": 3}, "hostname: expected a string or null, got a number"),
+        ({"hostname": "my host"}, "HOSTNAME must be 1-255 PRINTUSASCII"),
+        ({"msgid": "m" * 33}, "MSGID must be 1-32 PRINTUSASCII"),
+        ({"timestamp": "yesterday"}, "timestamp: not RFC 3339"),
+        ({"timestamp": 1764600000}, "timestamp: expected an RFC 3339 string, got a number"),
+        ({"facility": "nope"}, "facility: expected a name such as 'user'"),
+        ({"severity_code": 8}, "severity_code: expected an integer 0-7"),
+        ({"severity_code": True}, "severity_code: expected an integer 0-7"),
+        ({"facility": "user", "facility_code": 3}, "facility 'user' and facility_code 3 disagree"),
+        ({"structured_data": []}, "structured_data: expected an object, got an array"),
+        ({"structured_data": {"a": 1}}, "structured_data.a: expected an object"),
+        ({"structured_data": {"a": {"p": 1}}}, "structured_data.a.p: expected a string or an"),
+        ({"structured_data": {"a b": {}}}, "SD-ID must be 1-32 SD-NAME octets"),
+        ({"message": {"a": 1}}, "message: expected a string, got an object"),
+        ({"message": "\udc80"}, "message: not encodable as UTF-8"),
+        ({"message_base64": "@@"}, "message_base64: not base64"),
+    ],
+)
+def test_decode_refuses_with_a_short_reason(record: object, reason: str) -> None:
+    with pytest.raises(ParseError) as info:
+        decode_record(record)
+    assert str(info.value).startswith(reason)
+    assert "\n" not in str(info.value)
+
+
+def test_decode_either_name_or_code() -> None:
+    assert decode_record({"facility": "local7", "severity": "debug"}) == b"<191>1 - - - - - -"
+    assert decode_record({"facility_code": 23, "severity_code": 7}) == b"<191>1 - - - - - -"
+
+
+def test_loads_bad_json_is_a_parse_error() -> None:
+    assert loads(b'{"a": 1}') == {"a": 1}
+    with pytest.raises(ParseError, match=r"^not JSON"):
+        loads(b'{"a": ')
