@@ -155,6 +155,15 @@ class HttpOutput(Output):
         self._sent_token = ""  # the token the last request carried
 
     async def open(self) -> None:
+        tls = self.config.tls
+        if tls is not None and tls.permitted_peers:
+            # httpx checks the server's name against the URL only; an allow-list
+            # checked after the handshake would come after the request was sent.
+            raise StartupError(
+                f"output {self.name}: permitted_peers of [tls.{self.config.tls_name}] is not "
+                "supported by https:// outputs: the server's certificate must name the "
+                "URL's host"
+            )
         await super().open()
         if self.token is not None:
             try:
