@@ -421,7 +421,10 @@ class HttpOutput(Output):
         self.counters.add("requests")
         if not 200 <= response.status_code < 300:
             self._unsure -= len(records)
-        return response.status_code, response.headers, response.content
+        answer = response.content
+        if not _textual(response.headers.get("content-type", "")):
+            answer = b""  # an HTML error page says no more than its status
+        return response.status_code, response.headers, answer
 
     def _resending(self, count: int) -> None:
         self.counters.add("resent", count)
@@ -558,6 +561,11 @@ def _reason(exc: BaseException) -> str:
         return f"connection closed: {exc}"
     text = str(exc)
     return text or type(exc).__name__
+
+
+def _textual(content_type: str) -> bool:
+    kind = content_type.split(";")[0].strip().lower()
+    return kind.endswith(("json", "/plain")) or kind == ""
 
 
 def _excerpt(answer: bytes) -> str:
