@@ -29,6 +29,7 @@ import collections
 import logging
 import os
 import random
+import ssl
 import stat
 import time
 import zlib
@@ -58,6 +59,8 @@ from relay.policy.targets import (
 )
 from relay.protocol import jsonform
 from relay.protocol.httpbody import body_for, bulk_errors
+from relay.tls.failures import classify_handshake_error
+from relay.tls.stream import count_failure
 
 log = logging.getLogger("relay.output")
 
@@ -412,7 +415,7 @@ class HttpOutput(Output):
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             self._unsure -= len(records)  # never reached the server
             await self._drop_client(index)
-            return exc
+            return self._handshake_failure(index, exc) or exc
         except (httpx.HTTPError, OSError) as exc:
             self._unsure -= len(records)
             self._resending(len(records))  # the answer is lost, not the request
@@ -425,6 +428,26 @@ class HttpOutput(Output):
         if not _textual(response.headers.get("content-type", "")):
             answer = b""  # an HTML error page says no more than its status
         return response.status_code, response.headers, answer
+
+    def _handshake_failure(self, index: int, exc: BaseException) -> BaseException | None:
+        """A failed TLS handshake, classified and counted as for tls:// outputs
+        (tls_failures); None for any other failure."""
+        profile = self.config.tls
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ssl.SSLError):
+            cause = cause.__cause__ or cause.__context__
+        if profile is None or cause is None:
+            return None
+        endpoint = self.targets.endpoint(index)
+        failure = classify_handshake_error(
+            cause,
+            role="client",
+            peer=endpoint.address,
+            profile=profile,
+            expected_name=endpoint.host,
+        )
+        count_failure(self.counters, failure)
+        return HttpStatusError(failure.line)
 
     def _resending(self, count: int) -> None:
         self.counters.add("resent", count)
@@ -553,6 +576,8 @@ class HttpOutput(Output):
 
 def _reason(exc: BaseException) -> str:
     """One line for a failed request."""
+    if isinstance(exc, HttpStatusError):
+        return str(exc)
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     if isinstance(exc, httpx.ConnectError):

@@ -349,3 +349,29 @@ def test_token_file_readable_by_others_is_refused_at_start(tmp_path: Path) -> No
         f"relay: error: output api: token_file {token}: readable by others (mode 0644); "
         "chmod 600 it"
     ]
+
+
+def test_a_server_certificate_of_another_ca_is_a_counted_tls_failure(
+    tmp_path: Path, certs: tuple[CertFiles, CertFiles]
+) -> None:
+    """nginx presents a certificate relay's CA did not sign: one line naming
+    the reason, tls_failures counted, nothing delivered nor lost."""
+    _, client = certs
+    stranger = CertificateAuthority.create(tmp_path / "other", "Another CA").issue("localhost")
+    write_token(tmp_path / "token", TOKEN)
+    tcp_port = free_port()
+    with (
+        Recorder() as recorder,
+        Nginx(tmp_path / "nginx", server=stranger, backend=recorder.port, token=TOKEN) as nginx,
+    ):
+        config = relay_config(tmp_path, nginx.url, client, tcp_port=tcp_port)
+        with start_relay(tmp_path, config, tcp_port) as relay:
+            relay_send(tcp_port, 10, size=200)
+            wait_logged(relay, "TLS client handshake with localhost:")
+            assert relay.terminate() == 0
+        counters = relay_counters(relay.log(), "output", "api")
+        spool = relay_counters(relay.log(), "spool", "api")
+    assert "failed (unknown CA)" in relay.log(), relay.log_tail()
+    assert counters["tls_failures"] >= 1
+    assert recorder.requests == 0
+    assert spool["saved_at_stop"] == 10
