@@ -375,3 +375,31 @@ def test_a_server_certificate_of_another_ca_is_a_counted_tls_failure(
     assert counters["tls_failures"] >= 1
     assert recorder.requests == 0
     assert spool["saved_at_stop"] == 10
+
+
+def test_failover_to_the_second_target_and_back(tmp_path: Path) -> None:
+    """targets = [A, B]: with A down everything goes to B; once A is back the
+    traffic returns to it. Every seq once, in all."""
+    tcp_port = free_port()
+    first = Recorder(free_port())
+    with Recorder() as second:
+        config = plain_config(tmp_path, second.port, tcp_port, "")
+        text = config.read_text().replace(
+            f'url = "http://127.0.0.1:{second.port}/ingest"',
+            f'targets = ["http://127.0.0.1:{first.port}/ingest", '
+            f'"http://127.0.0.1:{second.port}/ingest"]',
+        )
+        config.write_text(text)
+        with start_relay(tmp_path, config, tcp_port) as relay:
+            relay_send(tcp_port, 1000, size=200)
+            wait_until(lambda: second.counted() == 1000, 30, message=relay.log_tail)
+            wait_logged(relay, "failing over from http://127.0.0.1:")
+            with first:
+                start = 1000
+                while not first.counted():  # a batch at a time until A takes them
+                    start = burst(tcp_port, 100, start)
+                    wait_until(lambda n=start: first.counted() + second.counted() >= n, 30)
+                wait_logged(relay, "back on http://127.0.0.1:")
+                assert relay.terminate() == 0
+    seqs = first.seqs + second.seqs
+    assert set(seqs) == set(range(start)) and all(n == 1 for n in seqs.values())
