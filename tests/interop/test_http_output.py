@@ -377,6 +377,10 @@ def test_a_server_certificate_of_another_ca_is_a_counted_tls_failure(
     assert spool["saved_at_stop"] == 10
 
 
+def wait_all_of(count: int, *recorders: Recorder) -> None:
+    wait_until(lambda: sum(r.counted() for r in recorders) >= count, 30)
+
+
 def test_failover_to_the_second_target_and_back(tmp_path: Path) -> None:
     """targets = [A, B]: with A down everything goes to B; once A is back the
     traffic returns to it. Every seq once, in all."""
@@ -398,7 +402,7 @@ def test_failover_to_the_second_target_and_back(tmp_path: Path) -> None:
                 start = 1000
                 while not first.counted():  # a batch at a time until A takes them
                     start = burst(tcp_port, 100, start)
-                    wait_until(lambda n=start: first.counted() + second.counted() >= n, 30)
+                    wait_all_of(start, first, second)
                 wait_logged(relay, "back on http://127.0.0.1:")
                 assert relay.terminate() == 0
     seqs = first.seqs + second.seqs
