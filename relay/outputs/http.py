@@ -303,7 +303,9 @@ class HttpOutput(Output):
                     self.last_error = ""
                 tried.clear()
                 continue
-            error = HttpStatusError(f"{self._url(index)} answered {status}{_excerpt(answer)}")
+            # Without the answer's text: one that varies (a request id) would make
+            # every attempt a new reason, logged (the delivery loop logs changes).
+            error = HttpStatusError(f"{self._url(index)} answered {status}")
             if found is Verdict.RETRY:
                 if status == 429:
                     self.counters.add("throttled")
