@@ -34,7 +34,9 @@ ENDPOINT_HELP = (
     "(local sockets: inputs), file:///PATH or "
     "file:- for standard output (outputs), tls://HOST[:PORT] (default port 6514) and "
     "relp+tls://HOST:PORT (outputs here, checked against the system's CAs; a TLS "
-    "input needs a certificate, so a config file: relay.toml(5))."
+    "input needs a certificate, so a config file: relay.toml(5)), "
+    "http://HOST[:PORT]/PATH and https://HOST[:PORT]/PATH (default ports 80 and 443: "
+    "outputs to an ingestion API, JSON records)."
 )
 
 
