@@ -52,13 +52,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
 
 from relay.errors import LocalProtocolError, ParseError
-from relay.protocol import rfc5424
+from relay.protocol import rfc3164, rfc5424
 from relay.protocol.detect import parse_any
 from relay.protocol.syslog import Facility, SDElement, Severity, SyslogMessage
 
@@ -190,16 +191,16 @@ def encode_batch(
     options: JsonOptions,
 ) -> list[bytes]:
     """One JSON object (bytes, no newline) per message, in order. Never raises on any bytes."""
-    common = _common(received, peer, input, creds, options)
-    now = datetime.fromtimestamp(received, UTC)
+    # What the messages share is encoded once and spliced after each one's own fields.
+    shared = b"," + orjson.dumps(_common(received, peer, input, creds, options))[1:]
+    fields = _Fields(datetime.fromtimestamp(received, UTC))
     key = options.parse_message
     out: list[bytes] = []
     for raw in messages:
-        record = message_fields(raw, now=now)
-        record.update(common)
+        record = fields.read(raw)
         if key is not None:
             _add_parsed(record, key)
-        out.append(_dumps(record, key))
+        out.append(_dumps(record, key)[:-1] + shared)
     return out
 
 
@@ -208,26 +209,214 @@ def message_fields(raw: bytes, *, now: datetime) -> dict[str, object]:
 
     ``now`` is the receive time, for the year of a BSD timestamp.
     """
-    try:
-        parsed = parse_any(raw, now=now)
-    except ParseError:
-        return _unparsed(raw)
-    facility, severity = parsed.facility, parsed.severity
-    timestamp = parsed.timestamp
-    record: dict[str, object] = {
-        "timestamp": None if timestamp is None else format_time(timestamp),
-        "hostname": _header(parsed.hostname),
-        "app_name": _header(parsed.app_name),
-        "procid": _header(parsed.procid),
-        "msgid": _header(parsed.msgid),
-        "facility": _FACILITY_NAMES[facility],
-        "facility_code": int(facility),
-        "severity": _SEVERITY_NAMES[severity],
-        "severity_code": int(severity),
-        "structured_data": _structured_data(parsed.structured_data),
+    return _Fields(now).read(raw)
+
+
+# The PRI of each valid PRIVAL as written after "<" (no leading zero, RFC 5424
+# §6.2.1), and the fields it stands for.
+_PRI_FIELDS = {
+    b"%d" % pri: {
+        "facility": _FACILITY_NAMES[pri >> 3],
+        "facility_code": pri >> 3,
+        "severity": _SEVERITY_NAMES[pri & 7],
+        "severity_code": pri & 7,
     }
-    _add_message(record, parsed.msg)
-    return record
+    for pri in range(192)
+}
+_PRI_5424 = {b"<" + text + b">1": pri for text, pri in _PRI_FIELDS.items()}
+# A header field is PRINTUSASCII (RFC 5424 §6): these and SP deleted from the
+# four fields, nothing is left.
+_PRINTUSASCII_SP = bytes(range(32, 127))
+# RFC 3164 TAG, TAG[PID] or Snare's TAG<TAB>, as rfc3164._match_tag reads it.
+_TAG_CLASS = rb"[-A-Za-z0-9_./@()]"
+_TAG = re.compile(
+    rb"(%s{1,%d})(?!%s)(?:\t|(?:\[([0-9]{1,%d})\])?:(?: |\Z))"
+    % (_TAG_CLASS, rfc3164.MAX_TAG, _TAG_CLASS, rfc3164.MAX_PID)
+)
+
+
+class _Fields:
+    """Reads the message fields of the messages of one batch.
+
+    The common shapes take a fast path that reads what the parsers would
+    (``<PRI>1`` with a valid header and STRUCTURED-DATA; ``<PRI>Mmm dd
+    hh:mm:ss [HOST ]TAG: ``), with what repeats in a batch (a timestamp's
+    seconds, a host word) worked out once per batch. Anything else, and
+    anything the fast path doubts, goes to :func:`relay.protocol.detect.parse_any`.
+    tests/protocol/test_jsonform.py checks that both read the same.
+    """
+
+    __slots__ = ("hosts", "now", "seconds", "stamps")
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.seconds: dict[tuple[bytes, bytes], str | None] = {}  # RFC 5424 TIMESTAMP
+        self.stamps: dict[bytes, str | None] = {}  # a BSD timestamp and its SP
+        self.hosts: dict[bytes, bool] = {}
+
+    def read(self, raw: bytes) -> dict[str, object]:
+        parts = raw.split(b" ", 7)
+        record = self._rfc5424(raw, parts) if parts[0] in _PRI_5424 else self._rfc3164(raw)
+        return self._parsed(raw) if record is None else record
+
+    def _rfc5424(self, raw: bytes, parts: list[bytes]) -> dict[str, object] | None:
+        if len(parts) < 7:
+            return None
+        pri, stamp, host, app, proc, msgid, sd = parts[:7]
+        if not (
+            0 < len(host) <= rfc5424.MAX_HOSTNAME
+            and 0 < len(app) <= rfc5424.MAX_APP_NAME
+            and 0 < len(proc) <= rfc5424.MAX_PROCID
+            and 0 < len(msgid) <= rfc5424.MAX_MSGID
+        ):
+            return None
+        # HOSTNAME to MSGID in one go: PRINTUSASCII with their SPs, four fields.
+        start = len(pri) + len(stamp) + 2
+        sd_start = start + len(host) + len(app) + len(proc) + len(msgid) + 4
+        header = raw[start : sd_start - 1]
+        if header.translate(None, _PRINTUSASCII_SP):
+            return None
+        fields: list[str | None] = header.decode("ascii").split(" ")  # type: ignore[assignment]
+        for index, value in enumerate(fields):
+            if value == "-":
+                fields[index] = None
+        timestamp = self._timestamp_5424(stamp)
+        if timestamp is False:
+            return None
+        if sd == b"-":
+            structured_data: dict[str, dict[str, str | list[str]]] = {}
+            msg = parts[7] if len(parts) == 8 else b""
+        elif sd[:1] == b"[":
+            try:
+                elements, end = rfc5424._parse_structured_data(raw, sd_start)
+            except ParseError:
+                return None
+            if end < len(raw) and raw[end] != 0x20:
+                return None
+            structured_data = _structured_data(elements)
+            msg = raw[end + 1 :]
+        else:
+            return None
+        record: dict[str, object] = {
+            "timestamp": timestamp,
+            "hostname": fields[0],
+            "app_name": fields[1],
+            "procid": fields[2],
+            "msgid": fields[3],
+            **_PRI_FIELDS[pri[1:-2]],
+            "structured_data": structured_data,
+        }
+        _add_message(record, msg)
+        return record
+
+    def _timestamp_5424(self, text: bytes) -> str | bool | None:
+        """The TIMESTAMP in UTC, None for the NILVALUE, False when unsure."""
+        if text == b"-":
+            return None
+        # YYYY-MM-DDThh:mm:ss[.1*6DIGIT](Z|+hh:mm): the seconds and the offset
+        # (checked by the strict parser, once per batch), then the fraction.
+        if text[-1:] == b"Z":
+            key = (text[:19], b"Z")
+            fraction = text[20:-1]
+        else:
+            key = (text[:19], text[-6:])
+            fraction = text[20:-6]
+        utc = self.seconds.get(key, False)
+        if utc is False:
+            utc = self.seconds[key] = _utc_seconds(key[0] + key[1])
+        if utc is None:
+            return False
+        if fraction:
+            if text[19] != 0x2E or len(fraction) > 6 or not fraction.isdigit():
+                return False
+            return f"{utc}.{fraction.decode():0<6}Z"
+        if len(text) != 19 + len(key[1]):
+            return False
+        return f"{utc}.000000Z"
+
+    def _rfc3164(self, raw: bytes) -> dict[str, object] | None:
+        close = raw.find(b">", 1, 5)
+        pri = _PRI_FIELDS.get(raw[1:close]) if raw[:1] == b"<" else None
+        if pri is None:
+            return None
+        stamp = raw[close + 1 : close + 17]
+        timestamp = self.stamps.get(stamp, False)
+        if timestamp is False:
+            timestamp = self.stamps[stamp] = self._bsd_timestamp(stamp)
+        if timestamp is None:
+            return None
+        pos = close + 17
+        hostname = None
+        tag = None
+        space = raw.find(b" ", pos)
+        if space != -1:
+            word = raw[pos:space]
+            is_host = self.hosts.get(word)
+            if is_host is None:
+                is_host = self.hosts[word] = rfc3164._is_host(word)
+            if is_host:
+                tag = _TAG.match(raw, space + 1)
+                if tag is not None:
+                    hostname = word.decode("ascii")
+        if tag is None:
+            tag = _TAG.match(raw, pos)
+        app_name = procid = None
+        if tag is not None:
+            app_name, pid = tag.groups()
+            app_name = None if app_name == b"-" else app_name.decode("ascii")
+            procid = None if pid is None else pid.decode("ascii")
+            pos = tag.end()
+        record: dict[str, object] = {
+            "timestamp": timestamp,
+            "hostname": hostname,
+            "app_name": app_name,
+            "procid": procid,
+            "msgid": None,
+            **pri,
+            "structured_data": {},
+        }
+        _add_message(record, raw[pos:])
+        return record
+
+    def _bsd_timestamp(self, stamp: bytes) -> str | None:
+        """``Mmm dd hh:mm:ss`` and SP, in UTC; None for any other 16 octets.
+
+        The parser reads no octet past the SP after such a timestamp, so the
+        result holds for every message that starts with the same 16 octets.
+        """
+        found = rfc3164._parse_bsd_timestamp(stamp, 0, self.now)
+        if found is None or found[1] != 15 or stamp[15:] != b" ":
+            return None
+        return format_time(found[0])
+
+    def _parsed(self, raw: bytes) -> dict[str, object]:
+        """The slow path: relay's parser, for every message."""
+        try:
+            parsed = parse_any(raw, now=self.now)
+        except ParseError:
+            return _unparsed(raw)
+        timestamp = parsed.timestamp
+        record: dict[str, object] = {
+            "timestamp": None if timestamp is None else format_time(timestamp),
+            "hostname": _header(parsed.hostname),
+            "app_name": _header(parsed.app_name),
+            "procid": _header(parsed.procid),
+            "msgid": _header(parsed.msgid),
+            **_PRI_FIELDS[b"%d" % parsed.pri],
+            "structured_data": _structured_data(parsed.structured_data),
+        }
+        _add_message(record, parsed.msg)
+        return record
+
+
+def _utc_seconds(text: bytes) -> str | None:
+    """An RFC 5424 TIMESTAMP without fraction as UTC seconds, None if not valid or
+    outside years 1-9999 in UTC (the slow path writes those)."""
+    try:
+        utc = rfc5424.parse_timestamp(text).astimezone(UTC)
+    except (ParseError, OverflowError):
+        return None
+    return utc.replace(tzinfo=None).isoformat()
 
 
 def _header(value: str | None) -> str | None:
@@ -241,10 +430,7 @@ def _unparsed(raw: bytes) -> dict[str, object]:
         "app_name": None,
         "procid": None,
         "msgid": None,
-        "facility": _DEFAULT_FACILITY.name,
-        "facility_code": int(_DEFAULT_FACILITY),
-        "severity": _DEFAULT_SEVERITY.name,
-        "severity_code": int(_DEFAULT_SEVERITY),
+        **_PRI_FIELDS[b"%d" % (_DEFAULT_FACILITY * 8 + _DEFAULT_SEVERITY)],
         "structured_data": {},
     }
     _add_message(record, raw)

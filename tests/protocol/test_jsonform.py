@@ -18,6 +18,7 @@ from relay.protocol.jsonform import (
     FIELDS,
     Enrichment,
     JsonOptions,
+    _Fields,
     decode_record,
     encode_batch,
     loads,
@@ -59,7 +60,10 @@ def encode(raw: bytes, options: JsonOptions = PLAIN, **kwargs: object) -> dict[s
 
 
 def rfc3339_utc(when: datetime) -> str:
-    utc = when.astimezone(UTC)
+    try:
+        utc = when.astimezone(UTC)
+    except OverflowError:  # UTC would be year 0 or 10000: the offset is kept
+        return when.isoformat(timespec="microseconds")
     return (
         f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
         f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
@@ -119,9 +123,147 @@ _rfc5424 = st.tuples(_5424_messages, _msgs).map(
 _rfc3164 = st.tuples(_bsd_messages, _msgs).map(
     lambda pair: rfc3164.format(dataclasses.replace(pair[0], msg=pair[1]))
 )
+# One to three octets of a well-formed message replaced, inserted or removed: the
+# edges where a fast path must give up to the parser (a bad octet in a header
+# field, an empty one, a timestamp one digit short...).
+_mutated = st.tuples(
+    _rfc5424 | _rfc3164,
+    st.integers(0, 80),
+    st.integers(0, 3),
+    st.binary(max_size=3) | st.sampled_from([b" ", b"-", b"[", b"]", b'"', b"\\", b":", b"."]),
+).map(lambda t: t[0][: t[1]] + t[3] + t[0][t[1] + t[2] :])
+
+
+# Messages built part by part, each part either well-formed or one of the ways
+# it goes wrong, at most one wrong part per message: where a fast path must give
+# the message up to the parser (an empty or over-long header field, a bad octet,
+# a timestamp one character off, a TAG one octet too long...).
+_printable = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=8)
+_controls = st.sampled_from([b"\x7f", b"\x00", b"\x1f", b"\xc3\xa9", b"\x80", b" "])
+
+
+def _field(limit: int) -> tuple[st.SearchStrategy[bytes], st.SearchStrategy[bytes]]:
+    good = _printable.map(str.encode) | st.sampled_from([b"-", b"a" * limit, b"a]", b'a"'])
+    bad = st.sampled_from([b"", b"a" * (limit + 1)]) | st.tuples(good, _controls).map(b"".join)
+    return good, bad
+
+
+def _choices(*items: bytes) -> st.SearchStrategy[bytes]:
+    return st.sampled_from(items)
+
+
+_PARTS_5424 = (
+    (_choices(b"<13>1", b"<0>1", b"<191>1"), _choices(b"<192>1", b"<013>1", b"<13>2", b"<13>")),
+    (
+        _choices(
+            *(b"-", b"2026-11-23T10:00:00Z", b"2026-11-23T10:00:00.5Z", b"0001-01-01T00:00:00Z"),
+            *(
+                b"2026-11-23T10:00:00.123456Z",
+                b"2026-11-23T10:00:00+01:30",
+                b"2026-11-23T10:00:00+00:00",
+            ),
+            *(b"2026-11-23T10:00:00.25-00:00", b"9999-12-31T23:59:59.9-01:00"),
+            b"0001-01-01T00:00:00+01:00",  # valid, but year 0 in UTC
+        ),
+        _choices(
+            *(b"2026-11-23T10:00:00.Z", b"2026-11-23T10:00:00.1234567Z", b"2026-11-23T10:00:00z"),
+            *(
+                b"2026-11-23T10:00:00+24:00",
+                b"2026-11-23T10:00:00+01:60",
+                b"2026-11-23T10:00:00+0100",
+            ),
+            *(b"2026-11-23T10:00:60Z", b"2026-02-30T10:00:00Z", b"0000-01-01T00:00:00Z"),
+            *(b"2026-11-23T10:00Z", b"2026-11-23T10:00:00.+01:00", b"2026-11-23T10:00:00Z+01:00"),
+            *(b"2026-11-23t10:00:00Z", b"\xd9\xa2026-11-23T10:00:00Z", b"2026-11-23T10:00:00.1a2Z"),
+            *(b"2026-11-23T10:00:00.5", b"2026-11-23T10:00:00", b""),
+        ),
+    ),
+    _field(rfc5424.MAX_HOSTNAME),
+    _field(rfc5424.MAX_APP_NAME),
+    _field(rfc5424.MAX_PROCID),
+    _field(rfc5424.MAX_MSGID),
+    (
+        _choices(b"-", b"[a]", b'[a b="c"][d e="\\]" e="x"]', b'[a b="\xc3\xa9"]'),
+        _choices(b"-x", b"[a", b'[a b="c"]x', b"[a][a]", b"", b"[]", b'[a b="\xff"]', b"x"),
+    ),
+)
+_PARTS_3164 = (
+    (_choices(b"<13>", b"<0>", b"<191>"), _choices(b"<192>", b"<013>", b"13>", b"<13")),
+    (
+        _choices(
+            b"Nov 23 10:00:00 ", b"Nov  3 10:00:00 ", b"Nov 03 10:00:00 ", b"Dec 31 23:59:59 "
+        ),
+        _choices(
+            *(
+                b"Nov 3 10:00:00 ",
+                b"Nov 23 10:00:00: ",
+                b"Nov 23 10:00:00.123 ",
+                b"nov 23 10:00:00 ",
+            ),
+            *(
+                b"Nov 23 2026 10:00:00 ",
+                b"Feb 29 10:00:00 ",
+                b"Nov 31 10:00:00 ",
+                b"Nov 23 24:00:00 ",
+            ),
+            *(
+                b"Nov 23 10:00:0 ",
+                b"2026-11-23T10:00:00Z ",
+                b"Nov 23 10:00:00\t",
+                b"Nov 23 10:00:00",
+            ),
+            *(b"Nov 23 10:00:00  ", b"Nov 3 10:00:00  ", b"Jan  1 00:00:00 ", b""),
+        ),
+    ),
+    (
+        _choices(b"", b"host ", b"web1.example.net ", b"::1 ", b"10.0.0.1 ", b"h" * 63 + b" "),
+        _choices(b"1.2.3.999 ", b"a_b ", b"-a ", b"h" * 64 + b" ", (b"a" * 60 + b".") * 5 + b" "),
+    ),
+    (
+        _choices(b"su: ", b"su:", b"su[12]: ", b"-: ", b"a" * 48 + b": ", b"postfix/smtpd[7]: "),
+        _choices(
+            *(
+                b"su[]: ",
+                b"su[1a]: ",
+                b"su:x",
+                b"su\t",
+                b"a" * 49 + b": ",
+                b"su [1]: ",
+                b"%LINK-3: ",
+            ),
+            *(b"su[" + b"1" * 128 + b"]: ", b"su[" + b"1" * 129 + b"]: ", b"su[12]:x", b""),
+        ),
+    ),
+)
+
+
+@st.composite
+def _one_part_wrong(
+    draw: st.DrawFn, parts: tuple[tuple[st.SearchStrategy[bytes], ...], ...]
+) -> list[bytes]:
+    wrong = draw(st.integers(-1, len(parts) - 1))
+    return [draw(bad if index == wrong else good) for index, (good, bad) in enumerate(parts)]
+
+
+_header_5424 = st.tuples(_one_part_wrong(_PARTS_5424), st.none() | _msgs).map(
+    lambda t: b" ".join(t[0]) + (b"" if t[1] is None else b" " + t[1])
+)
+_header_3164 = st.tuples(_one_part_wrong(_PARTS_3164), _msgs).map(lambda t: b"".join(t[0]) + t[1])
+
+
+@settings(max_examples=2000)
+@given(_header_5424 | _header_3164)
+def test_the_fast_paths_read_what_the_parser_reads(raw: bytes) -> None:
+    now = datetime.fromtimestamp(RECEIVED, UTC)
+    assert _Fields(now).read(raw) == _Fields(now)._parsed(raw)
+
+
 _raw_messages = st.one_of(
     _rfc5424,
     _rfc3164,
+    _mutated,
+    _header_5424,
+    _header_3164,
     st.binary(max_size=120),  # garbage: mostly no PRI at all
     st.tuples(st.integers(0, 191), st.binary(max_size=80)).map(lambda t: b"<%d>%s" % t),
     st.tuples(st.integers(0, 191), st.binary(max_size=80)).map(lambda t: b"<%d>1 %s" % t),
