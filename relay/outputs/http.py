@@ -249,6 +249,10 @@ class HttpOutput(Output):
         batch_max_bytes of body (at least one record each)."""
         most, room = self.settings.batch_max_messages, self.settings.batch_max_bytes
         extra = BULK_OVERHEAD + 1 if self.settings.body == "es_bulk" else 1
+        if not records:
+            return []
+        if len(records) <= most and sum(map(len, records)) + extra * len(records) <= room:
+            return [(0, len(records))]  # the common case, without a loop in Python
         cuts = []
         start = size = 0
         for i, record in enumerate(records):

@@ -69,5 +69,7 @@ def test_a_take_is_cut_by_messages_and_by_bytes(tmp_path: Path) -> None:
     assert by_count._requests(records) == [(0, 4), (4, 8), (8, 10)]
     by_bytes = output(tmp_path, batch_max_bytes=1024)  # 10 lines a request
     assert by_bytes._requests(records * 3) == [(0, 10), (10, 20), (20, 30)]
+    assert by_count._requests(records[:4]) == [(0, 4)]
+    assert by_count._requests([]) == []
     one_too_big = output(tmp_path, batch_max_bytes=1024)
     assert one_too_big._requests([b"y" * 5000, b"z"]) == [(0, 1), (1, 2)]
