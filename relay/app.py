@@ -285,7 +285,7 @@ class Relay:
             )
             names = local_kind.counter_names + limit_names
             counters = self.stats.counters("input", config.name, names)
-            creds_wanted = any(o.filter.by_creds for o in self.config.outputs)
+            creds_wanted = any(o.filter.by_creds or o.writes_json for o in self.config.outputs)
             local_input = local_kind(
                 config, self.router, counters, self.process_names, creds_wanted=creds_wanted
             )

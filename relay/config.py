@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.errors import ConfigError, ConfigErrors
+from relay.jsonsettings import JSON_KEYS, JsonSettings, json_settings
 from relay.policy import redact
 from relay.policy.filter import Filter
 from relay.policy.http import HTTP_KEYS, HttpSettings, http_settings
@@ -140,7 +141,7 @@ FILE_KEYS = (
     "fsync",
     "max_open_files",
 )
-FILE_FORMATS = ("lines", "octet-counted", "traditional", "rsyslog", "rfc5424")
+FILE_FORMATS = ("lines", "octet-counted", "traditional", "rsyslog", "rfc5424", "json")
 # {name} in a file:// path: per message (from the header, as rsyslog reads it)
 # or per batch (the rest; the date is the reception's, local time).
 PATH_PLACEHOLDERS = (
@@ -186,7 +187,7 @@ _COMMON_OUTPUT = (
 OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
     "tcp": (*_COMMON_OUTPUT, "targets", "mode"),
     "udp": _COMMON_OUTPUT,
-    "file": (*_COMMON_OUTPUT, "format", *FILE_KEYS),
+    "file": (*_COMMON_OUTPUT, "format", *FILE_KEYS, *JSON_KEYS),
     "relp": (*_COMMON_OUTPUT, "window"),
     "tls": (*_COMMON_OUTPUT, "targets", "mode", "tls"),
     "relp+tls": (*_COMMON_OUTPUT, "window", "tls"),
@@ -368,10 +369,16 @@ class OutputConfig:
     http: HttpSettings | None = None  # http:// and https:// outputs
     filter: Filter = dataclasses.field(default_factory=Filter)  # which messages it takes
     redact: tuple[redact.Rule, ...] = ()  # applied in this order before the spool
+    json: JsonSettings = dataclasses.field(default_factory=JsonSettings)  # JSON outputs
 
     @property
     def all_targets(self) -> tuple[Endpoint, ...]:
         return self.targets or (self.endpoint,)
+
+    @property
+    def writes_json(self) -> bool:
+        """Whether it writes the JSON form, which carries the senders' credentials."""
+        return self.format == "json"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -931,8 +938,16 @@ class _Validator:
                 table, f"{key}.queue_max_bytes", _size(1024, 1 << 50), DEFAULT_MAX_BYTES
             ),
             retry_max=self.get(table, f"{key}.retry_max", _seconds, DEFAULT_RETRY_MAX),
-            format=self.get(table, f"{key}.format", _choice(FILE_FORMATS), "lines"),
+            format=(fmt := self.get(table, f"{key}.format", _choice(FILE_FORMATS), "lines")),
             file=self.file_settings(key, table, endpoint),
+            json=json_settings(
+                table,
+                key,
+                get=self.get,
+                error=self.error,
+                allowed=OUTPUT_KEYS[endpoint.scheme],
+                writes_json=endpoint.scheme != "file" or fmt == "json",
+            ),
             window=self.get(table, f"{key}.window", _count(1, 65536), DEFAULT_WINDOW),
             http=(
                 http_settings(

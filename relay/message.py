@@ -5,12 +5,15 @@ in one go, plus what all of them share (receive time, peer, input). Nothing is
 parsed on the way through; a forwarded message leaves byte-identical.
 
 :class:`Message` is the per-message view a feature asks for when it needs
-fields (a filter, a rate-limit key on HOSTNAME, a JSON output). It is made on
+fields (a filter, a rate-limit key on HOSTNAME). It is made on
 demand, never on the hot path, and parses lazily: ``pri`` costs a few byte
 operations, the full RFC 5424/3164 parse happens on the first ``parsed()``.
-Nothing in the relay asks for fields yet: the processing stage (filters,
-routes, rate limits, redaction) and JSON output will be the first callers,
-through ``Batch.__iter__``; until then the parsers are reached by tests only.
+The JSON form (relay/protocol/jsonform.py, for file ``format = "json"``
+and the other JSON outputs) is a caller of the parsers, but not of
+:class:`Message`: it reads a whole batch's ``messages`` at once, with a fast
+path for the common shapes and :func:`~relay.protocol.detect.parse_any` for
+the rest, so that no per-message object is made. Nothing in the relay makes
+a :class:`Message` yet.
 """
 
 from __future__ import annotations

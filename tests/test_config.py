@@ -770,7 +770,7 @@ def test_file_output_settings() -> None:
         ('url = "file:///x"\nfile_mode = 640', "file_mode", "octal digits in quotes"),
         ('url = "file:///x"\ndir_mode = "0999"', "dir_mode", "octal digits"),
         ('url = "file:///x/{host}.log"', "url", "unknown placeholder {host}"),
-        ('url = "file:///x"\nformat = "json"', "format", "must be one of"),
+        ('url = "file:///x"\nformat = "xml"', "format", "must be one of"),
         ('url = "file:///x"\nmax_open_files = 0', "max_open_files", "between 1 and"),
         ('url = "tcp://a:514"\nfsync = true', "fsync", "unknown setting"),
     ],

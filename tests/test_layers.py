@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "relay.policy.selector",
         "relay.policy.filter",
         "relay.policy.redact",
+        "relay.jsonsettings",
         "relay.policy.http",
     ),
     ("relay.config",),
@@ -46,6 +47,7 @@ PURE = (
     "relay.spool.settings",
     "relay.tls.profile",
     "relay.importer",
+    "relay.jsonsettings",
 )
 IMPURE = ("trio", "socket", "os", "time", "ssl", "select", "asyncio", "subprocess")
 

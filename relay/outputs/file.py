@@ -1,9 +1,10 @@
 """File output: append messages to local files (as rsyslog writes them), or to standard output.
 
 Formats: ``lines`` writes each message followed by LF, ``octet-counted``
-writes RFC 6587 frames that keep every byte unambiguous, and ``traditional``,
+writes RFC 6587 frames that keep every byte unambiguous, ``traditional``,
 ``rsyslog`` and ``rfc5424`` write what rsyslog's file templates write
-(relay/protocol/rsyslogfile.py).
+(relay/protocol/rsyslogfile.py), and ``json`` one JSON object per line
+(relay/protocol/jsonform.py, with the output's enrichment, read at ``open``).
 
 The path may hold ``{placeholders}`` (config.PATH_PLACEHOLDERS): a batch's
 messages are grouped by the path they go to, so the cost is one lookup per
@@ -43,8 +44,9 @@ from relay.message import Batch
 from relay.outputs.delivery import Output
 from relay.outputs.window import Flight
 from relay.policy.backoff import Backoff
-from relay.protocol import rsyslogfile
+from relay.protocol import jsonform, rsyslogfile
 from relay.protocol.framing import encode_lines, encode_octet_counted
+from relay.service.enrichment import json_options
 from relay.spool.spool import Spool
 from relay.stats import Counters
 
@@ -99,6 +101,7 @@ class FileOutput(Output):
         fmt = self.config.format
         self._encode = rsyslogfile.formatter(fmt) if fmt in rsyslogfile.FORMATS else None
         self._frame = encode_octet_counted if fmt == "octet-counted" else encode_lines
+        self._json: jsonform.JsonOptions | None = None  # format "json": set by open()
         self._hostname = local_hostname()
         # What is formatted and not yet written: per path, in order.
         self._buffers: dict[str, list[bytes]] = {}
@@ -121,6 +124,8 @@ class FileOutput(Output):
     # -- opening and closing ------------------------------------------------------
 
     async def open(self) -> None:
+        if self.config.format == "json":
+            self._json = json_options(self.config.json, output=self.name)
         path = self.config.endpoint.path
         if self.settings.dynamic or path == STDOUT:
             return
@@ -244,12 +249,22 @@ class FileOutput(Output):
             self._since = trio.current_time()
         encode = self._encode
         settings = self.settings
-        reception = self._reception(batch)
-        if settings.dynamic and not _BATCH_FIELDS.issuperset(settings.path[1::2]):
-            chunks = self._grouped(batch, reception, encode or self._one_framed)
+        per_message = settings.dynamic and not _BATCH_FIELDS.issuperset(settings.path[1::2])
+        if self._json is not None:
+            objects = self._json_objects(batch, self._json)
+            if per_message:
+                chunks = self._grouped(batch, [line + b"\n" for line in objects])
+            else:
+                data = b"\n".join(objects) + b"\n" if objects else b""
+                chunks = [(self._batch_path(batch), data)]
+        elif per_message:
+            reception = self._reception(batch)
+            encode = encode or self._one_framed
+            chunks = self._grouped(batch, [encode(raw, reception) for raw in batch.messages])
         elif encode is None:
             chunks = [(self._batch_path(batch), self._frame(batch.messages))]
         else:
+            reception = self._reception(batch)
             data = b"".join([encode(raw, reception) for raw in batch.messages])
             chunks = [(self._batch_path(batch), data)]
         for path, data in chunks:
@@ -259,14 +274,25 @@ class FileOutput(Output):
     def _one_framed(self, raw: bytes, reception: rsyslogfile.Reception) -> bytes:
         return self._frame([raw])
 
-    def _grouped(
-        self, batch: Batch, reception: rsyslogfile.Reception, encode: rsyslogfile.Formatter
-    ) -> list[tuple[str, bytes]]:
+    @staticmethod
+    def _json_objects(batch: Batch, options: jsonform.JsonOptions) -> list[bytes]:
+        return jsonform.encode_batch(
+            batch.messages,
+            received=batch.received,
+            peer=batch.peer,
+            input=batch.input,
+            creds=batch.creds,
+            options=options,
+        )
+
+    def _grouped(self, batch: Batch, lines: list[bytes]) -> list[tuple[str, bytes]]:
+        """The batch's formatted ``lines`` (one per message) grouped by the path
+        each message goes to."""
         groups: dict[str, list[bytes]] = {}
         values = self._batch_values(batch)
         parts = self.settings.path
-        hostname = reception.hostname
-        for raw in batch.messages:
+        hostname = peer_host(batch.peer, self._hostname).encode("utf-8", "replace")
+        for raw, line in zip(batch.messages, lines, strict=True):
             pri, host, app = rsyslogfile.path_fields(raw)
             for name in parts[1::2]:
                 if name == "hostname":
@@ -278,7 +304,6 @@ class FileOutput(Output):
                 elif name == "severity":
                     values[name] = _SEVERITIES[pri & 7] if pri is not None else "invld"
             path = _fill(parts, values)
-            line = encode(raw, reception)
             group = groups.get(path)
             if group is None:
                 groups[path] = [line]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import errno
+import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,9 +14,11 @@ import trio
 
 from relay.config import Endpoint, FileSettings, OutputConfig, split_path_template
 from relay.errors import StartupError
+from relay.jsonsettings import JsonSettings
 from relay.message import Batch
 from relay.outputs import delivery
 from relay.outputs.file import FileOutput, safe_component
+from relay.service import enrichment
 from relay.spool.spool import memory_spool
 from relay.stats import Counters
 from tests.waiting import await_until
@@ -173,3 +178,56 @@ async def test_a_buffered_batch_is_acked_only_once_written(tmp_path: Path) -> No
         nursery.cancel_scope.cancel()
     assert out.read_bytes() == b"one\ntwo\n"
     assert len(output.spool) == 0
+
+
+# -- format = "json" -------------------------------------------------------------------
+
+
+def make_json_output(path: str, settings: JsonSettings) -> FileOutput:
+    file = FileSettings(path=split_path_template(path))
+    config = OutputConfig(
+        "f", Endpoint("file", path=path), format="json", retry_max=0.05, file=file, json=settings
+    )
+    return FileOutput(config, memory_spool(), Counters("output", "f", delivery.COUNTERS))
+
+
+async def test_json_one_object_per_line_with_enrichment(tmp_path: Path) -> None:
+    settings = JsonSettings(host_fields=("name",), labels=(("env", "prod"),), parse_message="app")
+    output = make_json_output(str(tmp_path / "out.json"), settings)
+    messages = [b"<13>1 - web1 app - - - seq=%d" % i for i in range(5)]
+    messages.append(b'<14>Jan  5 10:11:12 web2 nginx[2]: {"seq": 5, "line\\nbreak": true}')
+    batch = Batch(messages, received=1_764_600_000.25, peer="10.0.0.9:514", input="tcp")
+    await deliver_all(output, [batch, Batch([b"seq=6 \xff"], received=0, creds=(7, 8, 9))])
+    lines = (tmp_path / "out.json").read_bytes().split(b"\n")
+    assert lines[-1] == b""  # every object ends in LF, and holds none
+    records = [json.loads(line) for line in lines[:-1]]
+    assert [r["message"] for r in records[:5]] == [f"seq={i}" for i in range(5)]
+    assert records[5]["app"] == {"seq": 5, "line\nbreak": True}
+    assert records[6]["message_base64"] == base64.b64encode(b"seq=6 \xff").decode()
+    assert [r["hostname"] for r in records] == ["web1"] * 5 + ["web2", None]
+    assert all(r["host"] == {"name": socket.gethostname()} for r in records)
+    assert all(r["labels"] == {"env": "prod"} for r in records)
+    assert records[0]["received"] == "2025-12-01T14:40:00.250000Z"
+    assert (records[0]["source"], records[0]["input"]) == ("10.0.0.9", "tcp")
+    assert (records[6]["pid"], records[6]["uid"], records[6]["gid"]) == (7, 8, 9)
+    assert output.counters["delivered"] == 7
+
+
+async def test_json_by_hostname_keeps_each_object_with_its_message(tmp_path: Path) -> None:
+    output = make_json_output(f"{tmp_path}/{{hostname}}.json", JsonSettings())
+    messages = [b"<13>1 - web%d app - - - seq=%d" % (i % 3, i) for i in range(30)]
+    await deliver_all(output, [Batch(messages, received=0)])
+    for host in range(3):
+        text = (tmp_path / f"web{host}.json").read_bytes()
+        records = [json.loads(line) for line in text.splitlines()]
+        assert [r["message"] for r in records] == [f"seq={i}" for i in range(host, 30, 3)]
+        assert {r["hostname"] for r in records} == {f"web{host}"}
+
+
+async def test_json_machine_id_missing_refuses_to_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(enrichment, "MACHINE_ID", tmp_path / "machine-id")
+    output = make_json_output(str(tmp_path / "o.json"), JsonSettings(host_fields=("machine_id",)))
+    with pytest.raises(StartupError, match=r"^output f: host_fields has machine_id but .*"):
+        await output.open()
