@@ -191,8 +191,8 @@ OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
     "relp": (*_COMMON_OUTPUT, "window"),
     "tls": (*_COMMON_OUTPUT, "targets", "mode", "tls"),
     "relp+tls": (*_COMMON_OUTPUT, "window", "tls"),
-    "http": (*_COMMON_OUTPUT, "targets", "mode", *HTTP_KEYS),
-    "https": (*_COMMON_OUTPUT, "targets", "mode", "tls", *HTTP_KEYS),
+    "http": (*_COMMON_OUTPUT, "targets", "mode", *HTTP_KEYS, *JSON_KEYS),
+    "https": (*_COMMON_OUTPUT, "targets", "mode", "tls", *HTTP_KEYS, *JSON_KEYS),
 }
 # Schemes whose outputs may list several targets (failover / load balancing).
 MULTI_TARGET_SCHEMES = ("tcp", "tls", "http", "https")
@@ -378,7 +378,7 @@ class OutputConfig:
     @property
     def writes_json(self) -> bool:
         """Whether it writes the JSON form, which carries the senders' credentials."""
-        return self.format == "json"
+        return self.format == "json" or self.endpoint.scheme in HTTP_SCHEMES
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ from relay.policy.targets import (
 )
 from relay.protocol import jsonform
 from relay.protocol.httpbody import body_for, bulk_errors
+from relay.service.enrichment import json_options
 from relay.tls.failures import classify_handshake_error
 from relay.tls.stream import count_failure
 
@@ -145,8 +146,8 @@ class HttpOutput(Output):
         super().__init__(config, *args, **kwargs)
         settings: HttpSettings = config.http or HttpSettings()
         self.settings = settings
-        self.json_options = jsonform.JsonOptions()
-        self.body = body_for(settings.body, index=settings.index, labels={})
+        self.json_options = jsonform.JsonOptions()  # with the host's facts: open()
+        self.body = body_for(settings.body, index=settings.index, labels=dict(config.json.labels))
         self.targets = TargetSelector(
             config.all_targets, config.mode, Backoff(maximum=config.retry_max)
         )
@@ -168,6 +169,7 @@ class HttpOutput(Output):
                 "URL's host"
             )
         await super().open()
+        self.json_options = json_options(self.config.json, output=self.name)
         if self.token is not None:
             try:
                 self.token.load()

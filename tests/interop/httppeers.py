@@ -41,7 +41,7 @@ class Recorder:
     def __init__(self, port: int = 0, *, body: str = "ndjson") -> None:
         self.body = body
         self.seqs: collections.Counter[int] = collections.Counter()
-        self.records: list[dict[str, Any]] = []  # the first few, to look at their fields
+        self.records: list[dict[str, Any]] = []  # the first 50 of each input, to look at
         self.requests = 0  # requests taken
         self.refused = 0  # requests refused (refuse())
         self.max_body = 0  # largest body taken, as sent (gzip or not)
@@ -122,7 +122,8 @@ class Recorder:
                     continue
                 if seq is not None:
                     self.seqs[seq] += 1
-                if len(self.records) < 100:
+                source = record.get("input")
+                if sum(1 for r in self.records if r.get("input") == source) < 50:
                     self.records.append(record)
             self.requests += 1
             errors = any(item["create"]["status"] >= 300 for item in items)

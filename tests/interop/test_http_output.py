@@ -17,6 +17,8 @@ counted by number at the API.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -103,9 +105,19 @@ def assert_delivered(recorder: Recorder, count: int, resent: int) -> None:
     assert duplicates <= resent, (duplicates, resent)
 
 
+# The enrichment Done-when 1 asks for: the host's facts, static labels, and a
+# message text that is a JSON object parsed under "app".
+ENRICH = (
+    'host_fields = ["name", "machine_id", "kernel"]\n'
+    'labels = { env = "test", role = "agent" }\n'
+    'parse_message = "app"\n'
+)
+
+
 def test_hundred_thousand_through_nginx(tmp_path: Path, certs: tuple[CertFiles, CertFiles]) -> None:
     """Done-when 1: logger and relay send, 50,000 each, through nginx (mutual
-    TLS, token, gzip) to the API: JSON records, every seq exactly once."""
+    TLS, token, gzip) to the API: JSON records with the enrichment fields,
+    every seq exactly once."""
     logger = require_program("logger", "bsdutils")
     server, client = certs
     write_token(tmp_path / "token", TOKEN)
@@ -115,9 +127,17 @@ def test_hundred_thousand_through_nginx(tmp_path: Path, certs: tuple[CertFiles, 
         Recorder() as recorder,
         Nginx(tmp_path / "nginx", server=server, backend=recorder.port, token=TOKEN) as nginx,
     ):
-        config = relay_config(tmp_path, nginx.url, client, tcp_port=tcp_port, unix=sock)
+        config = relay_config(
+            tmp_path, nginx.url, client, tcp_port=tcp_port, unix=sock, extra=ENRICH
+        )
         with start_relay(tmp_path, config, tcp_port) as relay:
-            lines = "".join(f"seq={n} from logger\n" for n in range(50_000, 100_000))
+            # Every tenth logger line is a JSON object (parse_message).
+            lines = "".join(
+                f'{{"seq": {n}, "text": "seq={n} from logger"}}\n'
+                if n % 10 == 0
+                else f"seq={n} from logger\n"
+                for n in range(50_000, 100_000)
+            )
             with RelaySendProcess(tcp_port, 50_000, size=200) as feed:
                 subprocess.run(
                     [logger, "-u", str(sock), "-t", "app"],
@@ -137,10 +157,23 @@ def test_hundred_thousand_through_nginx(tmp_path: Path, certs: tuple[CertFiles, 
     assert counters.get("resent", 0) == 0
     assert recorder.gzipped == recorder.requests
     assert recorder.authorization == {f"Bearer {TOKEN}"}
-    record = next(r for r in recorder.records if r.get("input") == "local")
-    assert record["app_name"] == "app"
-    assert record["message"].startswith("seq=")
-    assert record["timestamp"].endswith("Z")
+    host = {
+        "name": socket.gethostname(),
+        "machine_id": Path("/etc/machine-id").read_text().strip(),
+        "kernel": os.uname().release,
+    }
+    for record in recorder.records:
+        assert record["host"] == host
+        assert record["labels"] == {"env": "test", "role": "agent"}
+        assert record["timestamp"].endswith("Z") and record["received"].endswith("Z")
+    local = [r for r in recorder.records if r["input"] == "local"]
+    tcp = [r for r in recorder.records if r["input"] == "tcp"]
+    assert local and tcp
+    assert local[0]["app_name"] == "app" and local[0]["facility"] == "user"
+    assert {"pid", "uid", "gid"} <= set(local[0])  # the kernel's credentials
+    assert tcp[0]["app_name"] == "relay-send" and tcp[0]["source"] == "127.0.0.1"
+    parsed = [r for r in local if "app" in r]
+    assert parsed and all(r["app"] == json.loads(r["message"]) for r in parsed)
     assert TOKEN not in relay.log()
 
 
