@@ -115,6 +115,8 @@ def test_http_settings_and_defaults() -> None:
         flush_interval = 0.5
         timeout = 10
         dead_letter = "/var/lib/relay/es.dead"
+        host_fields = ["name"]
+        labels = { env = "prod" }
 
         [output.plain]
         url = "http://127.0.0.1:8080/ingest"
@@ -135,6 +137,8 @@ def test_http_settings_and_defaults() -> None:
     )
     assert [t.url for t in es.all_targets] == ["https://es1:9200/_bulk", "https://es2:9200/_bulk"]
     assert es.tls is not None
+    assert es.json.host_fields == ("name",) and es.json.labels == (("env", "prod"),)
+    assert es.writes_json and plain.writes_json
     assert plain.http == HttpSettings()
     assert plain.tls is None
 
