@@ -100,6 +100,7 @@ FIELDS = frozenset(
 )
 
 _BOM = b"\xef\xbb\xbf"
+_EPOCH = datetime.fromtimestamp(0, UTC)  # "now" for a receive time that is not one
 _FACILITY_NAMES = tuple(f.name for f in Facility)
 _SEVERITY_NAMES = tuple(s.name for s in Severity)
 # rsyslog's PRI for a message it cannot parse: user.notice.
@@ -161,14 +162,33 @@ def _source(peer: str) -> str | None:
     return peer
 
 
+def _unicode(text: str | None) -> str | None:
+    """``text`` as JSON can hold it: a socket path read with surrogateescape
+    may carry lone surrogates, which become U+FFFD."""
+    if text is None or text.isascii():
+        return text
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _received(received: float) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(received, UTC)
+    except (ValueError, OverflowError, OSError):  # not a time a clock gives: NaN, 1e20
+        return None
+
+
 def _common(
-    received: float, peer: str, input: str, creds: tuple[int, int, int] | None, options: JsonOptions
+    now: datetime | None,
+    peer: str,
+    input: str,
+    creds: tuple[int, int, int] | None,
+    options: JsonOptions,
 ) -> dict[str, object]:
     """The fields every message of a batch shares, computed once per batch."""
     common: dict[str, object] = {
-        "received": format_time(datetime.fromtimestamp(received, UTC)),
-        "source": _source(peer),
-        "input": input,
+        "received": None if now is None else format_time(now),
+        "source": _unicode(_source(peer)),
+        "input": _unicode(input),
     }
     if creds is not None:
         common["pid"], common["uid"], common["gid"] = creds
@@ -192,8 +212,9 @@ def encode_batch(
 ) -> list[bytes]:
     """One JSON object (bytes, no newline) per message, in order. Never raises on any bytes."""
     # What the messages share is encoded once and spliced after each one's own fields.
-    shared = b"," + orjson.dumps(_common(received, peer, input, creds, options))[1:]
-    fields = _Fields(datetime.fromtimestamp(received, UTC))
+    now = _received(received)
+    shared = b"," + orjson.dumps(_common(now, peer, input, creds, options))[1:]
+    fields = _Fields(now or _EPOCH)
     key = options.parse_message
     out: list[bytes] = []
     for raw in messages:
@@ -522,7 +543,8 @@ def decode_record(record: object) -> bytes:
     try:
         return rfc5424.format(message)
     except LocalProtocolError as exc:
-        raise ParseError(str(exc).removeprefix("RFC 5424 ")) from None
+        reason = str(exc).removeprefix("RFC 5424 ")
+        raise ParseError(reason if len(reason) <= 200 else reason[:197] + "...") from None
 
 
 def _json_type(value: object) -> str:
