@@ -299,11 +299,11 @@ class HttpOutput(Output):
                 if retry is not None:
                     pending.appendleft(retry)
                     backoff = await self._pause(backoff, HttpStatusError("_bulk items refused 429"))
-                elif backoff.failures:
+                elif backoff.failures or self.last_error:  # (401/403 count no back-off)
                     log.warning(
-                        "output %s: delivering again after %d failed attempts",
+                        "output %s: delivering again%s",
                         self.name,
-                        backoff.failures,
+                        f" after {backoff.failures} failed attempts" if backoff.failures else "",
                     )
                     backoff = backoff.reset()
                     self.last_error = ""

@@ -266,6 +266,8 @@ def test_faults_lose_nothing(tmp_path: Path, certs: tuple[CertFiles, CertFiles])
             assert len(set(recorder.seqs)) < sent
             write_token(token, TOKEN)
             wait_all(recorder, sent, relay)
+            log = relay.log()
+            assert "output api: delivering again" in log[log.rindex("answered 401") :]
 
             # SIGTERM while the API is down: kept on disk, delivered after a restart.
             recorder.stop()
