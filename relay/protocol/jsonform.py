@@ -248,6 +248,11 @@ _PRI_5424 = {b"<" + text + b">1": pri for text, pri in _PRI_FIELDS.items()}
 # A header field is PRINTUSASCII (RFC 5424 §6): these and SP deleted from the
 # four fields, nothing is left.
 _PRINTUSASCII_SP = bytes(range(32, 127))
+# RFC 5424 §6.3: SD-NAME is 1*32 PRINTUSASCII but '=', ']' and '"'; an
+# SD-ELEMENT whose PARAM-VALUEs hold no backslash (no escape) and no '"'.
+_SD_NAME = rb"[!#-<>-\\^-~]{1,32}"
+_SD_ELEMENT = re.compile(rb'\[(%s)((?: %s="[^"\\]*")*)\]' % (_SD_NAME, _SD_NAME))
+_SD_PARAM = re.compile(rb' (%s)="([^"\\]*)"' % _SD_NAME)
 # RFC 3164 TAG, TAG[PID] or Snare's TAG<TAB>, as rfc3164._match_tag reads it.
 _TAG_CLASS = rb"[-A-Za-z0-9_./@()]"
 _TAG = re.compile(
@@ -308,13 +313,16 @@ class _Fields:
             structured_data: dict[str, dict[str, str | list[str]]] = {}
             msg = parts[7] if len(parts) == 8 else b""
         elif sd[:1] == b"[":
-            try:
-                elements, end = rfc5424._parse_structured_data(raw, sd_start)
-            except ParseError:
-                return None
+            found = _plain_structured_data(raw, sd_start)
+            if found is None:
+                try:
+                    elements, end = rfc5424._parse_structured_data(raw, sd_start)
+                except ParseError:
+                    return None
+                found = _structured_data(elements), end
+            structured_data, end = found
             if end < len(raw) and raw[end] != 0x20:
                 return None
-            structured_data = _structured_data(elements)
             msg = raw[end + 1 :]
         else:
             return None
@@ -428,6 +436,41 @@ class _Fields:
         }
         _add_message(record, parsed.msg)
         return record
+
+
+def _plain_structured_data(
+    raw: bytes, pos: int
+) -> tuple[dict[str, dict[str, str | list[str]]], int] | None:
+    """STRUCTURED-DATA without a backslash in any PARAM-VALUE (the usual case),
+    by regular expressions; None for anything else (an escape, a duplicate
+    SD-ID, a value that is not UTF-8, a syntax error): the strict parser decides."""
+    out: dict[str, dict[str, str | list[str]]] = {}
+    while True:
+        element = _SD_ELEMENT.match(raw, pos)
+        if element is None:
+            break
+        sd_id = element[1].decode("ascii")
+        if sd_id in out:
+            return None
+        params: dict[str, str | list[str]] = {}
+        for name, value in _SD_PARAM.findall(element[2]):
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            key = name.decode("ascii")
+            before = params.get(key)
+            if before is None:
+                params[key] = text
+            elif isinstance(before, list):
+                before.append(text)
+            else:
+                params[key] = [before, text]
+        out[sd_id] = params
+        pos = element.end()
+    if not out or raw[pos : pos + 1] == b"[":  # an element it does not read
+        return None
+    return out, pos
 
 
 def _utc_seconds(text: bytes) -> str | None:
