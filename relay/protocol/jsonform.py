@@ -44,8 +44,11 @@ Missing fields take the defaults above; a field of the wrong type raises
 :class:`~relay.errors.ParseError` with a short reason. :func:`loads` is the
 decoder that goes with it.
 
-The encoder is orjson: about 5x the standard library's ``json.dumps`` on
-these objects (see the commit that chose it for the figures).
+The encoder is orjson: 6-10x the standard library's ``json.dumps`` on these
+objects (scripts/bench-json). The fields of the common shapes are read by a
+fast path that agrees with the parser (:class:`_Fields`; a differential test
+keeps it so): about 6 us a 300-byte message all told, 11 with structured
+data, where the parse alone costs 25-50.
 """
 
 from __future__ import annotations
