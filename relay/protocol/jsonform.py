@@ -247,7 +247,7 @@ _PRI_FIELDS = {
     }
     for pri in range(192)
 }
-_PRI_5424 = {b"<" + text + b">1": pri for text, pri in _PRI_FIELDS.items()}
+_STARTS_5424 = frozenset(b"<" + text + b">1" for text in _PRI_FIELDS)  # "<PRI>1"
 # A header field is PRINTUSASCII (RFC 5424 §6): these and SP deleted from the
 # four fields, nothing is left.
 _PRINTUSASCII_SP = bytes(range(32, 127))
@@ -285,7 +285,7 @@ class _Fields:
 
     def read(self, raw: bytes) -> dict[str, object]:
         parts = raw.split(b" ", 7)
-        record = self._rfc5424(raw, parts) if parts[0] in _PRI_5424 else self._rfc3164(raw)
+        record = self._rfc5424(raw, parts) if parts[0] in _STARTS_5424 else self._rfc3164(raw)
         return self._parsed(raw) if record is None else record
 
     def _rfc5424(self, raw: bytes, parts: list[bytes]) -> dict[str, object] | None:
