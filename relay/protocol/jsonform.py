@@ -44,8 +44,11 @@ Missing fields take the defaults above; a field of the wrong type raises
 :class:`~relay.errors.ParseError` with a short reason. :func:`loads` is the
 decoder that goes with it.
 
-The encoder is orjson: about 5x the standard library's ``json.dumps`` on
-these objects (see the commit that chose it for the figures).
+The encoder is orjson: 6-10x the standard library's ``json.dumps`` on these
+objects (scripts/bench-json). The fields of the common shapes are read by a
+fast path that agrees with the parser (:class:`_Fields`; a differential test
+keeps it so): about 6 us a 300-byte message all told, 11 with structured
+data, where the parse alone costs 25-50.
 """
 
 from __future__ import annotations
@@ -244,10 +247,15 @@ _PRI_FIELDS = {
     }
     for pri in range(192)
 }
-_PRI_5424 = {b"<" + text + b">1": pri for text, pri in _PRI_FIELDS.items()}
+_STARTS_5424 = frozenset(b"<" + text + b">1" for text in _PRI_FIELDS)  # "<PRI>1"
 # A header field is PRINTUSASCII (RFC 5424 §6): these and SP deleted from the
 # four fields, nothing is left.
 _PRINTUSASCII_SP = bytes(range(32, 127))
+# RFC 5424 §6.3: SD-NAME is 1*32 PRINTUSASCII but '=', ']' and '"'; an
+# SD-ELEMENT whose PARAM-VALUEs hold no backslash (no escape) and no '"'.
+_SD_NAME = rb"[!#-<>-\\^-~]{1,32}"
+_SD_ELEMENT = re.compile(rb'\[(%s)((?: %s="[^"\\]*")*)\]' % (_SD_NAME, _SD_NAME))
+_SD_PARAM = re.compile(rb' (%s)="([^"\\]*)"' % _SD_NAME)
 # RFC 3164 TAG, TAG[PID] or Snare's TAG<TAB>, as rfc3164._match_tag reads it.
 _TAG_CLASS = rb"[-A-Za-z0-9_./@()]"
 _TAG = re.compile(
@@ -277,7 +285,7 @@ class _Fields:
 
     def read(self, raw: bytes) -> dict[str, object]:
         parts = raw.split(b" ", 7)
-        record = self._rfc5424(raw, parts) if parts[0] in _PRI_5424 else self._rfc3164(raw)
+        record = self._rfc5424(raw, parts) if parts[0] in _STARTS_5424 else self._rfc3164(raw)
         return self._parsed(raw) if record is None else record
 
     def _rfc5424(self, raw: bytes, parts: list[bytes]) -> dict[str, object] | None:
@@ -308,13 +316,16 @@ class _Fields:
             structured_data: dict[str, dict[str, str | list[str]]] = {}
             msg = parts[7] if len(parts) == 8 else b""
         elif sd[:1] == b"[":
-            try:
-                elements, end = rfc5424._parse_structured_data(raw, sd_start)
-            except ParseError:
-                return None
+            found = _plain_structured_data(raw, sd_start)
+            if found is None:
+                try:
+                    elements, end = rfc5424._parse_structured_data(raw, sd_start)
+                except ParseError:
+                    return None
+                found = _structured_data(elements), end
+            structured_data, end = found
             if end < len(raw) and raw[end] != 0x20:
                 return None
-            structured_data = _structured_data(elements)
             msg = raw[end + 1 :]
         else:
             return None
@@ -428,6 +439,41 @@ class _Fields:
         }
         _add_message(record, parsed.msg)
         return record
+
+
+def _plain_structured_data(
+    raw: bytes, pos: int
+) -> tuple[dict[str, dict[str, str | list[str]]], int] | None:
+    """STRUCTURED-DATA without a backslash in any PARAM-VALUE (the usual case),
+    by regular expressions; None for anything else (an escape, a duplicate
+    SD-ID, a value that is not UTF-8, a syntax error): the strict parser decides."""
+    out: dict[str, dict[str, str | list[str]]] = {}
+    while True:
+        element = _SD_ELEMENT.match(raw, pos)
+        if element is None:
+            break
+        sd_id = element[1].decode("ascii")
+        if sd_id in out:
+            return None
+        params: dict[str, str | list[str]] = {}
+        for name, value in _SD_PARAM.findall(element[2]):
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            key = name.decode("ascii")
+            before = params.get(key)
+            if before is None:
+                params[key] = text
+            elif isinstance(before, list):
+                before.append(text)
+            else:
+                params[key] = [before, text]
+        out[sd_id] = params
+        pos = element.end()
+    if not out or raw[pos : pos + 1] == b"[":  # an element it does not read
+        return None
+    return out, pos
 
 
 def _utc_seconds(text: bytes) -> str | None:

@@ -183,8 +183,16 @@ _PARTS_5424 = (
     _field(rfc5424.MAX_PROCID),
     _field(rfc5424.MAX_MSGID),
     (
-        _choices(b"-", b"[a]", b'[a b="c"][d e="\\]" e="x"]', b'[a b="\xc3\xa9"]'),
-        _choices(b"-x", b"[a", b'[a b="c"]x', b"[a][a]", b"", b"[]", b'[a b="\xff"]', b"x"),
+        _choices(
+            *(b"-", b"[a]", b'[a b="c"][d e="\\]" e="x"]', b'[a b="\xc3\xa9"]', b'[a b="c]d"]'),
+            *(b'[x@1 p="" q="v" p="w"]', b'[a\\b c="d"]', b'[a][b c="\\]"]', b'[a b="\\x"]'),
+            *(b'[a b="c"] [d]', b"[" + b"i" * 32 + b" " + b"n" * 32 + b'="v"]'),
+        ),
+        _choices(
+            *(b"-x", b"[a", b'[a b="c"]x', b"[a][a]", b"", b"[]", b'[a b="\xff"]', b"x"),
+            *(b'[a b="c"d="e"]', b"[a b=c]", b'["a"]', b"[" + b"i" * 33 + b"]", b"[a=b]"),
+            *(b'[a b="c"][a d="\\]"]', b'[a b="\\\xff"]', b"[a ]", b'[a b="c" ]', b"[a]]"),
+        ),
     ),
 )
 _PARTS_3164 = (
