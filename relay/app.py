@@ -64,6 +64,7 @@ from relay.inputs import datagram, http, limit, local, proxied, relp, tcp
 from relay.observe import clients, control, metrics, status
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
+from relay.outputs.http import HttpOutput
 from relay.outputs.relp import RelpOutput
 from relay.outputs.tcp import TcpOutput
 from relay.outputs.udp import UdpOutput
@@ -89,6 +90,8 @@ _OUTPUTS: dict[str, type[Output]] = {
     "relp": RelpOutput,
     "tls": TcpOutput,
     "relp+tls": RelpOutput,
+    "http": HttpOutput,
+    "https": HttpOutput,
 }
 
 # Of the stop budget, what is kept for writing memory to disk once delivery

@@ -37,6 +37,7 @@ from relay.errors import ConfigError, ConfigErrors
 from relay.jsonsettings import JSON_KEYS, JsonSettings, json_settings
 from relay.policy import redact
 from relay.policy.filter import Filter
+from relay.policy.http import HTTP_KEYS, HttpSettings, http_settings
 from relay.policy.selector import SelectorError, parse_selector
 from relay.protocol.framing import DEFAULT_MAX_FRAME, Framing, OversizePolicy
 from relay.protocol.ingest import DEFAULT_MAX_BODY, DEFAULT_PATH
@@ -52,8 +53,10 @@ from relay.spool.settings import (
 from relay.tls.profile import TlsProfile
 
 INPUT_SCHEMES = ("udp", "tcp", "unix", "unix+stream", "relp", "tls", "relp+tls", "http", "https")
-OUTPUT_SCHEMES = ("tcp", "udp", "file", "relp", "tls", "relp+tls")
+OUTPUT_SCHEMES = ("tcp", "udp", "file", "relp", "tls", "relp+tls", "http", "https")
 TLS_SCHEMES = ("tls", "relp+tls", "https")
+# URLs with a path (and query) after host:port: the HTTP output (relay/policy/http.py).
+HTTP_SCHEMES = ("http", "https")
 SEND_SCHEMES = ("udp", "tcp", "unix")  # what `relay send` speaks
 # Local sockets: the sender's credentials come from the kernel (relay/inputs/local.py).
 LOCAL_SCHEMES = ("unix", "unix+stream")
@@ -62,7 +65,7 @@ PATH_SCHEMES = ("file", *LOCAL_SCHEMES)
 PLANNED_SCHEMES = ("tls", "relp", "relp+tls")  # named in "not supported ... yet"
 # RELP has no IANA port (rsyslog's examples use 2514, others 20514): a
 # relp:// or relp+tls:// URL must name one. tls:// is RFC 5425's 6514.
-DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
+DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514, "http": 80, "https": 443}
 
 # A relay node takes in thousands of hosts; one connection each plus headroom.
 # Past this many, the listener stops accepting until one closes (no unbounded
@@ -194,9 +197,11 @@ OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
     "relp": (*_COMMON_OUTPUT, "window"),
     "tls": (*_COMMON_OUTPUT, "targets", "mode", "tls"),
     "relp+tls": (*_COMMON_OUTPUT, "window", "tls"),
+    "http": (*_COMMON_OUTPUT, "targets", "mode", *HTTP_KEYS, *JSON_KEYS),
+    "https": (*_COMMON_OUTPUT, "targets", "mode", "tls", *HTTP_KEYS, *JSON_KEYS),
 }
 # Schemes whose outputs may list several targets (failover / load balancing).
-MULTI_TARGET_SCHEMES = ("tcp", "tls")
+MULTI_TARGET_SCHEMES = ("tcp", "tls", "http", "https")
 # The keys of a [tls.NAME] table (relay.tls.profile.TlsProfile's fields).
 TLS_KEYS = (
     "cert",
@@ -234,6 +239,8 @@ class Endpoint:
             return (
                 f"{self.scheme}:{self.path}" if self.path == "-" else f"{self.scheme}://{self.path}"
             )
+        if self.scheme in HTTP_SCHEMES:
+            return f"{self.scheme}://{self.address}{self.path}"
         return f"{self.scheme}://{self.address}"
 
     @property
@@ -373,6 +380,7 @@ class OutputConfig:
     # CAs and the target's host name.
     tls: TlsProfile | None = None
     tls_name: str = ""
+    http: HttpSettings | None = None  # http:// and https:// outputs
     filter: Filter = dataclasses.field(default_factory=Filter)  # which messages it takes
     redact: tuple[redact.Rule, ...] = ()  # applied in this order before the spool
     json: JsonSettings = dataclasses.field(default_factory=JsonSettings)  # JSON outputs
@@ -384,7 +392,7 @@ class OutputConfig:
     @property
     def writes_json(self) -> bool:
         """Whether it writes the JSON form, which carries the senders' credentials."""
-        return self.format == "json"
+        return self.format == "json" or self.endpoint.scheme in HTTP_SCHEMES
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -468,7 +476,15 @@ def parse_endpoint(url: str, role: str) -> Endpoint:
         parts = urllib.parse.urlsplit(url)
     except ValueError as exc:  # "Invalid IPv6 URL", "An IPv4 address cannot be in brackets"
         raise ValueError(f"{url!r}: {exc}") from None
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
+    path = ""
+    if scheme in HTTP_SCHEMES and role == "input":
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f'{url!r}: an http input takes its path from path = "...", not its url')
+    elif scheme in HTTP_SCHEMES:  # the request's path and query: kept as written
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if parts.fragment:
+            raise ValueError(f"{url!r}: a #fragment is never sent to a server")
+    elif parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"{url!r}: unexpected path or query after host:port")
     if "@" in parts.netloc:
         raise ValueError(f"{url!r}: a user name or password (user@host) means nothing here")
@@ -489,7 +505,7 @@ def parse_endpoint(url: str, role: str) -> Endpoint:
         host = _ipv6_host(url, parts.netloc, host)
     else:
         _check_host_name(url, host)
-    return Endpoint(scheme, host, port)
+    return Endpoint(scheme, host, port, path)
 
 
 def _ipv6_host(url: str, netloc: str, host: str) -> str:
@@ -982,6 +998,18 @@ class _Validator:
                 writes_json=endpoint.scheme != "file" or fmt == "json",
             ),
             window=self.get(table, f"{key}.window", _count(1, 65536), DEFAULT_WINDOW),
+            http=(
+                http_settings(
+                    self,
+                    key,
+                    table,
+                    size=_size(1024, 1 << 30),
+                    interval=_interval,
+                    seconds=_seconds,
+                )
+                if endpoint.scheme in HTTP_SCHEMES
+                else None
+            ),
             filter=self.filter(key, table),
             redact=self.redaction(key, table),
         )

@@ -1056,3 +1056,19 @@ def test_proxy_protocol_is_for_stream_inputs() -> None:
             '[input.u]\nurl = "udp://0.0.0.0:514"\nproxy_protocol = true\n'
             '[output.o]\nurl = "file:-"\n'
         )
+
+
+def test_an_http_input_takes_its_path_from_the_path_key_not_its_url() -> None:
+    """The HTTP output's URL carries the request's path; an input's does not
+    (``path`` does): a path there would be silently ignored otherwise."""
+    with pytest.raises(config.ConfigErrors) as caught:
+        config.loads(
+            '[input.api]\nurl = "http://127.0.0.1:8080/v1/logs"\n'
+            '[output.o]\nurl = "file:///tmp/relay-never-written"\n'
+        )
+    assert 'takes its path from path = "..."' in str(caught.value)
+    cfg = config.loads(
+        '[input.api]\nurl = "http://127.0.0.1:8080/"\npath = "/v1/logs"\n'
+        '[output.o]\nurl = "file:///tmp/relay-never-written"\n'
+    )
+    assert cfg.inputs[0].path == "/v1/logs"

@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "relay.policy.filter",
         "relay.policy.redact",
         "relay.jsonsettings",
+        "relay.policy.http",
     ),
     ("relay.config",),
     # `relay import-rsyslog`'s converter: reads selectors, writes TOML text

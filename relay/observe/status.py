@@ -32,6 +32,7 @@ from relay import __version__
 from relay.config import Config
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
+from relay.outputs.http import HttpOutput
 from relay.outputs.relp import RelpOutput
 from relay.outputs.tcp import TcpOutput
 from relay.outputs.udp import UdpOutput
@@ -129,7 +130,7 @@ def _input(item: Any, counters: Mapping[str, int]) -> dict[str, Any]:
 def _targets(output: Output) -> list[dict[str, Any]]:
     """Each target with whether it is connected and whether it works."""
     failing = bool(output.last_error)
-    if isinstance(output, TcpOutput):
+    if isinstance(output, TcpOutput | HttpOutput):  # HTTP: up once it answered
         return [
             {
                 "url": t.endpoint.url,
