@@ -479,7 +479,9 @@ def parse_endpoint(url: str, role: str) -> Endpoint:
     path = ""
     if scheme in HTTP_SCHEMES and role == "input":
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f'{url!r}: an http input takes its path from path = "...", not its url')
+            raise ValueError(
+                f'{url!r}: an http input takes its path from path = "...", not its url'
+            )
     elif scheme in HTTP_SCHEMES:  # the request's path and query: kept as written
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if parts.fragment:

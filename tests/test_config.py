@@ -313,7 +313,7 @@ def test_http_input_settings() -> None:
 @pytest.mark.parametrize(
     ("table", "key", "says"),
     [
-        ('url = "http://h"\n', "input.i.url", "no default port"),
+        ('url = "http://h:99999"\n', "input.i.url", "port must be a number"),
         ('url = "https://h:443"\n', "input.i", "needs a certificate"),
         ('url = "http://h:80"\npath = "ingest"\n', "input.i.path", "URL path"),
         ('url = "http://h:80"\npath = "/a b"\n', "input.i.path", "URL path"),

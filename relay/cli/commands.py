@@ -35,10 +35,9 @@ ENDPOINT_HELP = (
     "(local sockets: inputs), file:///PATH or "
     "file:- for standard output (outputs), tls://HOST[:PORT] (default port 6514) and "
     "relp+tls://HOST:PORT (outputs here, checked against the system's CAs; a TLS "
-    "input needs a certificate, so a config file: relay.toml(5)), http://HOST:PORT and "
-    "https://HOST:PORT (inputs: JSON records POSTed to /v1/ingest), "
-    "http://HOST[:PORT]/PATH and https://HOST[:PORT]/PATH (outputs to an ingestion API, "
-    "JSON records; default ports 80 and 443)."
+    "input needs a certificate, so a config file: relay.toml(5)), "
+    "http://HOST[:PORT] and https://HOST[:PORT] (default ports 80 and 443; inputs: JSON "
+    "records POSTed to /v1/ingest; outputs: to an ingestion API, with its /PATH after the port)."
 )
 
 
