@@ -117,6 +117,28 @@ def leftover_workers(state_dir: Path, count: int) -> list[int]:
     return sorted(found)
 
 
+def needs_parent(config: Config) -> bool:
+    """Whether ``relay run`` is a parent of workers: ``workers`` > 1, or an
+    earlier run with workers left spools that must be delivered."""
+    return config.workers > 1 or bool(leftover_workers(config.state_dir, 0))
+
+
+def adopt_single_spool(state_dir: Path, count: int) -> Path | None:
+    """An earlier run without workers left spools in ``state_dir/spool``: they
+    become ``worker-M``'s (M past every worker directory), delivered by a
+    worker of their own. A rename: the files stay as they are. Returns the
+    new directory, or None when there was nothing to move."""
+    spool = state_dir / "spool"
+    if not any(spool.glob("*/*.seg")):
+        return None
+    names = [p.name.removeprefix("worker-") for p in state_dir.glob("worker-*")]
+    index = max([count - 1, *(int(n) for n in names if n.isdigit())]) + 1
+    target = worker_directory(state_dir, index)
+    target.mkdir(mode=0o750)
+    spool.rename(target / "spool")
+    return target
+
+
 def _how(returncode: int) -> str:
     if returncode < 0:
         return f"was killed by {signal.Signals(-returncode).name}"
@@ -154,9 +176,7 @@ class Fleet:
     def __init__(self, config: Config, argv: Sequence[str]) -> None:
         self.config = config
         self.argv = list(argv)  # `relay run ...` as the user gave it, without the program
-        tag = f"relay-{os.getpid()}-{secrets.token_hex(4)}"
-        indexes = [*range(config.workers), *leftover_workers(config.state_dir, config.workers)]
-        self.workers = [Worker(k, k >= config.workers, f"{tag}-{k}") for k in indexes]
+        self.workers: list[Worker] = []  # open() finds them
         self.stats = stats.Registry()
         self.notifier = Notifier.from_environ()
         self.started = time.time()
@@ -176,8 +196,19 @@ class Fleet:
 
     async def open(self, identity: privileges.Identity | None) -> None:
         """Hold the state directory and bind the control socket and metrics."""
-        state = self.config.state_dir
+        state, count = self.config.state_dir, self.config.workers
         self._lock = app.lock_state_dir(state)
+        moved = adopt_single_spool(state, count)
+        if moved is not None:
+            log.info(
+                "relay: %s/spool holds what a run without workers left; moved to %s, "
+                "to be delivered by a worker of its own",
+                state,
+                moved,
+            )
+        tag = f"relay-{os.getpid()}-{secrets.token_hex(4)}"
+        indexes = [*range(count), *leftover_workers(state, count)]
+        self.workers = [Worker(k, k >= count, f"{tag}-{k}") for k in indexes]
         counters = self.stats.counters("control", control.SOCKET_NAME, clients.COUNTERS)
         self.control = control.ControlServer(
             control.socket_path(state),
@@ -212,14 +243,14 @@ class Fleet:
                     nursery.start_soon(self._announce_ready)
                 nursery.cancel_scope.cancel()
         self.notifier.close()
-        lost = any(w.returncode for w in self.workers)
+        unclean = [f"worker {w.index} {_how(w.returncode)}" for w in self.workers if w.returncode]
         log.log(
-            logging.ERROR if lost or self.failed else logging.INFO,
+            logging.ERROR if unclean or self.failed else logging.INFO,
             "relay: all %d workers stopped%s",
             len(self.workers),
-            " (see above: not all cleanly)" if lost or self.failed else "",
+            f" ({', '.join(unclean)}: see above)" if unclean else "",
         )
-        return 1 if lost or self.failed else 0
+        return 1 if unclean or self.failed else 0
 
     # -- the workers ----------------------------------------------------------
 
@@ -246,6 +277,11 @@ class Fleet:
             worker.returncode = returncode
             worker.state = "stopped"
             if self.stopping.is_set():
+                # Ended by our SIGTERM before its handler was set (still
+                # starting: it read nothing) or after it was gone (its stop
+                # was done): nothing was lost either way.
+                if returncode == -signal.SIGTERM:
+                    worker.returncode = 0
                 return
             if worker.drain and returncode == 0:
                 worker.state = "delivered"
@@ -295,7 +331,11 @@ class Fleet:
         for worker in self.workers:
             if not worker.drain:
                 await worker.ready.wait()
-        log.info("relay: all %d workers ready", self.config.workers)
+        log.info(
+            "relay: all %d worker%s ready",
+            self.config.workers,
+            "s" if self.config.workers > 1 else "",
+        )
         self.notifier.ready(self.summary())
         await self.notifier.keep_alive(self.summary)
 
@@ -381,8 +421,12 @@ async def run(config: Config, argv: Sequence[str]) -> int:
         parent.notifier.close()
         raise
     log.info(
-        "relay: starting %d workers (state in %s/worker-N)",
+        "relay: starting %d worker%s (state in %s/worker-N)%s",
         config.workers,
+        "s" if config.workers > 1 else "",
         config.state_dir,
+        ""
+        if len(parent.workers) == config.workers
+        else f" and {len(parent.workers) - config.workers} to deliver an earlier run's spools",
     )
     return await parent.run()

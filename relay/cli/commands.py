@@ -236,7 +236,7 @@ def run(
             workers.worker_config(cfg, worker),
             reread_worker,
         )
-    elif cfg.workers > 1:
+    elif workers.needs_parent(cfg):
         _setup_logging(cfg.log_level)
         status = _run_trio(workers.run, cfg, sys.argv[1:])
     else:

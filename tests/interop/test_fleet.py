@@ -10,6 +10,7 @@ and the collector gets every number; duplicates are at most one RELP window.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from pathlib import Path
@@ -83,7 +84,7 @@ def test_a_node_stops_mid_stream_and_nothing_is_lost(tmp_path: Path) -> None:
     sender = RsyslogSender(tmp_path, omrelp_action(haproxy.port, window=WINDOW))
     with collector, nodes[0], nodes[1]:
         for node in nodes:
-            wait_until(lambda node=node: ready(node), 30, message=node.log_tail)
+            wait_until(functools.partial(ready, node), 30, message=node.log_tail)
         with haproxy, sender:
             started = time.monotonic()
             feed = threading.Thread(

@@ -138,3 +138,73 @@ retry_max = 0.5
             assert doc["workers"][index]["restarts"] == 1
             assert relay.terminate(timeout=60) == 0, relay.log_tail()
     assert "Traceback" not in relay.log()
+
+
+def fill_and_stop(tmp_path: Path, body: str, workers: int, port: int, count: int) -> Path:
+    """Run a relay with ``workers``, send ``count`` messages over 24
+    connections while its collector is down, stop it; its state_dir."""
+    config, state = write_config(tmp_path, body, workers=workers)
+    with RelayProcess(["-c", str(config)], tmp_path / "run1") as first:
+        if workers > 1:
+            wait_until(lambda: workers_up(state, workers), 30, message=first.log_tail)
+        else:
+            first.wait_for_tcp(port)
+        relay_send(port, count, connections=24)
+        wait_until(lambda: stats(state)["inputs"]["tcp"]["received"] == count, 30)
+        assert first.terminate(timeout=60) == 0, first.log_tail()
+    return state
+
+
+def deliver_all(
+    tmp_path: Path, body: str, workers: int, count: int, collector: RsyslogCollector, drained: int
+) -> str:
+    """Start again with ``workers`` and the collector up: every message
+    arrives, ``drained`` workers said they delivered an old spool and
+    exited, and no spool holds a segment. The log."""
+    config, state = write_config(tmp_path, body, workers=workers)
+    with collector, RelayProcess(["-c", str(config)], tmp_path / "run2") as second:
+        wait_until(
+            lambda: set(range(count)) <= set(collector.seqs()),
+            60,
+            message=lambda: f"{count - len(set(collector.seqs()))} missing",
+        )
+        done = "left by an earlier run are delivered"
+        wait_until(lambda: second.log().count(done) == drained, 30, message=second.log_tail)
+        assert second.terminate(timeout=30) == 0, second.log_tail()
+    assert "Traceback" not in second.log()
+    assert not list(state.glob("**/*.seg"))
+    return second.log()
+
+
+def two_way_body(collector_port: int, port: int) -> str:
+    return f"""\
+[input.tcp]
+url = "tcp://127.0.0.1:{port}"
+[output.central]
+url = "tcp://127.0.0.1:{collector_port}"
+retry_max = 0.5
+"""
+
+
+def test_spools_of_workers_no_longer_run_are_delivered(tmp_path: Path) -> None:
+    """A node started again with fewer workers (3, then 1): what workers 1
+    and 2 saved at the stop is delivered by workers of their own, which exit."""
+    port, count, collector = free_port(), 30_000, RsyslogCollector(tmp_path)
+    body = two_way_body(collector.tcp_port, port)
+    state = fill_and_stop(tmp_path, body, 3, port, count)
+    saved = [k for k in (1, 2) if any((state / f"worker-{k}").glob("spool/*/*.seg"))]
+    assert saved == [1, 2], "the kernel gave workers 1 and 2 no connection of 24"
+    log = deliver_all(tmp_path, body, 1, count, collector, drained=2)
+    assert "worker 2 started" in log
+
+
+def test_spools_of_a_run_without_workers_are_delivered(tmp_path: Path) -> None:
+    """The other way: a relay without workers saved its spool in
+    state_dir/spool; started with 2 workers, that spool moves to a worker
+    directory of its own and is delivered."""
+    port, count, collector = free_port(), 10_000, RsyslogCollector(tmp_path)
+    body = two_way_body(collector.tcp_port, port)
+    state = fill_and_stop(tmp_path, body, 1, port, count)
+    assert any(state.glob("spool/*/*.seg"))
+    log = deliver_all(tmp_path, body, 2, count, collector, drained=1)
+    assert "moved to" in log and "worker 2 started" in log
