@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,11 @@ def write_config(tmp_path: Path, body: str, workers: int = 2) -> tuple[Path, Pat
 
 def test_workers_share_a_port_and_stats_add_up(tmp_path: Path) -> None:
     collector = RsyslogCollector(tmp_path)
-    port = free_port()
+    port, metrics = free_port(), free_port()
     config, state = write_config(
         tmp_path,
         f"""\
+metrics = {metrics}
 [input.tcp]
 url = "tcp://127.0.0.1:{port}"
 [output.central]
@@ -76,6 +78,13 @@ url = "tcp://127.0.0.1:{collector.tcp_port}"
             control.request(control.socket_path(state / f"worker-{k}"), "stats") for k in (0, 1)
         ]
         assert all(d["inputs"]["tcp"]["received"] > 0 for d in each), each
+        # The parent serves the metrics: the sums, and each worker by label.
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        assert 'relay_input_received_messages_total{input="tcp"} 20000\n' in text
+        assert 'relay_output_delivered_messages_total{output="central"} 20000\n' in text
+        assert 'relay_worker_up{worker="0"} 1\n' in text
+        assert 'relay_worker_up{worker="1"} 1\n' in text
         assert relay.terminate(timeout=30) == 0, relay.log_tail()
     assert set(collector.seqs()) == set(range(20_000))
     assert "Traceback" not in relay.log()
