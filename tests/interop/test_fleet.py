@@ -1,6 +1,6 @@
 """A fleet: senders -> HAProxy (TCP mode) -> relay nodes -> collector.
 
-Done when 2 of issue 13: rsyslog's omrelp sends through a real HAProxy to
+Issue 13, "Done when" 2: rsyslog's omrelp sends through a real HAProxy to
 two relay nodes (each with two worker processes); the node that carries the
 stream is SIGTERMed at 30% and started again later. omrelp sends again what
 was not acknowledged (HAProxy passes its new connection to the other node),

@@ -102,7 +102,7 @@ def busiest_worker(state: Path) -> tuple[int, int]:
 
 
 async def test_worker_killed_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    """Done when 3 of issue 13: SIGKILL of a worker taking RELP traffic; the
+    """Issue 13, "Done when" 3: SIGKILL of a worker taking RELP traffic; the
     parent starts it again, and it delivers what it had acknowledged
     (durability "disk": each batch is written before the answer)."""
     collector = RsyslogCollector(tmp_path)  # down until after the kill: all is spooled
