@@ -8,7 +8,12 @@ number), what ``relay stats`` says, the parent's exit status.
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from tests.interop.peers import (
     relay_send,
     send_until_killed,
 )
+from tests.interop.test_systemd import NotifySocket, ids
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.interop
@@ -217,3 +223,70 @@ def test_spools_of_a_run_without_workers_are_delivered(tmp_path: Path) -> None:
     assert any(state.glob("spool/*/*.seg"))
     log = deliver_all(tmp_path, body, 2, count, collector, drained=1)
     assert "moved to" in log and "worker 2 started" in log
+
+
+def test_ready_once_every_worker_listens_then_reload_and_stop_reach_them_all(
+    tmp_path: Path,
+) -> None:
+    """systemd hears READY=1 from the parent once both workers listen;
+    `relay reload` (SIGHUP to the parent) reloads both; SIGTERM stops both."""
+    notify = NotifySocket(tmp_path / "notify")
+    port, out = free_port(), tmp_path / "out.log"
+    config, state = write_config(
+        tmp_path, f'[input.tcp]\nurl = "tcp://127.0.0.1:{port}"\n[output.o]\nurl = "file://{out}"\n'
+    )
+    relay = RelayProcess(
+        ["-c", str(config)], tmp_path / "run", env={"NOTIFY_SOCKET": str(notify.path)}
+    )
+    with relay.start():
+        ready = notify.next(30, relay)
+        assert ready == {"READY": "1", "STATUS": "2 of 2 workers up; 0 restarts"}
+        assert relay.log().count("relay: listening on") == 2
+        reload = subprocess.run(
+            [sys.executable, "-m", "relay", "reload", "--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert reload.returncode == 0, reload.stderr
+        wait_until(lambda: relay.log().count("relay: reloaded") == 2, 30, message=relay.log_tail)
+        relay_send(port, 1000, connections=8)
+        wait_until(lambda: out.exists() and out.read_bytes().count(b"seq=") == 1000, 20)
+        assert relay.terminate(timeout=30) == 0, relay.log_tail()
+    assert any(n.get("STOPPING") == "1" for n in notify.waiting())
+    assert relay.log().count("relay: SIGTERM received; stopping") == 3  # parent, 2 workers
+    notify.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+def test_workers_become_the_user_and_the_parent_stays_root(tmp_path: Path) -> None:
+    collector = RsyslogCollector(tmp_path)
+    open_dir = Path(tempfile.mkdtemp(prefix="relay-user-"))  # tmp_path is 0700: nobody stops
+    open_dir.chmod(0o755)
+    port, state = free_port(), open_dir / "state"
+    config = tmp_path / "relay.toml"
+    config.write_text(f"""\
+[relay]
+state_dir = "{state}"
+workers = 2
+[input.tcp]
+url = "tcp://127.0.0.1:{port}"
+[output.central]
+url = "tcp://127.0.0.1:{collector.tcp_port}"
+""")
+    nobody = str(pwd.getpwnam("nobody").pw_uid)
+    with (
+        collector,
+        RelayProcess(["-c", str(config), "--user", "nobody"], tmp_path / "run") as relay,
+    ):
+        wait_until(lambda: workers_up(state, 2), 30, message=relay.log_tail)
+        assert ids(relay.pid)["Uid"] == ["0"] * 4
+        for worker in stats(state)["workers"]:
+            assert ids(worker["pid"])["Uid"] == [nobody] * 4
+        relay_send(port, 2000, connections=8)
+        collector.wait_for_count(2000, timeout=30)
+        assert relay.terminate(timeout=30) == 0, relay.log_tail()
+    assert set(collector.seqs()) == set(range(2000))
+    assert "Traceback" not in relay.log()
+    shutil.rmtree(open_dir)
