@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -290,3 +291,38 @@ url = "tcp://127.0.0.1:{collector.tcp_port}"
     assert set(collector.seqs()) == set(range(2000))
     assert "Traceback" not in relay.log()
     shutil.rmtree(open_dir)
+
+
+def test_a_worker_that_cannot_start_stops_the_others(tmp_path: Path) -> None:
+    """A busy port: the worker says why in one line, the parent stops the
+    other and exits 1, no traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config, _ = write_config(
+            tmp_path, f'[input.tcp]\nurl = "tcp://127.0.0.1:{port}"\n[output.o]\nurl = "file:-"\n'
+        )
+        with RelayProcess(["-c", str(config)], tmp_path / "run") as relay:
+            assert relay.wait_for_exit(timeout=30) == 1
+    log = relay.log()
+    assert f"error: input tcp: cannot listen on tcp://127.0.0.1:{port}" in log
+    assert "before it was ready (its error is above); stopping the others" in log
+    assert "Traceback" not in log
+
+
+def test_workers_stop_and_save_when_the_parent_is_killed(tmp_path: Path) -> None:
+    collector = RsyslogCollector(tmp_path)  # never started: all stays queued
+    port = free_port()
+    config, state = write_config(tmp_path, two_way_body(collector.tcp_port, port))
+    with RelayProcess(["-c", str(config)], tmp_path / "run") as relay:
+        wait_until(lambda: workers_up(state, 2), 30, message=relay.log_tail)
+        pids = [w["pid"] for w in stats(state)["workers"]]
+        relay_send(port, 5000, connections=8)
+        wait_until(lambda: stats(state)["inputs"]["tcp"]["received"] == 5000, 30)
+        relay.kill()
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 30)
+    log = relay.log()
+    assert log.count("is gone; stopping") == 2
+    assert log.count("will be delivered first at the next start") == 2
+    assert "Traceback" not in log
