@@ -61,7 +61,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ import trio
 
 from relay import __version__, app, stats
 from relay.config import LOCAL_SCHEMES, Config
+from relay.errors import ConfigErrors
 from relay.observe import clients, control, fleet, metrics, status
 from relay.policy.backoff import Backoff
 from relay.service import privileges
@@ -173,8 +174,11 @@ class Worker:
 class Fleet:
     """The parent process: the workers, their notifications and the control socket."""
 
-    def __init__(self, config: Config, argv: Sequence[str]) -> None:
+    def __init__(
+        self, config: Config, argv: Sequence[str], reread: Callable[[], Config] | None = None
+    ) -> None:
         self.config = config
+        self.reread = reread  # the config file again, to see whether workers changed
         self.argv = list(argv)  # `relay run ...` as the user gave it, without the program
         self.workers: list[Worker] = []  # open() finds them
         self.stats = stats.Registry()
@@ -352,6 +356,7 @@ class Fleet:
             if signum == signal.SIGHUP:
                 log.info("relay: SIGHUP received; passing it to the workers")
                 self._send(signal.SIGHUP, only_up=True)
+                self._check_workers_setting()
             elif not self.stopping.is_set():
                 log.info("relay: %s received; stopping the workers", name)
                 self.notifier.stopping(f"{name} received; {self.summary()}")
@@ -359,6 +364,24 @@ class Fleet:
             else:
                 log.warning("relay: second %s; the workers stop now", name)
                 self._send(signal.SIGTERM)
+
+    def _check_workers_setting(self) -> None:
+        """One line if the file now asks for another number of workers (each
+        worker says what else is wrong with it, if anything)."""
+        if self.reread is None:
+            return
+        try:
+            wanted = self.reread().workers
+        except ConfigErrors:
+            return
+        if wanted != self.config.workers:
+            log.warning(
+                "relay: reload: [relay] workers changed from %d to %d: that needs a restart; "
+                "until then %d workers run",
+                self.config.workers,
+                wanted,
+                self.config.workers,
+            )
 
     def _stop(self) -> None:
         self.stopping.set()
@@ -404,13 +427,16 @@ class Fleet:
         return fleet.fleet_document(docs, [w.entry() for w in self.workers], base)
 
 
-async def run(config: Config, argv: Sequence[str]) -> int:
-    """Run ``config.workers`` workers (``argv``: ``run ...`` as given); the exit status."""
+async def run(
+    config: Config, argv: Sequence[str], reread: Callable[[], Config] | None = None
+) -> int:
+    """Run ``config.workers`` workers (``argv``: ``run ...`` as given); the
+    exit status. ``reread`` reads the config again (SIGHUP)."""
     identity = None
     if config.user:  # checked before anything is started: a mistake costs nothing
         identity = privileges.resolve(config.user, config.group)
         privileges.check_root(identity)
-    parent = Fleet(config, argv)
+    parent = Fleet(config, argv, reread)
     try:
         await parent.open(identity)
     except BaseException:

@@ -229,7 +229,10 @@ def run(
         parent = os.getppid()
 
         def reread_worker() -> config.Config:
-            return workers.worker_config(reread(), worker)
+            # The number of workers is the start's (the parent says when the
+            # file asks for another: it needs a restart).
+            again = dataclasses.replace(reread(), workers=cfg.workers)
+            return workers.worker_config(again, worker)
 
         status = _run_trio(
             functools.partial(app.run, parent=parent),
@@ -238,7 +241,7 @@ def run(
         )
     elif workers.needs_parent(cfg):
         _setup_logging(cfg.log_level)
-        status = _run_trio(workers.run, cfg, sys.argv[1:])
+        status = _run_trio(workers.run, cfg, sys.argv[1:], reread)
     else:
         _setup_logging(cfg.log_level)
         status = _run_trio(app.run, cfg, reread)

@@ -252,6 +252,14 @@ def test_ready_once_every_worker_listens_then_reload_and_stop_reach_them_all(
         )
         assert reload.returncode == 0, reload.stderr
         wait_until(lambda: relay.log().count("relay: reloaded") == 2, 30, message=relay.log_tail)
+        # Another number of workers needs a restart: said once, and both
+        # workers keep their inputs.
+        config.write_text(config.read_text().replace("workers = 2", "workers = 1"))
+        os.kill(relay.pid, signal.SIGHUP)
+        wait_until(lambda: relay.log().count("relay: reloaded") == 4, 30, message=relay.log_tail)
+        assert "[relay] workers changed from 2 to 1: that needs a restart" in relay.log()
+        second = control.request(control.socket_path(state / "worker-1"), "stats")
+        assert list(second["inputs"]) == ["tcp"]
         relay_send(port, 1000, connections=8)
         wait_until(lambda: out.exists() and out.read_bytes().count(b"seq=") == 1000, 20)
         assert relay.terminate(timeout=30) == 0, relay.log_tail()
