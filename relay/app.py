@@ -172,6 +172,8 @@ class Relay:
         self._tasks: dict[object, _Task] = {}  # each component's task, for a reload to stop
         self._nursery: trio.Nursery | None = None  # outputs, spools, rate limits
         self._inputs_nursery: trio.Nursery | None = None
+        # A worker process ([relay] workers): the parent's pid, watched.
+        self.parent: int | None = None
 
     def _output(self, config: OutputConfig) -> Output:
         settings = spool_settings(config)
@@ -236,24 +238,7 @@ class Relay:
                 directory.rmdir()  # fails, and keeps it, unless it is empty
 
     def _lock_state_dir(self) -> None:
-        state = self.config.state_dir
-        try:
-            state.mkdir(mode=0o750, parents=True, exist_ok=True)
-            fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            raise StartupError(f"cannot use state_dir {state}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StartupError(
-                f"state_dir {state} is in use by another relay (its spools must have one "
-                "owner); give each relay its own state_dir"
-            ) from None
-        self._lock = fd
-        # Who holds it: `relay reload` signals this pid (relay/service/running.py).
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock = lock_state_dir(self.config.state_dir)
 
     def _warn_orphan_spools(self) -> None:
         root = self.config.state_dir / "spool"
@@ -368,6 +353,10 @@ class Relay:
                 )
                 task_status.started(addresses)
                 self._notify_ready(nursery)
+                if self.parent is not None:
+                    nursery.start_soon(_watch_parent, self.parent)
+                    if not self.inputs:  # a worker that only delivers an old spool
+                        nursery.start_soon(self._stop_when_delivered)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         await self.reload()
@@ -383,6 +372,15 @@ class Relay:
                 inputs.cancel_scope.deadline = trio.current_time() + grace
             await self._drain(signals)
             nursery.cancel_scope.cancel()
+
+    async def _stop_when_delivered(self) -> None:
+        """A worker without inputs delivers what an earlier run with more
+        workers left in its spools (relay/workers.py), then stops."""
+        while self.queued():
+            with trio.move_on_after(0.5):
+                await self.outputs[0].spool.wait_changed()
+        log.info("relay: the spools left by an earlier run are delivered; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _notify_ready(self, nursery: trio.Nursery) -> None:
         """READY=1 to systemd (every input is bound and listening), then the
@@ -913,6 +911,28 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def lock_state_dir(state: Path) -> int:
+    """Create ``state`` if need be and hold its lock (an open fd) with our pid
+    in it: `relay reload` signals this pid (relay/service/running.py).
+    StartupError if another relay holds it."""
+    try:
+        state.mkdir(mode=0o750, parents=True, exist_ok=True)
+        fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise StartupError(f"cannot use state_dir {state}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupError(
+            f"state_dir {state} is in use by another relay (its spools must have one "
+            "owner); give each relay its own state_dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def spool_settings(config: OutputConfig) -> SpoolSettings:
     return SpoolSettings(
         max_messages=config.queue_max_messages,
@@ -939,6 +959,19 @@ async def _close_input(item: Input) -> None:
         item.sock.close()
 
 
+# How often a worker looks whether its parent is still there.
+PARENT_CHECK_INTERVAL = 1.0
+
+
+async def _watch_parent(parent: int) -> None:
+    """A worker whose parent is gone (killed: it had no time to stop us) stops
+    as at SIGTERM, saving its spools, rather than serve on unsupervised."""
+    while os.getppid() == parent:
+        await trio.sleep(PARENT_CHECK_INTERVAL)
+    log.warning("relay: the parent process %d is gone; stopping", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
     async for signum in signals:
         if signum != signal.SIGHUP:
@@ -947,18 +980,22 @@ async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope
             return
 
 
-async def run(config: Config, reread: Callable[[], Config] | None = None) -> int:
+async def run(
+    config: Config, reread: Callable[[], Config] | None = None, *, parent: int | None = None
+) -> int:
     """Open and run a relay; returns the exit status (0 unless messages were lost).
 
     ``reread`` reads the config again as it was read for the start (the file
     and the command line): SIGHUP applies what it returns, or logs its
-    ConfigErrors and changes nothing."""
+    ConfigErrors and changes nothing. ``parent``: this is a worker process
+    of that pid (relay/workers.py)."""
     identity = None
     if config.user:  # checked before anything is bound: a mistake costs nothing
         identity = privileges.resolve(config.user, config.group)
         privileges.check_root(identity)
     relay = Relay(config)
     relay.reread = reread
+    relay.parent = parent
     try:
         await relay.open()
         if identity is not None:

@@ -114,7 +114,11 @@ RELAY_KEYS = (
     "metrics",
     "control_group",
     "stats_interval",
+    "workers",
 )
+# [relay] workers: at most this many processes (more than any machine's cores
+# that a relay node would use; a typo such as 1000 is a mistake, not a plan).
+MAX_WORKERS = 256
 # [relay] metrics given as a port alone: served on loopback only. Metrics say
 # much about a network (peers, certificates); exposing them is a choice.
 DEFAULT_METRICS_HOST = "127.0.0.1"
@@ -314,6 +318,9 @@ class InputConfig:
     # starts every connection, which must come from one of proxy_trusted.
     proxy_protocol: bool = False
     proxy_trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Not a key: set for each worker process ([relay] workers > 1), so that
+    # they all bind the address (SO_REUSEPORT) and the kernel spreads the load.
+    reuse_port: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -412,6 +419,7 @@ class Config:
     metrics: tuple[str, int] | None = None  # [relay] metrics: where /metrics is served
     control_group: int = -1  # gid that may use state_dir/control.sock (-1: owner only)
     stats_interval: float = 0.0  # seconds between stats lines in the log (0: never)
+    workers: int = 1  # [relay] workers: processes sharing the inputs (relay/workers.py)
 
 
 def default_state_dir() -> Path:
@@ -661,6 +669,7 @@ class _Validator:
         metrics = self.get(relay, "relay.metrics", _listen_address, None)
         control_group = self.get(relay, "relay.control_group", _group, -1)
         stats_interval = self.get(relay, "relay.stats_interval", _seconds_or_off, 0.0)
+        workers = self.get(relay, "relay.workers", _workers, 1)
         self.unknown(relay, "relay", RELAY_KEYS)
         self.profiles = self.tls_profiles(data)
         inputs = tuple(self.endpoints(data, "input", self.input))
@@ -671,6 +680,8 @@ class _Validator:
             self.spool_name(output)
             self.routed_inputs(output, input_names)
             self.creds_inputs(output, inputs)
+        if workers > 1:
+            self.shared_ports(inputs)
         if not self.table(data, "input"):
             self.error("input", "no inputs: add at least one [input.NAME] table with a url")
         if not self.table(data, "output"):
@@ -690,7 +701,18 @@ class _Validator:
             metrics=metrics,
             control_group=control_group,
             stats_interval=stats_interval,
+            workers=workers,
         )
+
+    def shared_ports(self, inputs: Sequence[InputConfig]) -> None:
+        """With workers, every worker binds each input's port: port 0 would give
+        each worker a port of its own, which no sender could know."""
+        for item in inputs:
+            if item.endpoint.scheme not in LOCAL_SCHEMES and item.endpoint.port == 0:
+                self.error(
+                    f"input.{item.name}.url",
+                    "port 0 (any free port) cannot be shared by [relay] workers; give a port",
+                )
 
     def routed_inputs(self, output: OutputConfig, names: set[str]) -> None:
         """An output's ``inputs`` must name inputs that exist."""
@@ -1500,6 +1522,17 @@ def _seconds_or_off(value: Any) -> float:
     if not 0 <= value <= MAX_SECONDS:
         raise ValueError(f"must be from 0 (never) to {MAX_SECONDS} seconds, not {value}")
     return float(value)
+
+
+def _workers(value: Any) -> int:
+    """A number of processes, or "auto": as many as this process may use cores."""
+    if value == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'must be a number of processes or "auto", not {_kind(value)}')
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f'must be from 1 to {MAX_WORKERS} or "auto", not {value}')
+    return value
 
 
 def _listen_address(value: Any) -> tuple[str, int]:

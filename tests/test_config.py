@@ -1061,7 +1061,7 @@ def test_proxy_protocol_is_for_stream_inputs() -> None:
 def test_an_http_input_takes_its_path_from_the_path_key_not_its_url() -> None:
     """The HTTP output's URL carries the request's path; an input's does not
     (``path`` does): a path there would be silently ignored otherwise."""
-    with pytest.raises(config.ConfigErrors) as caught:
+    with pytest.raises(ConfigErrors) as caught:
         config.loads(
             '[input.api]\nurl = "http://127.0.0.1:8080/v1/logs"\n'
             '[output.o]\nurl = "file:///tmp/relay-never-written"\n'
@@ -1072,3 +1072,40 @@ def test_an_http_input_takes_its_path_from_the_path_key_not_its_url() -> None:
         '[output.o]\nurl = "file:///tmp/relay-never-written"\n'
     )
     assert cfg.inputs[0].path == "/v1/logs"
+
+
+WORKERS = """\
+[relay]
+workers = {workers}
+[input.t]
+url = "tcp://127.0.0.1:{port}"
+[input.dev]
+url = "unix:///run/relay/log"
+[output.o]
+url = "file:-"
+"""
+
+
+def test_workers() -> None:
+    assert config.loads(WORKERS.format(workers=4, port=514)).workers == 4
+    auto = config.loads(WORKERS.format(workers='"auto"', port=514)).workers
+    assert auto == len(os.sched_getaffinity(0))
+    assert config.loads(WORKERS.format(workers=1, port=0)).workers == 1  # port 0 alone is fine
+
+
+@pytest.mark.parametrize(
+    ("workers", "port", "key", "message"),
+    [
+        (0, 514, "relay.workers", 'from 1 to 256 or "auto"'),
+        ('"many"', 514, "relay.workers", 'a number of processes or "auto", not a string'),
+        ("true", 514, "relay.workers", 'a number of processes or "auto"'),
+        (2, 0, "input.t.url", "port 0 (any free port) cannot be shared"),
+    ],
+)
+def test_workers_mistakes(workers: object, port: int, key: str, message: str) -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        config.loads(WORKERS.format(workers=workers, port=port), source="r.toml")
+    (error,) = caught.value.errors
+    assert error.key == key
+    assert message in str(error)
+    assert error.line == (2 if key == "relay.workers" else 4)

@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("relay.policy",),
     ("relay.spool", "relay.tls", "relay.service"),
     ("relay.inputs", "relay.outputs", "relay.observe"),
-    ("relay.app",),
+    ("relay.app", "relay.workers"),
     ("relay.cli", "relay.__main__"),
 )
 # No I/O, no clock, no event loop: time is passed in.

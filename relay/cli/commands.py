@@ -11,6 +11,7 @@ import functools
 import glob
 import ipaddress
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +21,7 @@ from typing import Any, NoReturn
 import click
 import trio
 
-from relay import __version__, app, config
+from relay import __version__, app, config, workers
 from relay.cli import sender
 from relay.errors import ConfigErrors, RelayError
 from relay.importer import UnreadableConfig, convert
@@ -46,9 +47,11 @@ class _UTCFormatter(logging.Formatter):
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, tag: str = "") -> None:
+    """The relay's log on standard error; ``tag`` (``[worker 1]``) after the level."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_UTCFormatter("%(asctime)s %(levelname)s %(message)s"))
+    where = f"{tag} " if tag else ""
+    handler.setFormatter(_UTCFormatter(f"%(asctime)s %(levelname)s {where}%(message)s"))
     root = logging.getLogger("relay")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -176,6 +179,8 @@ def main() -> None:
     metavar="NAME",
     help="With --user: run with this group [default: the user's own].",
 )
+# Internal: how the parent of [relay] workers starts worker K (relay/workers.py).
+@click.option("--worker", type=click.IntRange(min=0), hidden=True)
 def run(
     config_file: str | None,
     inputs: tuple[str, ...],
@@ -185,6 +190,7 @@ def run(
     log_level: str | None,
     user: str | None,
     group: str | None,
+    worker: int | None,
 ) -> None:
     """Run the relay in the foreground until SIGTERM or SIGINT.
 
@@ -220,9 +226,28 @@ def run(
         overrides["group"] = group
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
-    _setup_logging(cfg.log_level)
     reread = functools.partial(_read, config_file, inputs, outputs, overrides)
-    status = _run_trio(app.run, cfg, reread)
+    if worker is not None:
+        _setup_logging(cfg.log_level, f"[worker {worker}]")
+        parent = os.getppid()
+
+        def reread_worker() -> config.Config:
+            # The number of workers is the start's (the parent says when the
+            # file asks for another: it needs a restart).
+            again = dataclasses.replace(reread(), workers=cfg.workers)
+            return workers.worker_config(again, worker)
+
+        status = _run_trio(
+            functools.partial(app.run, parent=parent),
+            workers.worker_config(cfg, worker),
+            reread_worker,
+        )
+    elif workers.needs_parent(cfg):
+        _setup_logging(cfg.log_level)
+        status = _run_trio(workers.run, cfg, sys.argv[1:], reread)
+    else:
+        _setup_logging(cfg.log_level)
+        status = _run_trio(app.run, cfg, reread)
     sys.exit(status)
 
 

@@ -82,7 +82,10 @@ def table(doc: Doc, before: Doc | None = None) -> str:
     """The aligned tables; with ``before`` (the previous document), rates per second."""
     now = doc["time"]
     up = status.span(now - doc["started"])
-    lines = [f"relay {doc['relay']}, pid {doc['pid']}, up {up}, state_dir {doc['state_dir']}", ""]
+    lines = [f"relay {doc['relay']}, pid {doc['pid']}, up {up}, state_dir {doc['state_dir']}"]
+    if "workers" in doc:  # [relay] workers: the figures below are theirs added up
+        lines.append(_workers(doc["workers"]))
+    lines.append("")
     rates = before is not None
     notes: list[str] = []
     rows: list[list[str]] = [
@@ -135,6 +138,18 @@ def table(doc: Doc, before: Doc | None = None) -> str:
 def _reasons(name: str, what: str, counts: Mapping[str, int]) -> list[str]:
     shown = ", ".join(f"{reason} {n}" for reason, n in counts.items() if n)
     return [f"{name}: {what}: {shown}"] if shown else []
+
+
+def _workers(workers: Sequence[Mapping[str, Any]]) -> str:
+    """``workers: 2 (added up below): 0 up pid 812, 1 restarting (3 restarts)``."""
+    shown = []
+    for worker in workers:
+        state = "up" if worker["answered"] else worker["state"]
+        pid = f" pid {worker['pid']}" if worker["answered"] else ""
+        restarts = worker["restarts"]
+        again = f" ({restarts} restart{'s' if restarts != 1 else ''})" if restarts else ""
+        shown.append(f"{worker['index']} {state}{pid}{again}")
+    return f"workers: {len(workers)} (added up below): {', '.join(shown)}"
 
 
 def _state_dir(config_file: str | None, state_dir: str | None) -> Path:

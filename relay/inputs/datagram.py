@@ -102,6 +102,8 @@ class DatagramInput:
             sock = socket.socket(family, socket.SOCK_DGRAM)
             self.sock = sock
             self._grow_rcvbuf(sock)
+            if self.config.reuse_port:  # workers: the kernel spreads datagrams by sender
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((endpoint.host, endpoint.port))
             host, port = sock.getsockname()[:2]
             self.address = f"udp://{host_port(host, port)}"

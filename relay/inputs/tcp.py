@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import socket
 import time
 
 import trio
@@ -53,6 +54,8 @@ log = logging.getLogger("relay.input")
 # hundred messages (the hot path works in batches: docs/ARCHITECTURE.md), small
 # enough to bound per-connection memory.
 RECV_SIZE = 256 * 1024
+# listen(2) backlog: connections the kernel holds for us before accept().
+BACKLOG = 1024
 
 # At stop: a connection quiet this long has nothing more in our kernel's buffer.
 STOP_IDLE = 0.1
@@ -102,6 +105,31 @@ class Connection:
         self.closing = ""  # why we close it: "idle", "evicted" ("" while it is served)
 
 
+async def _shared_listeners(host: str, port: int, backlog: int) -> list[trio.SocketListener]:
+    """What trio.open_tcp_listeners gives, with SO_REUSEPORT: each worker
+    process binds the same address and the kernel spreads the connections
+    over them (by a hash of the peer's address and port)."""
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+    )
+    socks = []
+    try:
+        for family, kind, proto, _, address in infos:
+            sock = trio.socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(backlog)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return [trio.SocketListener(sock) for sock in socks]
+
+
 class TcpInput:
     def __init__(self, config: InputConfig, router: Router, counters: Counters) -> None:
         self.config = config
@@ -134,9 +162,12 @@ class TcpInput:
         if self.config.tls is not None:
             self.tls = TlsAcceptor(self.config.name, self.config.tls, self.counters)
         try:
-            self.listeners = await trio.open_tcp_listeners(
-                endpoint.port, host=endpoint.host, backlog=1024
-            )
+            if self.config.reuse_port:
+                self.listeners = await _shared_listeners(endpoint.host, endpoint.port, BACKLOG)
+            else:
+                self.listeners = await trio.open_tcp_listeners(
+                    endpoint.port, host=endpoint.host, backlog=BACKLOG
+                )
         except OSError as exc:
             reason = exc.strerror or str(exc)
             if exc.errno == errno.EADDRINUSE:

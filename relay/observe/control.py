@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ SOCKET_NAME = "control.sock"
 # A command is a word; a line longer than this is not one.
 MAX_REQUEST = 1024
 
-Command = Callable[[], Mapping[str, Any]]
+# A command's answer; a coroutine for one that must wait (the parent of
+# worker processes asks each of them: relay/observe/fleet.py).
+Command = Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -111,10 +114,16 @@ class ControlServer:
             return _encode({"error": f"unknown command {shown!r} (commands: {known})"})
         self.counters.add("requests")
         try:
-            return _encode(self.commands[command]())
+            return _encode(await answer(self.commands[command]))
         except Exception as exc:  # a bug: the client gets one line, the relay goes on
             log.exception("relay: control command %r failed", command)
             return _encode({"error": f"{command} failed: {type(exc).__name__}: {exc}"})
+
+
+async def answer(command: Command) -> Mapping[str, Any]:
+    """What ``command`` answers, awaited if it must wait."""
+    result = command()
+    return await result if inspect.isawaitable(result) else result
 
 
 def _encode(document: Mapping[str, Any]) -> bytes:

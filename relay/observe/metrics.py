@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import trio
@@ -27,6 +27,7 @@ import trio
 from relay.config import host_port
 from relay.errors import StartupError
 from relay.observe.clients import Clients, read_request
+from relay.observe.control import Command, answer
 from relay.stats import Counters
 
 log = logging.getLogger("relay")
@@ -93,6 +94,12 @@ METRICS: dict[str, tuple[str, str]] = {
         "gauge",
         "When a certificate file in use expires, in Unix seconds (the earliest in the file).",
     ),
+    # [relay] workers: the other metrics are the workers' added up.
+    "relay_worker_up": ("gauge", "1 if the worker process runs and answered, else 0."),
+    "relay_worker_restarts_total": (
+        "counter",
+        "Times the parent started a worker again after it died.",
+    ),
 }
 
 Sample = tuple[str, Mapping[str, str], float]
@@ -137,6 +144,10 @@ def _samples(doc: Mapping[str, Any]) -> Iterator[Sample]:
             yield "relay_tls_failures_total", endpoint, value
     for file, cert in doc["certificates"].items():
         yield "relay_certificate_expiry_timestamp_seconds", {"file": file}, cert["not_after"]
+    for worker in doc.get("workers", ()):
+        labels = {"worker": str(worker["index"])}
+        yield "relay_worker_up", labels, 1 if worker["answered"] else 0
+        yield "relay_worker_restarts_total", labels, worker["restarts"]
 
 
 def _escape(value: str) -> str:
@@ -197,7 +208,7 @@ class MetricsServer:
         self,
         host: str,
         port: int,
-        document: Callable[[], Mapping[str, Any]],
+        document: Command,
         counters: Counters,
     ) -> None:
         self.host = host
@@ -258,7 +269,7 @@ class MetricsServer:
             return _error("404 Not Found")
         self.counters.add("requests")
         try:
-            body = exposition(self.document()).encode()
+            body = exposition(await answer(self.document)).encode()
         except Exception:  # a bug: this scrape fails, the relay goes on
             log.exception("relay: building the metrics failed")
             return _error("500 Internal Server Error")

@@ -30,7 +30,9 @@ from types import TracebackType
 from typing import IO, Any, Self, TypeVar
 
 import pytest
+import trio
 
+from relay.protocol.relp import Acked, Opened, RelpClient
 from tests.waiting import wait_until
 
 T = TypeVar("T")
@@ -767,6 +769,41 @@ class RelaySendProcess:
         if self.running():
             self.process.kill()
         self.process.communicate()
+
+
+async def send_until_killed(port: int, count: int, acked: set[int], start: int = 0) -> None:
+    """Send numbered messages over RELP, recording each acknowledged number,
+    until the relay goes away (or all are sent and acknowledged). The
+    numbers are ``start`` to ``start + count - 1``; the sender is relay's own
+    RELP client codec, so the test knows exactly what was acknowledged."""
+    client = RelpClient(window=1024)
+    seqs: dict[int, int] = {}
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        await stream.send_all(client.open())
+        opened = False
+        next_seq, end = start, start + count
+        while next_seq < end or seqs:
+            if opened and client.room() and next_seq < end:
+                n = min(client.room(), 200, end - next_seq)
+                data, txnrs = client.send(
+                    [b"<13>1 - host app - - - seq=%d" % s for s in range(next_seq, next_seq + n)]
+                )
+                seqs.update(zip(txnrs, range(next_seq, next_seq + n), strict=True))
+                next_seq += n
+                await stream.send_all(data)
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            for event in client.receive_data(data):
+                if isinstance(event, Opened):
+                    opened = True
+                elif isinstance(event, Acked):
+                    acked.update(seqs.pop(txnr) for txnr in event.txnrs)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return  # the relay was killed
+    finally:
+        await stream.aclose()
 
 
 def outage(

@@ -17,48 +17,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay.protocol.relp import Acked, Opened, RelpClient
 from tests.interop.peers import (
     RelayProcess,
     RsyslogCollector,
     free_port,
+    send_until_killed,
 )
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.interop
-
-
-async def send_until_killed(port: int, count: int, acked: set[int]) -> None:
-    """Send numbered messages over RELP, recording each acknowledged number,
-    until the relay goes away (or all are sent and acknowledged)."""
-    client = RelpClient(window=1024)
-    seqs: dict[int, int] = {}
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    try:
-        await stream.send_all(client.open())
-        opened = False
-        next_seq = 0
-        while next_seq < count or seqs:
-            if opened and client.room() and next_seq < count:
-                n = min(client.room(), 200, count - next_seq)
-                data, txnrs = client.send(
-                    [b"<13>1 - host app - - - seq=%d" % s for s in range(next_seq, next_seq + n)]
-                )
-                seqs.update(zip(txnrs, range(next_seq, next_seq + n), strict=True))
-                next_seq += n
-                await stream.send_all(data)
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            for event in client.receive_data(data):
-                if isinstance(event, Opened):
-                    opened = True
-                elif isinstance(event, Acked):
-                    acked.update(seqs.pop(txnr) for txnr in event.txnrs)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return  # the relay was killed
-    finally:
-        await stream.aclose()
 
 
 @pytest.mark.parametrize("seed", range(3))
