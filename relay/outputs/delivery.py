@@ -32,6 +32,7 @@ from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
 from relay.outputs.window import Window, WindowLost
 from relay.policy.backoff import Backoff
+from relay.service.timer import Timer
 from relay.spool.spool import Spool
 from relay.stats import Counters
 from relay.tls.context import ReloadableContext
@@ -212,6 +213,13 @@ class Output:
                 await self.aclose()
 
     async def _deliver_forever(self) -> None:
+        timer = Timer()  # the coalescing wait: see relay/service/timer.py
+        try:
+            await self._deliver_with(timer)
+        finally:
+            timer.close()
+
+    async def _deliver_with(self, timer: Timer) -> None:
         backoff = Backoff(maximum=self.config.retry_max)
         spool = self.spool
         window = self.window
@@ -234,7 +242,7 @@ class Output:
             if batches[0].nbytes < COALESCE_BYTES and len(batches) < 256:
                 now = trio.current_time()
                 if now - last_write < COALESCE_DELAY and _total(batches) < COALESCE_BYTES:
-                    await trio.sleep_until(last_write + COALESCE_DELAY)  # see COALESCE_DELAY
+                    await timer.sleep(last_write + COALESCE_DELAY - now)  # see COALESCE_DELAY
                     if window.moved():
                         continue
                     batches = spool.batches_nowait(SEND_BYTES, skip)
