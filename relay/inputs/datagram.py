@@ -62,8 +62,8 @@ DEFER_MAX = 0.002
 DEFER_MIN = 0.001
 # What the wait is planned for: a UDP socket's queue is not bounded in
 # datagrams (a full buffer drops, it never blocks); plan as if it held this
-# many. (The unix input, inputs/local.py, does not wait: with the kernel's
-# net.unix.max_dgram_qlen of 10 a local sender would block first.)
+# many. (The unix input, inputs/local.py, plans for the kernel's
+# net.unix.max_dgram_qlen, and waits only when that is long, as under systemd.)
 UDP_QUEUE = 256
 
 # Linux's SO_RCVBUFFORCE (asm-generic/socket.h); the socket module lacks the name.
