@@ -235,9 +235,8 @@ class Output:
             skip = window.take()
             if turn and spool.ready(skip):
                 # Busy: let the other tasks run. Idle, wait_batches below
-                # waits, and that is the turn: at a trickle, one scheduling
-                # round fewer a write (a third of the rounds when each
-                # message comes alone).
+                # waits, and that is the turn: at a trickle, one task step
+                # fewer a write.
                 await trio.lowlevel.checkpoint()
             turn = False
             batches = []
