@@ -30,6 +30,7 @@ from relay.errors import ADDRESS_IN_USE, StartupError
 from relay.inputs.limit import for_input
 from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, utf8_cut
+from relay.service.timer import Timer
 from relay.spool.router import Router
 from relay.stats import Counters, LogLimit
 
@@ -162,6 +163,7 @@ class DatagramInput:
         monotonic = time.monotonic
         last = monotonic()
         deferred = False
+        timer = Timer()  # see relay/service/timer.py
         try:
             while True:
                 if not deferred:
@@ -207,10 +209,11 @@ class DatagramInput:
                 if groups:
                     self._queue(groups, count, nbytes)
                 if deferred:
-                    await trio.sleep(delay)
+                    await timer.sleep(delay)
                 # Otherwise wait_readable is the checkpoint: no other await here.
         finally:
             sock.close()
+            timer.close()
 
     def _queue(self, groups: dict[object, list[bytes]], count: int, nbytes: int) -> None:
         """Hand one wake-up's datagrams on, a batch per sender."""
