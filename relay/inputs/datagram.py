@@ -30,6 +30,7 @@ from relay.errors import ADDRESS_IN_USE, StartupError
 from relay.inputs.limit import for_input
 from relay.message import Batch
 from relay.protocol.framing import OversizePolicy, utf8_cut
+from relay.service.timer import Timer
 from relay.spool.router import Router
 from relay.stats import Counters, LogLimit
 
@@ -62,8 +63,8 @@ DEFER_MAX = 0.002
 DEFER_MIN = 0.001
 # What the wait is planned for: a UDP socket's queue is not bounded in
 # datagrams (a full buffer drops, it never blocks); plan as if it held this
-# many. (The unix input, inputs/local.py, does not wait: with the kernel's
-# net.unix.max_dgram_qlen of 10 a local sender would block first.)
+# many. (The unix input, inputs/local.py, plans for the kernel's
+# net.unix.max_dgram_qlen, and waits only when that is long, as under systemd.)
 UDP_QUEUE = 256
 
 # Linux's SO_RCVBUFFORCE (asm-generic/socket.h); the socket module lacks the name.
@@ -164,6 +165,7 @@ class DatagramInput:
         monotonic = time.monotonic
         last = monotonic()
         deferred = False
+        timer = Timer()  # see relay/service/timer.py
         try:
             while True:
                 if not deferred:
@@ -209,10 +211,11 @@ class DatagramInput:
                 if groups:
                     self._queue(groups, count, nbytes)
                 if deferred:
-                    await trio.sleep(delay)
+                    await timer.sleep(delay)
                 # Otherwise wait_readable is the checkpoint: no other await here.
         finally:
             sock.close()
+            timer.close()
 
     def _queue(self, groups: dict[object, list[bytes]], count: int, nbytes: int) -> None:
         """Hand one wake-up's datagrams on, a batch per sender."""

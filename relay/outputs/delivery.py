@@ -32,6 +32,7 @@ from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
 from relay.outputs.window import Window, WindowLost
 from relay.policy.backoff import Backoff
+from relay.service.timer import Timer
 from relay.spool.spool import Spool
 from relay.stats import Counters
 from relay.tls.context import ReloadableContext
@@ -104,8 +105,10 @@ class Output:
         self.window: Window[Any] = Window(spool, counters)
         self._nursery: trio.Nursery | None = None  # background work, while run() runs
         # Whether the loop already yielded to other tasks (slept to coalesce)
-        # since it took the batches being delivered: then a deliver() that
-        # wrote without awaiting need not yield again.
+        # since it took the batches being delivered; a deliver() that wrote
+        # without awaiting (plain TCP, straight to the socket) leaves it
+        # False, and the loop yields before its next take if that would not
+        # wait anyway (see _deliver_with).
         self.yielded = False
         # tls:// and relp+tls://: one context per target host (the name it must
         # present), built by open() so that bad files stop the start.
@@ -212,16 +215,30 @@ class Output:
                 await self.aclose()
 
     async def _deliver_forever(self) -> None:
+        timer = Timer()  # the coalescing wait: see relay/service/timer.py
+        try:
+            await self._deliver_with(timer)
+        finally:
+            timer.close()
+
+    async def _deliver_with(self, timer: Timer) -> None:
         backoff = Backoff(maximum=self.config.retry_max)
         spool = self.spool
         window = self.window
         last_write = -float("inf")
+        turn = False  # delivered without yielding: yield before the next take
         while True:
             self.confirm(trio.current_time())
             if self.handing_over:
                 await self._wait_handed_over()
                 continue
             skip = window.take()
+            if turn and spool.ready(skip):
+                # Busy: let the other tasks run. Idle, wait_batches below
+                # waits, and that is the turn: at a trickle, one task step
+                # fewer a write.
+                await trio.lowlevel.checkpoint()
+            turn = False
             batches = []
             if skip:
                 with trio.move_on_after(CONFIRM_POLL):
@@ -234,7 +251,7 @@ class Output:
             if batches[0].nbytes < COALESCE_BYTES and len(batches) < 256:
                 now = trio.current_time()
                 if now - last_write < COALESCE_DELAY and _total(batches) < COALESCE_BYTES:
-                    await trio.sleep_until(last_write + COALESCE_DELAY)  # see COALESCE_DELAY
+                    await timer.sleep(last_write + COALESCE_DELAY - now)  # see COALESCE_DELAY
                     if window.moved():
                         continue
                     batches = spool.batches_nowait(SEND_BYTES, skip)
@@ -263,6 +280,7 @@ class Output:
                 backoff = backoff.reset()
                 self.last_error = ""
             self.written(batches, trio.current_time())
+            turn = not self.yielded
 
     async def _wait_handed_over(self) -> None:
         """Handing over: until nothing is in flight (then until cancelled)."""

@@ -217,14 +217,13 @@ class TcpOutput(Output):
 
     async def _write(self, connection: _Connection, data: bytes) -> None:
         """Write ``data``: straight to the socket when it takes it all (no
-        trio round: most writes of a trickle, or of 1 MiB on a fast link),
-        through the stream for the rest; yields once in any case unless the
-        delivery loop just did."""
+        trio round: most writes of a trickle, or of 1 MiB on a fast link;
+        the delivery loop yields before its next take), through the stream
+        for the rest."""
         sent = connection.write_nowait(data) if connection.plain else 0
         if sent < len(data):
             await connection.stream.send_all(memoryview(data)[sent:] if sent else data)
-        elif not self.yielded:
-            await trio.lowlevel.checkpoint()
+            self.yielded = True
 
     def _rewind_if_lost(self) -> None:
         """The window was just lost: what is written next must be the spool's

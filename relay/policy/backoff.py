@@ -32,7 +32,10 @@ class Backoff:
         return dataclasses.replace(self, failures=self.failures + 1)
 
     def reset(self) -> Backoff:
-        """The policy after a success."""
+        """The policy after a success (itself if nothing failed: this runs
+        after every write, and dataclasses.replace costs about 10 us)."""
+        if not self.failures:
+            return self
         return dataclasses.replace(self, failures=0)
 
     def cap(self) -> float:

@@ -189,7 +189,9 @@ class TargetSelector:
         an earlier target is back. An earlier one that is connected (a probe
         that finished during this write) takes the next batch.
         """
-        self._update(index, backoff=self._targets[index].backoff.reset())
+        backoff = self._targets[index].backoff
+        if backoff.failures:  # (a record is rebuilt only when it changes)
+            self._update(index, backoff=backoff.reset())
         if self.mode is TargetMode.LOADBALANCE:
             self._next = (index + 1) % len(self._targets)
             return []

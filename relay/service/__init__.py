@@ -1,1 +1,2 @@
-"""How relay lives in a service manager: systemd's notifications, dropping root."""
+"""How relay lives in a service manager: systemd's notifications, dropping root; and a
+cheap timer from the kernel (timerfd)."""

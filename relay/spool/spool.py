@@ -605,6 +605,11 @@ class Spool:
             await self._changed.wait()
         return self.batches_nowait(max_bytes, skip)
 
+    def ready(self, skip: int = 0) -> bool:
+        """Whether :meth:`wait_batches` with ``skip`` would return without
+        waiting for a put (batches in memory after ``skip``, or on disk)."""
+        return len(self._memory) > skip or self._disk_messages > 0
+
     def interrupt_wait(self) -> None:
         """The output's :meth:`wait_batches` returns now, with no batches (a
         reload is handing the spool over); if it is not waiting, its next wait

@@ -354,3 +354,53 @@ def test_garbage_never_stops_the_inputs(
         assert dgram.counters["handler_errors"] == listener.counters["handler_errors"] == 0
 
     trio.run(main)
+
+
+# A sender of steady datagrams, in its own process: 4,000 a second for 0.25 s.
+STEADY_SENDER = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+start = time.monotonic()
+for i in range(1000):
+    pause = start + i / 4000 - time.monotonic()
+    if pause > 0:
+        time.sleep(pause)
+    s.sendto(b"<13>app: seq=%d" % i, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("qlen", [512, 10])
+async def test_datagrams_gather_only_when_the_kernel_queue_is_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, qlen: int
+) -> None:
+    """With systemd's net.unix.max_dgram_qlen (512) a steady trickle is read
+    a few datagrams at a time (the input waits up to DEFER_MAX after a look);
+    with the kernel's 10 it is read as it comes (a sender would block), and
+    every datagram arrives either way."""
+    limit = tmp_path / "max_dgram_qlen"
+    limit.write_text(f"{qlen}\n")
+    monkeypatch.setattr(local, "QLEN_PATH", str(limit))
+    spool = memory_spool()
+    path = tmp_path / "log"
+    dgram = make_input([spool], path, creds_wanted=False)
+    assert isinstance(dgram, local.LocalDatagramInput)
+    assert dgram.queue_length == qlen
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dgram.serve)
+        await trio.run_process(["python3", "-c", STEADY_SENDER, str(path)])
+        await wait_for(spool, 1000)
+        nursery.cancel_scope.cancel()
+    per_batch = 1000 / len(batches(spool))
+    assert [m for b in batches(spool) for m in b.messages][-1].endswith(b"seq=999")
+    if qlen == 512:  # 2 ms at 4,000/s: 8 a batch (1 to 3 when read as they come)
+        assert per_batch >= 4
+
+
+def test_queue_length_is_the_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    limit = tmp_path / "max_dgram_qlen"
+    monkeypatch.setattr(local, "QLEN_PATH", str(limit))
+    assert local.max_dgram_qlen() == local.KERNEL_QLEN  # not there
+    limit.write_text("512\n")
+    assert local.max_dgram_qlen() == 512
+    limit.write_text("many\n")
+    assert local.max_dgram_qlen() == local.KERNEL_QLEN

@@ -162,3 +162,40 @@ async def test_a_stop_keeps_the_window_in_the_spool_and_resends_nothing(
     assert len(output.spool) == 3
     assert output.counters["resent"] == 0
     assert "connection lost" not in caplog.text
+
+
+class TaskSteps(trio.abc.Instrument):
+    """How often each task ran (a step: from a wake-up to its next wait)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+
+async def test_a_lone_message_costs_the_output_one_step() -> None:
+    """At a trickle each message comes alone: the output wakes for it, writes
+    it straight to the socket and waits for the next, in one step (no
+    scheduling round of its own after the write: waiting is one)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    output = make_output(listeners[0].socket.getsockname()[1])
+    counter = TaskSteps()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.run, name="output")
+        output.spool.put_nowait(batch(0))  # connects
+        collector = await listeners[0].accept()
+        assert len(await read_frames(collector, 1)) == 1
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(counter)
+        for seq in range(1, 21):
+            # Apart by more than the coalescing delay, as a trickle is.
+            await trio.sleep(delivery.COALESCE_DELAY * 1.5)
+            output.spool.put_nowait(batch(seq))
+            assert len(await read_frames(collector, 1)) == 1
+            await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.remove_instrument(counter)
+        nursery.cancel_scope.cancel()
+    await collector.aclose()
+    await listeners[0].aclose()
+    assert counter.steps["output"] == 20

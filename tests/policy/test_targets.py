@@ -53,6 +53,18 @@ def test_failover_starts_on_the_first_target() -> None:
     assert targets.delivered(0) == []
 
 
+def test_a_write_to_the_current_target_rebuilds_nothing() -> None:
+    """delivered() runs after every write: a target record that does not
+    change is not rebuilt (dataclasses.replace costs about 10 us)."""
+    targets = selector(TargetMode.FAILOVER)
+    targets.connecting(0)
+    targets.connected(0)
+    targets.delivered(0)
+    before = targets.targets
+    assert targets.delivered(0) == []
+    assert all(a is b for a, b in zip(targets.targets, before, strict=True))
+
+
 def test_failover_moves_on_then_probes_and_fails_back() -> None:
     targets = selector(TargetMode.FAILOVER)
     targets.connecting(0)
