@@ -285,11 +285,12 @@ class _Fields:
     checks that both write the same bytes.
     """
 
-    __slots__ = ("heads", "hosts", "now", "seconds", "stamps", "tags")
+    __slots__ = ("heads", "hosts", "now", "seconds", "sixes", "stamps", "tags")
 
     def __init__(self, now: datetime) -> None:
         self.now = now
         self.seconds: dict[tuple[bytes, bytes], bytes | None] = {}  # RFC 5424 TIMESTAMP
+        self.sixes: dict[bytes, bytes | None] = {}  # one with six digits of fraction
         self.stamps: dict[bytes, bytes | None] = {}  # a BSD timestamp and its SP
         self.hosts: dict[bytes, bool] = {}
         # The JSON of hostname to structured_data's key, by what they are read
@@ -348,10 +349,20 @@ class _Fields:
             msg = raw[end + 1 :]
         else:
             return None
-        return b"".join((timestamp, head, structured_data, _message(msg), tail))
+        return b"".join((timestamp, head, structured_data, b',"message":', _message(msg), tail))
 
     def _timestamp_5424(self, text: bytes) -> bytes | None:
         """``{"timestamp":`` and the TIMESTAMP in UTC (or null); None when unsure."""
+        # The usual shape first, six digits of fraction (as relay, rsyslog and
+        # journald write it): its seconds, "." and offset are one key.
+        if len(text) == 27 or len(text) == 32:
+            seconds = text[:20] + text[26:]
+            head = self.sixes.get(seconds, b"")
+            if head == b"":
+                head = self.sixes[seconds] = _six_head(seconds)
+            fraction = text[20:26]
+            if head is not None and fraction.isdigit():
+                return head + fraction + b'Z"'
         if text == b"-":
             return b'{"timestamp":null'
         # YYYY-MM-DDThh:mm:ss[.1*6DIGIT](Z|+hh:mm): the seconds and the offset
@@ -409,7 +420,7 @@ class _Fields:
         head = self.tags.get(key)
         if head is None:
             head = self.tags[key] = _head_3164(*key)
-        return b"".join((timestamp, head, b"{}", _message(raw[pos:]), tail))
+        return b"".join((timestamp, head, b'{},"message":', _message(raw[pos:]), tail))
 
     def _bsd_timestamp(self, stamp: bytes) -> bytes | None:
         """``{"timestamp":`` and ``Mmm dd hh:mm:ss`` and SP, in UTC; None for
@@ -487,13 +498,22 @@ def _head(
     return b"," + orjson.dumps(record)[1 : -len(b"null}")]
 
 
+def _six_head(key: bytes) -> bytes | None:
+    """``{"timestamp":"`` and the UTC seconds and "." of a TIMESTAMP with six
+    digits of fraction, from its seconds, "." and offset; None if not one."""
+    if key[19:20] != b".":
+        return None
+    utc = _utc_seconds(key[:19] + key[20:])
+    return None if utc is None else b'{"timestamp":"%s.' % utc
+
+
 def _message(msg: bytes) -> bytes:
-    """``,"message":`` and the text (and ``message_base64`` when it is not UTF-8)."""
+    """The text as a JSON string (and ``message_base64`` when it is not UTF-8)."""
     text = msg[3:] if msg[:3] == _BOM else msg
     try:
-        return b',"message":' + orjson.dumps(text.decode("utf-8"))
+        return orjson.dumps(text.decode("utf-8"))
     except UnicodeDecodeError:
-        return b',"message":%s,"message_base64":"%s"' % (
+        return b'%s,"message_base64":"%s"' % (
             orjson.dumps(text.decode("utf-8", "replace")),
             base64.b64encode(msg),
         )

@@ -419,6 +419,35 @@ def test_invalid_utf8_is_kept_exactly_with_its_bom() -> None:
 
 
 @pytest.mark.parametrize(
+    "stamp",
+    [
+        # Six digits of fraction (27 or 32 octets: the fast path's shape)...
+        b"2026-12-01T13:22:27.123456Z",
+        b"2026-12-01T13:22:27.123456+01:00",
+        b"2026-12-31T23:59:59.999999-00:30",
+        b"0001-01-01T00:00:00.000000+01:00",  # UTC would be year 0
+        # ...and what has their lengths but not their shape.
+        b"2026-12-01T13:22:27.1+01:00",
+        b"2026-12-01T13:22:27.12345+1:00",
+        b"2026-12-01T13:22:27.12345ZZ",
+        b"2026-12-01T13:22:27.1234567",
+        b"2026-12-01T13:22:27,123456Z",
+        b"2026-12-01T13:22:27.12345aZ",
+        b"2026-12-01T13:22:27.123456z",
+        b"2026-12-01T13:22:27+01:00.123",
+        b"2026-02-30T13:22:27.123456Z",
+        b"2026-12-01T13:22:27.123456+25:00",
+    ],
+)
+def test_a_timestamp_of_any_shape_is_what_the_parser_reads(stamp: bytes) -> None:
+    raw = b"<13>1 " + stamp + b" host app - - - text"
+    now = datetime.fromtimestamp(RECEIVED, UTC)
+    fields = _Fields(now)
+    for _ in range(2):  # the second from the caches
+        assert fields.encode(raw, b"}") == orjson.dumps(fields._parsed(raw))
+
+
+@pytest.mark.parametrize(
     ("stamp", "json_time"),
     [
         (b"2026-12-01T13:22:27Z", "2026-12-01T13:22:27.000000Z"),
