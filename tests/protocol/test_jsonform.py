@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.errors import ParseError
+from relay.errors import LocalProtocolError, ParseError
 from relay.protocol import rfc3164, rfc5424
 from relay.protocol.detect import parse_any
 from relay.protocol.jsonform import (
@@ -19,6 +19,8 @@ from relay.protocol.jsonform import (
     Enrichment,
     JsonOptions,
     _Fields,
+    _timestamp,
+    _wire_timestamp,
     decode_record,
     encode_batch,
     loads,
@@ -300,6 +302,30 @@ def test_a_batch_is_its_messages_in_order(raws: list[bytes]) -> None:
     assert [orjson.loads(item) for item in out] == expected
 
 
+@settings(max_examples=300)
+@given(st.lists(_raw_messages, max_size=12))
+def test_a_batch_is_byte_for_byte_the_plain_encoding_of_each_message(raws: list[bytes]) -> None:
+    # The batch's caches (seconds, headers) and its shared fields spliced in as
+    # bytes write what one orjson.dumps of the parser's fields and the shared
+    # ones writes for each message alone; every message twice, so that the
+    # second reads from the caches.
+    raws = raws + raws[::-1]
+    now = datetime.fromtimestamp(RECEIVED, UTC)
+    options = JsonOptions(Enrichment({"name": "web1"}, {"env": "prod"}))
+    out = encode_batch(
+        raws, received=RECEIVED, peer="[::1]:514", input="tcp", creds=(1, 2, 3), options=options
+    )
+    shared = {
+        "received": rfc3339_utc(now),
+        "source": "::1",
+        "input": "tcp",
+        **{"pid": 1, "uid": 2, "gid": 3},
+        "host": {"name": "web1"},
+        "labels": {"env": "prod"},
+    }
+    assert out == [orjson.dumps({**_Fields(now)._parsed(raw), **shared}) for raw in raws]
+
+
 # --- examples ---------------------------------------------------------------------------
 
 RFC5424_EXAMPLE = (
@@ -393,6 +419,35 @@ def test_invalid_utf8_is_kept_exactly_with_its_bom() -> None:
 
 
 @pytest.mark.parametrize(
+    "stamp",
+    [
+        # Six digits of fraction (27 or 32 octets: the fast path's shape)...
+        b"2026-12-01T13:22:27.123456Z",
+        b"2026-12-01T13:22:27.123456+01:00",
+        b"2026-12-31T23:59:59.999999-00:30",
+        b"0001-01-01T00:00:00.000000+01:00",  # UTC would be year 0
+        # ...and what has their lengths but not their shape.
+        b"2026-12-01T13:22:27.1+01:00",
+        b"2026-12-01T13:22:27.12345+1:00",
+        b"2026-12-01T13:22:27.12345ZZ",
+        b"2026-12-01T13:22:27.1234567",
+        b"2026-12-01T13:22:27,123456Z",
+        b"2026-12-01T13:22:27.12345aZ",
+        b"2026-12-01T13:22:27.123456z",
+        b"2026-12-01T13:22:27+01:00.123",
+        b"2026-02-30T13:22:27.123456Z",
+        b"2026-12-01T13:22:27.123456+25:00",
+    ],
+)
+def test_a_timestamp_of_any_shape_is_what_the_parser_reads(stamp: bytes) -> None:
+    raw = b"<13>1 " + stamp + b" host app - - - text"
+    now = datetime.fromtimestamp(RECEIVED, UTC)
+    fields = _Fields(now)
+    for _ in range(2):  # the second from the caches
+        assert fields.encode(raw, b"}") == orjson.dumps(fields._parsed(raw))
+
+
+@pytest.mark.parametrize(
     ("stamp", "json_time"),
     [
         (b"2026-12-01T13:22:27Z", "2026-12-01T13:22:27.000000Z"),
@@ -481,6 +536,40 @@ def test_parse_message_cannot_take_a_field_of_relay(key: str) -> None:
 
 
 # --- decode_record ----------------------------------------------------------------------
+
+
+_rfc3339_texts = st.tuples(
+    st.datetimes(timezones=st.timezones()),
+    st.integers(0, 7),  # fraction digits, 7 is one too many
+    st.sampled_from(["Z", "+00:00", "-00:00", "+01:00", "-09:30", "+14:00", "+24:00", "+01:60"]),
+    st.integers(0, 30),
+    st.sampled_from(["", "0", "9", "x", "t", "1"]),
+).map(
+    lambda t: (lambda text: text[: t[3]] + t[4] + text[t[3] + len(t[4]) :] if t[4] else text)(
+        t[0].strftime("%Y-%m-%dT%H:%M:%S")
+        + (f".{t[0].microsecond:06d}0"[: t[1] + 1] if t[1] else "")
+        + t[2]
+    )
+)
+
+
+@settings(max_examples=1000)
+@given(_rfc3339_texts | st.text(max_size=40))
+def test_decode_writes_a_timestamp_as_its_parse_would(text: str) -> None:
+    # The way back writes a timestamp from its cached seconds and its own
+    # fraction: what parsing it and rfc5424.format_timestamp would write.
+    try:
+        expected = rfc5424.format_timestamp(_timestamp(text)).encode()  # type: ignore[arg-type]
+    except (ParseError, LocalProtocolError):
+        expected = None
+    fast = _wire_timestamp(text)
+    assert fast is None or fast == expected
+
+
+def test_decode_writes_the_json_forms_timestamp_without_a_parse() -> None:
+    assert _wire_timestamp("2026-12-01T12:22:27.123450Z") == b"2026-12-01T12:22:27.12345Z"
+    assert _wire_timestamp("2026-12-01T12:22:27.000000+01:00") == b"2026-12-01T12:22:27+01:00"
+    assert _wire_timestamp("2026-02-30T12:22:27Z") is None  # the parser's error
 
 
 def test_decode_minimal_record_is_user_notice() -> None:
