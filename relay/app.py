@@ -61,7 +61,7 @@ from relay import stats
 from relay.config import LOCAL_SCHEMES, Config, InputConfig, OutputConfig
 from relay.errors import ConfigErrors, StartupError
 from relay.inputs import datagram, http, limit, local, proxied, relp, tcp
-from relay.observe import clients, control, metrics, status
+from relay.observe import control, metrics, serving, status
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
 from relay.outputs.http import HttpOutput
@@ -427,19 +427,9 @@ class Relay:
 
     async def _open_observers(self) -> None:
         """Bind the control socket and the metrics listener (StartupError)."""
-        counters = self.stats.counters("control", control.SOCKET_NAME, clients.COUNTERS)
-        self.control = control.ControlServer(
-            control.socket_path(self.config.state_dir),
-            {"stats": self.status},
-            counters,
-            group=self.config.control_group,
+        self.control, self.metrics = await serving.open_observers(
+            self.config, self.config.state_dir, self.stats, self.status
         )
-        await self.control.open()
-        if self.config.metrics is not None:
-            host, port = self.config.metrics
-            counters = self.stats.counters("metrics", f"{host}:{port}", clients.COUNTERS)
-            self.metrics = metrics.MetricsServer(host, port, self.status, counters)
-            await self.metrics.open()
 
     async def _aclose_observers(self) -> None:
         if self.control is not None:

@@ -70,7 +70,7 @@ import trio
 from relay import __version__, app, stats
 from relay.config import LOCAL_SCHEMES, Config
 from relay.errors import ConfigErrors
-from relay.observe import clients, control, fleet, metrics, status
+from relay.observe import control, fleet, metrics, serving, status
 from relay.policy.backoff import Backoff
 from relay.service import privileges
 from relay.service.notify import Notifier
@@ -213,19 +213,9 @@ class Fleet:
         tag = f"relay-{os.getpid()}-{secrets.token_hex(4)}"
         indexes = [*range(count), *leftover_workers(state, count)]
         self.workers = [Worker(k, k >= count, f"{tag}-{k}") for k in indexes]
-        counters = self.stats.counters("control", control.SOCKET_NAME, clients.COUNTERS)
-        self.control = control.ControlServer(
-            control.socket_path(state),
-            {"stats": self.document},
-            counters,
-            group=self.config.control_group,
+        self.control, self.metrics = await serving.open_observers(
+            self.config, state, self.stats, self.document
         )
-        await self.control.open()
-        if self.config.metrics is not None:
-            host, port = self.config.metrics
-            counters = self.stats.counters("metrics", f"{host}:{port}", clients.COUNTERS)
-            self.metrics = metrics.MetricsServer(host, port, self.document, counters)
-            await self.metrics.open()
         if identity is not None:  # the workers become the user: they must get in
             privileges.give_state_dir(state, identity)
 
