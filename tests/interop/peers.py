@@ -16,6 +16,7 @@ never a bare sleep: ``wait_until`` / ``await_until`` for anything,
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import shutil
@@ -880,3 +881,20 @@ def relay_counters(log: str, kind: str, name: str) -> dict[str, int]:
     if fields == "nothing":
         return {}
     return {k: int(v) for k, v in (f.split("=") for f in fields.split(", "))}
+
+
+def relay_stats(config: Path) -> dict[str, Any]:
+    """``relay stats --json -c config``: the status document of the relay
+    that runs ``config``."""
+    path = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "stats", "--json", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc

@@ -20,6 +20,7 @@ from tests.interop.peers import (
     RelayProcess,
     RsyslogCollector,
     free_port,
+    relay_stats,
     require_program,
 )
 from tests.waiting import wait_until
@@ -44,7 +45,7 @@ class Pipeline:
             except OSError:
                 self.port = free_port("tcp")
         self.copy = tmp_path / "received.octet"
-        config = tmp_path / "relay.toml"
+        self.config = config = tmp_path / "relay.toml"
         config.write_text(f"""\
 [relay]
 state_dir = "{tmp_path / "state"}"
@@ -73,18 +74,37 @@ format = "octet-counted"
     def wait_delivered(self, count: int, timeout: float = 60) -> list[bytes]:
         return self.collector.wait_for_count(count, timeout=timeout)
 
-    def check(self, count: int) -> None:
-        """Every seq 0..count-1 exactly once at the collector, bytes unchanged."""
-        lines = self.wait_delivered(count)
+    def kernel_drops(self) -> int:
+        """The datagrams the kernel dropped at the relay's UDP socket, as relay counts them."""
+        return int(relay_stats(self.config)["inputs"]["udp"]["dropped"]["kernel"])
+
+    def check(self, count: int, *, datagrams: bool = False) -> None:
+        """Every seq 0..count-1 exactly once at the collector, bytes unchanged.
+
+        ``datagrams``: over UDP a burst may overflow the relay's receive
+        buffer on a loaded machine; then as many seqs as the relay counts as
+        dropped by the kernel may be missing (none silently), and no more."""
+        drops = 0
+        if datagrams:
+
+            def all_counted() -> bool:
+                nonlocal drops
+                drops = self.kernel_drops()
+                return len(self.collector.lines()) + drops >= count
+
+            wait_until(all_counted, 60, message=lambda: f"{drops} dropped by the kernel")
+        lines = self.wait_delivered(count - drops)
         seqs = self.collector.seqs()
         missing = sorted(set(range(count)) - set(seqs))
         dupes = sorted(n for n, c in seqs.items() if c > 1)
-        assert not missing and not dupes, (
-            f"{len(missing)} missing (first {missing[:5]}), {len(dupes)} duplicated "
-            f"(first {dupes[:5]})"
+        assert len(missing) == drops and not dupes, (
+            f"{len(missing)} missing (first {missing[:5]}; {drops} counted as dropped by the "
+            f"kernel), {len(dupes)} duplicated (first {dupes[:5]})"
         )
-        assert len(lines) == count
-        wait_until(lambda: len(self.received()) >= count, 10, message="relay's copy incomplete")
+        assert len(lines) == count - drops
+        wait_until(
+            lambda: len(self.received()) >= count - drops, 10, message="relay's copy incomplete"
+        )
         assert collections.Counter(lines) == collections.Counter(self.received())
 
 
@@ -149,7 +169,7 @@ def _logger(pipeline: Pipeline, *flags: str) -> None:
 
 def test_logger_over_udp(pipeline: Pipeline) -> None:
     _logger(pipeline, "-d")
-    pipeline.check(COUNT)
+    pipeline.check(COUNT, datagrams=True)
 
 
 def test_logger_over_tcp_lf_framing(pipeline: Pipeline) -> None:

@@ -8,7 +8,6 @@ counted by sequence number at a real rsyslog collector or relay's file output.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import re
@@ -33,6 +32,7 @@ from tests.interop.peers import (
     RsyslogCollector,
     free_port,
     relay_send,
+    relay_stats,
     udp_port_bound,
 )
 from tests.waiting import wait_until
@@ -52,20 +52,6 @@ def relay_command(*args: str) -> list[str]:
 def env() -> dict[str, str]:
     path = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-
-
-def stats_json(config: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        relay_command("stats", "--json", "-c", str(config)),
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    doc: dict[str, Any] = json.loads(result.stdout)
-    return doc
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -139,7 +125,7 @@ on_full = "drop_oldest"
         collector.wait_for_count(LOAD, timeout=120)
 
         def settled() -> dict[str, Any]:
-            doc = stats_json(config)
+            doc = relay_stats(config)
             outputs = doc["outputs"]
             done = outputs["central"]["delivered"] == LOAD and doc["inputs"]["tcp"]["received"]
             return doc if done else {}
@@ -196,7 +182,7 @@ on_full = "drop_oldest"
             check=True,
         ).stdout
         row = next(line for line in table.splitlines() if line.startswith("lossy "))
-        dropped_now = stats_json(config)["outputs"]["lossy"]["dropped"]["drop_oldest"]
+        dropped_now = relay_stats(config)["outputs"]["lossy"]["dropped"]["drop_oldest"]
         assert row.split()[1:4] == [str(LOAD), "0", str(dropped_now)], table
         assert "lossy: dropped: drop_oldest" in table
         # Memory only, upstream down: what lossy holds is lost at the stop.
@@ -243,7 +229,7 @@ url = "file://{sink}"
             os.kill(relay.pid, signal.SIGCONT)
 
         def all_counted() -> dict[str, Any]:
-            doc = stats_json(config)
+            doc = relay_stats(config)
             entry = doc["inputs"]["udp"]
             counted = entry["received"] + entry["dropped"]["kernel"]
             delivered = doc["outputs"]["file"]["delivered"] == entry["received"]
@@ -349,11 +335,11 @@ url = "file://{tmp_path / "sink.log"}"
                 else:
                     sock.close()
                 if i % 50 == 0:
-                    assert stats_json(config)["outputs"]["file"]["received"] == 0
+                    assert relay_stats(config)["outputs"]["file"]["received"] == 0
                     assert scrape(metrics_port)
             relay_send(port, 100)
-            wait_until(lambda: stats_json(config)["outputs"]["file"]["delivered"] == 100, 20)
-            doc = stats_json(config)
+            wait_until(lambda: relay_stats(config)["outputs"]["file"]["delivered"] == 100, 20)
+            doc = relay_stats(config)
             assert doc["other"]["control"]["control.sock"]["bad_requests"] > 0
             assert doc["other"]["metrics"][f"{LOOPBACK}:{metrics_port}"]["bad_requests"] > 0
             assert relay.terminate(20) == 0
