@@ -30,6 +30,7 @@ import enum
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Generic, TypeVar
 
 from relay.errors import LocalProtocolError
@@ -626,6 +627,27 @@ class RelpClient(_Endpoint[ClientEvent]):
             raise LocalProtocolError(f"RELP window of {self.window} is full")
         if max(map(len, batch)) > self.max_data:
             raise LocalProtocolError(f"message longer than max_data ({self.max_data} octets)")
+        txnr = self._next
+        last = txnr + len(batch) - 1
+        if last > MAX_TXNR or b"" in batch:  # the wrap, or an empty message (no SP)
+            return self._send_each(batch)
+        # One frame per message, made for the whole batch at once: the parts
+        # (TXNR, " syslog DATALEN ", DATA, LF) interleaved in one list and
+        # joined once, so each message is copied once. A Python loop with a
+        # format per frame cost 3 times as much (callgrind, in the commit).
+        txnrs = list(range(txnr, last + 1))
+        count = len(batch)
+        parts: list[bytes] = [_LF] * (4 * count)
+        parts[0::4] = map(_DECIMAL, txnrs)
+        parts[1::4] = map(_SYSLOG_HEADS.__getitem__, map(len, batch))
+        parts[2::4] = batch
+        self._inflight.update(zip(txnrs, batch, strict=True))
+        self._next = next_txnr(last)
+        return b"".join(parts), txnrs
+
+    def _send_each(self, batch: Sequence[bytes]) -> tuple[bytes, list[int]]:
+        """:meth:`send`'s frames one by one: across the txnr wrap, or with an
+        empty message (``TXNR syslog 0`` has no SP before its LF)."""
         txnrs: list[int] = []
         out: list[bytes] = []
         txnr = self._next
@@ -718,17 +740,62 @@ class RelpClient(_Endpoint[ClientEvent]):
         return Opened(offers)
 
 
+_LF = b"\n"
+_DECIMAL = b"%d".__mod__
+
+
+class _SyslogHeads(dict[int, bytes]):
+    """``b" syslog DATALEN "`` by DATALEN, made once per length seen: a
+    lookup costs a fifth of formatting it per frame. Bounded: the first
+    _MAX_HEADS lengths seen stay (about 100 bytes each)."""
+
+    def __missing__(self, length: int) -> bytes:
+        head = b" syslog %d " % length
+        if len(self) < _MAX_HEADS:
+            self[length] = head
+        return head
+
+
+_MAX_HEADS = 4096
+
+_SYSLOG_HEADS = _SyslogHeads()
+
 # Where a client takes answers to messages; in both, such an answer leaves the
 # state as it is (TRANSITIONS), so a run of them is one transition.
 _ACKING = frozenset({State.OPEN, State.CLOSING})
 # librelp's answer to a message it took (relpSessSendResponse "200 OK").
 _ACK_TAIL = b" rsp 6 200 OK\n"
+_ACK_LINE = _ACK_TAIL[:-1]
 
 
 def _scan_acks(data: bytes, inflight: dict[int, bytes]) -> tuple[list[int], int]:
     """The txnrs of the ``TXNR rsp 6 200 OK`` frames at the start of ``data``
     that answer messages in ``inflight`` (removed from it), and where the
     first other frame, or an unfinished one, starts."""
+    # The bulk of a server's answers: nothing but such frames, each txnr in
+    # flight once. When every line of ``data`` ends in the tail, they are
+    # read without a Python loop per answer (a third of the instructions).
+    # bytes.count runs one search for the tail; split on it would run one per
+    # answer, each preparing the 14-byte needle again.
+    lines = data.split(b"\n")
+    rest = lines.pop()
+    if lines and data.count(_ACK_TAIL) == len(lines):
+        fields = list(map(bytes.removesuffix, lines, repeat(_ACK_LINE)))
+        if (
+            b"".join(fields).isdigit()
+            and min(map(len, fields)) > 0
+            and max(map(len, fields)) <= NUMBER_DIGITS
+        ):
+            txnrs = list(map(int, fields))
+            if len(set(txnrs)) == len(txnrs) and all(map(inflight.__contains__, txnrs)):
+                deque(map(inflight.pop, txnrs), maxlen=0)  # pop them all, in C
+                return txnrs, len(data) - len(rest)
+    return _scan_acks_each(data, inflight)
+
+
+def _scan_acks_each(data: bytes, inflight: dict[int, bytes]) -> tuple[list[int], int]:
+    """:func:`_scan_acks` one frame at a time: what comes before the first
+    frame that is not a plain answer to a message in flight."""
     txnrs: list[int] = []
     pos = 0
     end = len(data)

@@ -624,3 +624,44 @@ def test_pair_any_window(window: int, messages: list[bytes], rnd: random.Random)
         pair.ack(rnd.randint(1, max(1, len(pair.owed))))
     assert pair.received == messages
     assert pair.client.unacked() == []
+
+
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=50), st.integers(0, 2))
+def test_client_send_is_frame_for_frame_encode_frame(messages: list[bytes], past: int) -> None:
+    """send() frames a batch at once; the bytes are those of each frame made alone,
+    also up to MAX_TXNR (past 1), across the wrap (past 2) and with empty messages."""
+    client = open_client(window=64)
+    client._next = min(MAX_TXNR, MAX_TXNR - len(messages) + past)
+    wire, txnrs = client.send(messages)
+    assert wire == b"".join(
+        encode_frame(Frame(txnr, "syslog", m)) for txnr, m in zip(txnrs, messages, strict=True)
+    )
+    assert client.unacked() == list(zip(txnrs, messages, strict=True))
+
+
+@given(st.lists(st.integers(1, 12), max_size=20), st.integers(0, 60))
+def test_client_answers_any_txnrs_as_one_by_one(answered: list[int], cut: int) -> None:
+    """A read of plain 200 answers, some for txnrs not (or no more) in flight, and
+    cut anywhere: the events are those of the answers read one by one."""
+    wire = b"".join(b"%d rsp 6 200 OK\n" % txnr for txnr in answered)
+    batch, single = open_client(), open_client()
+    for client in (batch, single):
+        client.send([b"m%d" % i for i in range(10)])  # txnrs 2..11
+    events = _feed(batch, [wire[:cut], wire[cut:]])
+    one_by_one = _feed(single, [wire[i : i + 1] for i in range(len(wire))])
+    assert [t for e in events if isinstance(e, Acked) for t in e.txnrs] == [
+        t for e in one_by_one if isinstance(e, Acked) for t in e.txnrs
+    ]
+    assert [e for e in events if not isinstance(e, Acked)] == [
+        e for e in one_by_one if not isinstance(e, Acked)
+    ]
+    assert batch.unacked() == single.unacked()
+
+
+def _feed(client: RelpClient, reads: list[bytes]) -> list[object]:
+    """The events of ``reads`` (empty ones skipped: b"" is the end), up to a violation."""
+    events: list[object] = []
+    for data in reads:
+        if data and not any(isinstance(e, ProtocolViolation) for e in events):
+            events += client.receive_data(data)
+    return events
