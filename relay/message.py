@@ -122,6 +122,12 @@ class Batch:
             return framing.encode_octet_counted(self.messages)
         return self._octet_counted
 
+    def octet_counted_parts(self) -> list[bytes]:
+        """:meth:`octet_counted` as parts to join (see :func:`octet_counted_wire`)."""
+        if self._octet_counted is None:
+            return framing.octet_counted_parts(self.messages)
+        return [self._octet_counted]
+
     def split(self, count: int) -> tuple[Batch, Batch]:
         """The first ``count`` messages and the rest, as two batches."""
         return self.with_messages(self.messages[:count]), self.with_messages(self.messages[count:])
@@ -174,6 +180,18 @@ class Message:
             received = dt.datetime.fromtimestamp(self.received, dt.UTC)
             self._parsed = parse_any(self.raw, now=received)
         return self._parsed
+
+
+def octet_counted_wire(batches: list[Batch]) -> bytes:
+    """The octet-counted frames of ``batches``, in one buffer made with one
+    join: joining each batch's frames and then the batches copied every byte
+    twice (and made a large buffer per batch to throw away)."""
+    if len(batches) == 1:
+        return batches[0].octet_counted()
+    parts: list[bytes] = []
+    for batch in batches:
+        parts += batch.octet_counted_parts()
+    return b"".join(parts)
 
 
 def format_received(received: float) -> str:

@@ -43,7 +43,7 @@ from typing import Any
 import trio
 
 from relay.config import Endpoint, OutputConfig
-from relay.message import Batch
+from relay.message import Batch, octet_counted_wire
 from relay.outputs.delivery import RETRYABLE, Output, describe
 from relay.outputs.window import Window, WindowLost
 from relay.policy.backoff import Backoff
@@ -177,10 +177,7 @@ class TcpOutput(Output):
             self.targets.closed(index)
 
     async def deliver(self, batches: list[Batch]) -> None:
-        if len(batches) == 1:
-            data = batches[0].octet_counted()
-        else:
-            data = b"".join([batch.octet_counted() for batch in batches])
+        data = octet_counted_wire(batches)
         failed: set[int] = set()  # the targets that failed this batch
         last: BaseException | None = None
         while True:

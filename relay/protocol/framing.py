@@ -24,6 +24,8 @@ header; an oversize frame is truncated or dropped by policy and counted.
 from __future__ import annotations
 
 import enum
+from io import BytesIO
+from itertools import repeat
 
 # RFC 5425 §4.3.1 requires receivers to take at least 2048 octets and says they
 # SHOULD take 8192; rsyslog's default maxMessageSize is 8k and the peers we test
@@ -201,8 +203,7 @@ class FrameDecoder:
     # -- non-transparent (LF) framing, RFC 6587 §3.4.2 ------------------------
 
     def _non_transparent(self, buf: bytes) -> list[bytes]:
-        frames = buf.split(b"\n")
-        rest = frames.pop()
+        frames, rest = _split_lines(buf)
         # CRLF senders (Windows agents): the CR is trailer too. Test for a lone
         # CR: a one-byte search is memchr (3 ns a message here), b"\r\n" is
         # not (260 ns a message: a third of the whole hot path).
@@ -376,6 +377,19 @@ class FrameDecoder:
         return self.truncated, self.dropped, self.framing_errors
 
 
+def _split_lines(buf: bytes) -> tuple[list[bytes], bytes]:
+    """The LF-terminated lines of ``buf`` without their LF, and what follows the last LF.
+
+    ``buf.split(b"\n")`` would do, but CPython splits on one byte with a
+    loop over every byte (5 instructions a byte, 1,500 for a 300-byte
+    message: half of what the LF input costs); BytesIO finds each LF with
+    memchr. Copying each line once more to drop its LF still costs half.
+    """
+    lines = BytesIO(buf).readlines()
+    rest = lines.pop() if lines[-1][-1:] != b"\n" else b""
+    return list(map(bytes.removesuffix, lines, repeat(b"\n"))), rest
+
+
 def _resync(buf: bytes, pos: int) -> int:
     """End of a malformed frame starting at ``pos``: the next LF, or the start of
     the next plausible octet-counted header (``DIGITS SP <``), whichever is
@@ -395,7 +409,20 @@ def _resync(buf: bytes, pos: int) -> int:
         probe = lt + 2
 
 
-_LENGTH = b"%d ".__mod__
+class _Headers(dict[int, bytes]):
+    """``b"MSG-LEN "`` by MSG-LEN, made once per length seen: a lookup costs a
+    fifth of formatting it per frame. Bounded: the first _MAX_HEADERS lengths
+    seen stay (about 100 bytes each)."""
+
+    def __missing__(self, length: int) -> bytes:
+        header = b"%d " % length
+        if len(self) < _MAX_HEADERS:
+            self[length] = header
+        return header
+
+
+_MAX_HEADERS = 4096
+_HEADERS = _Headers()
 
 
 def split_octet_counted(wire: bytes) -> list[bytes]:
@@ -416,13 +443,19 @@ def split_octet_counted(wire: bytes) -> list[bytes]:
 
 def encode_octet_counted(messages: list[bytes]) -> bytes:
     """One buffer of octet-counted frames (RFC 6587 §3.4.1) for ``messages``."""
-    # Headers and messages interleaved in one list, joined once: each message
-    # is copied once (into the result), not twice as with b"%d %b" per frame.
-    # Half the cost per message (about 100 ns instead of 200 here).
+    return b"".join(octet_counted_parts(messages))
+
+
+def octet_counted_parts(messages: list[bytes]) -> list[bytes]:
+    """The octet-counted frames of ``messages`` as a list to join: each header
+    before its message. Headers and messages interleaved in one list, joined
+    once, each message is copied once (into the result), not twice as with
+    b"%d %b" per frame; a caller with several batches joins all their parts
+    at once (one copy, not one per batch and one for all)."""
     parts: list[bytes] = [b""] * (2 * len(messages))
     parts[1::2] = messages
-    parts[0::2] = map(_LENGTH, map(len, messages))
-    return b"".join(parts)
+    parts[0::2] = map(_HEADERS.__getitem__, map(len, messages))
+    return parts
 
 
 def encode_lines(messages: list[bytes]) -> bytes:
