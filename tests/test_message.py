@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.message import Batch, Message, format_received
+from relay.message import Batch, Message, format_received, octet_counted_wire
 from relay.protocol.framing import encode_octet_counted
 from relay.protocol.syslog import Facility, Severity
 
@@ -22,6 +22,18 @@ def test_batch_encodes_without_keeping_a_copy_when_no_wire_bytes() -> None:
     assert batch.octet_counted() == b"5 <13>a6 <14>bc"
     assert batch.octet_counted() is not batch.octet_counted()
     assert batch.nbytes == 11
+
+
+def test_batches_are_written_as_each_batch_frames_them() -> None:
+    """A write of several batches (some with the frames as received, some
+    encoded anew) is their frames, in order, in one buffer."""
+    received = Batch(None, received=0.0, octet_counted=b"3 <1>4 <2>x", nbytes=7, count=2)
+    lines = Batch([b"<13>a", b"<14>" + b"b" * 120], received=0.0)
+    batches = [lines, received, lines, received]
+    wire = octet_counted_wire(batches)
+    assert wire == b"".join(batch.octet_counted() for batch in batches)
+    assert wire.startswith(b"5 <13>a124 <14>bbb")
+    assert octet_counted_wire([received]) is received.octet_counted()
 
 
 def test_split_keeps_metadata() -> None:
