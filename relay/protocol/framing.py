@@ -131,6 +131,9 @@ class FrameDecoder:
         # what the last lazy receive_batch found (messages, their bytes)
         self._count = 0
         self._nbytes = 0
+        # the message bytes of the LF frames last returned, when known without
+        # adding up their lengths (-1: add them up)
+        self._lines_nbytes = -1
         #: frames cut to ``max_frame``
         self.truncated = 0
         #: oversize frames discarded whole
@@ -160,10 +163,14 @@ class FrameDecoder:
         frames = self._receive(data, True)
         if frames is None:
             return None, self.clean_octet_counted, self._count, self._nbytes
-        return frames, self.clean_octet_counted, len(frames), sum(map(len, frames))
+        nbytes = self._lines_nbytes
+        if nbytes < 0:
+            nbytes = sum(map(len, frames))
+        return frames, self.clean_octet_counted, len(frames), nbytes
 
     def _receive(self, data: bytes, lazy: bool) -> list[bytes] | None:
         self.clean_octet_counted = None
+        self._lines_nbytes = -1
         if self._eof:
             if data:
                 raise RuntimeError("receive_data after end of stream")
@@ -209,12 +216,18 @@ class FrameDecoder:
         # not (260 ns a message: a third of the whole hot path).
         if b"\r" in buf:
             frames = [f[:-1] if f[-1:] == b"\r" else f for f in frames]
-        if b"" in frames:  # empty lines carry no message
+            if b"" in frames:  # empty lines carry no message
+                frames = [f for f in frames if f]
+        elif b"" in frames:
             frames = [f for f in frames if f]
+        else:  # every line a message: their bytes are the lines' without the LFs
+            self._lines_nbytes = len(buf) - len(rest) - len(frames)
         if len(buf) > self.max_frame and frames and max(map(len, frames)) > self.max_frame:
             frames = self._limit(frames)
+            self._lines_nbytes = -1
         if len(rest) > self.max_frame:
             self._oversize(rest, frames)
+            self._lines_nbytes = -1
             self._skip = -1  # discard up to the next LF
             rest = b""
         self._buf = rest

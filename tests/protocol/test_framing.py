@@ -302,9 +302,13 @@ stream_pieces = st.lists(
 
 
 @settings(max_examples=500, deadline=None)
-@given(stream_pieces, st.lists(st.integers(min_value=0, max_value=2000), max_size=8))
+@given(
+    stream_pieces,
+    st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
+    st.sampled_from([Framing.OCTET_COUNTING, Framing.NON_TRANSPARENT]),
+)
 def test_receive_batch_equals_receive_data_for_any_split(
-    pieces: list[bytes], cuts: list[int]
+    pieces: list[bytes], cuts: list[int], framing: Framing
 ) -> None:
     """Whatever the bytes and the read boundaries, the messages receive_batch
     stands for (sliced out of ``wire`` when it returns none) are those
@@ -312,8 +316,8 @@ def test_receive_batch_equals_receive_data_for_any_split(
     data = b"".join(pieces)
     bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
     reads = [data[a:b] for a, b in itertools.pairwise(bounds)] + [b""]
-    eager = FrameDecoder(framing=Framing.OCTET_COUNTING, max_frame=50)
-    lazy = FrameDecoder(framing=Framing.OCTET_COUNTING, max_frame=50)
+    eager = FrameDecoder(framing=framing, max_frame=50)
+    lazy = FrameDecoder(framing=framing, max_frame=50)
     for read in reads:
         expected = eager.receive_data(read)
         messages, wire, count, nbytes = lazy.receive_batch(read)
