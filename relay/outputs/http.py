@@ -33,9 +33,8 @@ import ssl
 import stat
 import time
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 import trio
 
@@ -62,6 +61,12 @@ from relay.protocol.httpbody import body_for, bulk_errors
 from relay.service.enrichment import json_options
 from relay.tls.failures import classify_handshake_error
 from relay.tls.stream import count_failure
+
+if TYPE_CHECKING:
+    # httpx (with httpcore, anyio, certifi and its CLI's imports) takes about
+    # 0.1 s to import: it is imported where a request is made, so that relays
+    # and `relay check` without an http(s) output do not pay for it.
+    import httpx
 
 log = logging.getLogger("relay.output")
 
@@ -409,6 +414,8 @@ class HttpOutput(Output):
         self, index: int, records: list[bytes], received: list[float]
     ) -> tuple[int, httpx.Headers, bytes] | BaseException:
         """One POST; its status, headers and body, or the error that ended it."""
+        import httpx  # lazily: see TYPE_CHECKING above
+
         body = self.body.encode(records, received)
         headers = {"Content-Type": self.body.content_type}
         if self.settings.gzip:
@@ -534,6 +541,8 @@ class HttpOutput(Output):
     async def _client(self, index: int) -> httpx.AsyncClient:
         client = self._clients.get(index)
         if client is None:
+            import httpx  # lazily: see TYPE_CHECKING above
+
             endpoint: Endpoint = self.targets.endpoint(index)
             verify: Any = True
             if endpoint.scheme == "https":
@@ -589,6 +598,8 @@ def _reason(exc: BaseException) -> str:
     """One line for a failed request."""
     if isinstance(exc, HttpStatusError):
         return str(exc)
+    import httpx  # lazily: see TYPE_CHECKING above
+
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     if isinstance(exc, httpx.ConnectError):

@@ -17,12 +17,14 @@ import stat
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from relay.errors import ConfigError
+
+if TYPE_CHECKING:
+    # cryptography.x509 takes 0.05-0.1 s to import: it is imported where a
+    # certificate is read, so that relays without TLS do not pay for it.
+    from cryptography import x509
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,6 +48,10 @@ class CertificateInfo:
 
     @classmethod
     def from_certificate(cls, cert: x509.Certificate, source: str) -> CertificateInfo:
+        from cryptography import x509  # lazily: see TYPE_CHECKING above
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import NameOID
+
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             dns = tuple(san.get_values_for_type(x509.DNSName))
@@ -69,6 +75,8 @@ class CertificateInfo:
     @classmethod
     def from_der(cls, der: bytes, source: str = "peer certificate") -> CertificateInfo:
         """Read a DER certificate (what ``getpeercert(binary_form=True)`` returns)."""
+        from cryptography import x509  # lazily: see TYPE_CHECKING above
+
         return cls.from_certificate(x509.load_der_x509_certificate(der), source)
 
     @classmethod
@@ -107,6 +115,8 @@ def load_pem_certificates(path: Path, key: str = "cert") -> list[CertificateInfo
         raise ConfigError(
             f"{path}: no PEM certificate in it (-----BEGIN CERTIFICATE-----)", key=key
         )
+    from cryptography import x509  # lazily: see TYPE_CHECKING above
+
     try:
         certs = x509.load_pem_x509_certificates(data)
         return [CertificateInfo.from_certificate(cert, str(path)) for cert in certs]
