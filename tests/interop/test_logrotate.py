@@ -22,11 +22,17 @@ from tests.interop.peers import (
     RelayProcess,
     RelaySendProcess,
     free_port,
+    relay_send,
     require_program,
 )
 from tests.waiting import wait_until
 
 COUNT = 20_000
+# Sent once the relay reopened its files after the second rotation, so that
+# both outputs write a new file after it: on a loaded machine the stream
+# could be written in full before logrotate's second run (seen: apps/ with
+# no app.log).
+TAIL = 500
 _SEQ = re.compile(rb"seq=(\d+)")
 
 
@@ -81,7 +87,7 @@ def test_logrotate_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         relay.wait_for_tcp(port)
         snippet = _snippet(tmp_path, [logs / "syslog", logs / "apps" / "*.log"], relay.pid)
         state = tmp_path / "logrotate.state"
-        with RelaySendProcess(port, COUNT, size=120, rate=5_000) as sender:
+        with RelaySendProcess(port, COUNT - TAIL, size=120, rate=5_000) as sender:
             for rotation in (1, 2):
                 wanted = rotation * COUNT // 3
                 wait_until(
@@ -91,6 +97,13 @@ def test_logrotate_loses_and_duplicates_nothing(tmp_path: Path) -> None:
                 )
                 _rotate(logrotate, snippet, state)
             sender.finish(timeout=60)
+        for output in ("syslog", "hosts"):
+            wait_until(
+                lambda: relay.log().count(f"output {output}: closed its files") >= 2,  # noqa: B023
+                10,
+                message=relay.log_tail,
+            )
+        relay_send(port, TAIL, start=COUNT - TAIL, size=120)
 
         def complete() -> bool:
             seen = _seqs(logs)
