@@ -369,6 +369,7 @@ for i in range(1000):
 """
 
 
+@pytest.mark.serial  # a sender paced at 4,000/s, batches counted
 @pytest.mark.parametrize("qlen", [512, 10])
 async def test_datagrams_gather_only_when_the_kernel_queue_is_long(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, qlen: int

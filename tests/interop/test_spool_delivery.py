@@ -65,6 +65,7 @@ def seqs_in_order(lines: list[bytes]) -> list[int]:
     return [int(line.split(b"seq=")[1].split(b" ")[0]) for line in lines]
 
 
+@pytest.mark.serial  # saving 200,000 messages within 20 s
 def test_stop_with_collector_down_keeps_everything_and_delivers_it_after_restart(
     tmp_path: Path,
 ) -> None:
@@ -101,6 +102,7 @@ def test_stop_with_collector_down_keeps_everything_and_delivers_it_after_restart
     assert not list((state / "spool" / "central").glob("*.seg"))  # drained: deleted
 
 
+@pytest.mark.serial  # 150,000 messages to the live one within 30 s
 def test_a_dead_collector_does_not_hold_up_a_live_one(tmp_path: Path) -> None:
     """Two outputs; the live one gets everything at full rate while the
     dead one's spool grows (past memory onto disk); then the dead one drains."""
