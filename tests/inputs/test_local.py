@@ -373,6 +373,7 @@ for i in range(1000):
 """
 
 
+@pytest.mark.serial  # a sender paced at 4,000/s, batches counted
 async def test_a_steady_trickle_is_handed_over_in_batches(tmp_path: Path) -> None:
     """Datagrams at 4,000/s are read as they come (the kernel's queue of 10
     never fills) but reach the spool a few dozen at a time, each hand-over one

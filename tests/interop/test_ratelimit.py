@@ -60,7 +60,8 @@ from tests.interop.peers import (
 )
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.interop
+# Rates within 10%, no kernel drops at a flood rate, RSS bounds: alone (scripts/test).
+pytestmark = [pytest.mark.interop, pytest.mark.serial]
 
 LEGIT, FLOODER = "127.0.0.2", "127.0.0.3"
 MIB = 1024 * 1024
