@@ -60,7 +60,7 @@ import trio
 from relay import stats
 from relay.config import LOCAL_SCHEMES, Config, InputConfig, OutputConfig
 from relay.errors import ConfigErrors, StartupError
-from relay.inputs import datagram, http, limit, local, proxied, relp, tcp
+from relay.inputs import datagram, limit, local, proxied, relp, tcp
 from relay.observe import control, metrics, serving, status
 from relay.outputs.delivery import Output
 from relay.outputs.file import FileOutput
@@ -253,6 +253,9 @@ class Relay:
 
     async def _open_input(self, config: InputConfig) -> Input:
         if config.endpoint.scheme in ("http", "https"):
+            # Imported here: h11 is needed only by a relay with an HTTP input.
+            from relay.inputs import http
+
             names = http.COUNTERS + (TLS_COUNTERS if config.tls is not None else ())
             names += limit.COUNTERS if config.rate_limit is not None else ()
             http_input = http.HttpInput(

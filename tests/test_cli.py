@@ -48,6 +48,22 @@ def test_help(command: list[str]) -> None:
     assert "Usage:" in result.stdout
 
 
+# Each takes 0.02-0.1 s to import (httpx with httpcore, anyio and certifi;
+# cryptography.x509): imported only where an HTTP input or output, a
+# certificate or `relay import-rsyslog` needs them.
+LAZY = ("httpx", "h11", "cryptography", "relay.importer")
+
+
+def test_commands_load_without_optional_libraries() -> None:
+    """What every `relay` command imports before it reads a config leaves out
+    what only some configs or commands need, so start and `relay check` are quick."""
+    code = f"import sys, relay.cli, relay.app; print(*[m for m in {LAZY!r} if m in sys.modules])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stdout.split() == []
+
+
 def test_check_valid_example() -> None:
     result = relay("check", "-c", str(ROOT / "etc" / "relay.toml"))
     assert result.returncode == 0, result.stderr

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import time
+import tracemalloc
+
 import pytest
 
-from relay.message import Batch, Message, format_received, octet_counted_wire
+from relay.message import (
+    BATCH_OVERHEAD,
+    MESSAGE_OVERHEAD,
+    Batch,
+    Message,
+    format_received,
+    octet_counted_wire,
+)
 from relay.protocol.framing import encode_octet_counted
 from relay.protocol.syslog import Facility, Severity
 
@@ -34,6 +44,33 @@ def test_batches_are_written_as_each_batch_frames_them() -> None:
     assert wire == b"".join(batch.octet_counted() for batch in batches)
     assert wire.startswith(b"5 <13>a124 <14>bbb")
     assert octet_counted_wire([received]) is received.octet_counted()
+
+
+@pytest.mark.parametrize("size", [20, 90, 300, 2000])
+@pytest.mark.parametrize("count", [1, 3, 1000])
+def test_memory_size_covers_what_a_batch_takes(size: int, count: int) -> None:
+    # What the spool's memory budget counts: at least what the objects take
+    # (tracemalloc sees them without the allocator's rounding, so a little
+    # less than RSS does), and not so much more that the budget goes unused.
+    pad = b"x" * (size - 11)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        batch = Batch([b"<13>%07d" % i + pad for i in range(count)], received=time.time())
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert batch.nbytes == size * count
+    # (BATCH_OVERHEAD also covers the spool's entry for the batch, not made here.)
+    assert taken <= batch.memory_size() <= 1.25 * taken + BATCH_OVERHEAD
+
+
+def test_memory_size_of_octet_counted_frames_is_their_buffer() -> None:
+    wire = encode_octet_counted([b"<13>a" * 20] * 100)
+    batch = Batch(None, received=0.0, octet_counted=wire, nbytes=10_000, count=100)
+    assert batch.memory_size() == len(wire) + BATCH_OVERHEAD
+    batch.messages  # noqa: B018  (a filter or file output slices them out)
+    assert batch.memory_size() == len(wire) + BATCH_OVERHEAD + 10_000 + 100 * MESSAGE_OVERHEAD
 
 
 def test_split_keeps_metadata() -> None:

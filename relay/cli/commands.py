@@ -24,7 +24,6 @@ import trio
 from relay import __version__, app, config, workers
 from relay.cli import sender
 from relay.errors import ConfigErrors, RelayError
-from relay.importer import UnreadableConfig, convert
 from relay.service import running
 from relay.tls.context import load_files
 
@@ -484,6 +483,9 @@ def import_rsyslog(file: str) -> None:
     Example:
       relay import-rsyslog /etc/rsyslog.conf > relay.toml && relay check -c relay.toml
     """
+    # Only this command converts: the other commands do not import the converter.
+    from relay.importer import UnreadableConfig, convert
+
     try:
         result = convert(file, _DiskFiles())
     except UnreadableConfig as exc:

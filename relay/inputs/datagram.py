@@ -1,9 +1,10 @@
 """The UDP input (RFC 5426), and what the local datagram input (inputs/local.py) shares with it.
 
-One datagram is one message. The receive task only receives and queues: when
-the socket is readable it drains the waiting datagrams without awaiting (up to
-DRAIN_LIMIT of them or DRAIN_BYTES, whichever comes first), groups them by
-sender into batches and hands them on without waiting (``Router.put_nowait``).
+One datagram is one message. A thread receives them as they come and hands
+them to trio in batches (relay/inputs/reader.py: once per HANDOVER, or every
+DRAIN_LIMIT datagrams or DRAIN_BYTES, whichever comes first), grouped by
+sender; the input hands each sender's batch on without waiting
+(``Router.put_nowait``).
 A datagram input cannot push back on its senders, so when an output's spool
 is full the batch is dropped for that output and counted, instead of stalling
 the loop while the kernel drops silently.
@@ -21,52 +22,30 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import time
 
 import trio
 
 from relay.config import InputConfig, host_port
 from relay.errors import ADDRESS_IN_USE, StartupError
 from relay.inputs.limit import for_input
+from relay.inputs.reader import RECVFROM, DatagramReader, Handed
 from relay.message import Batch
-from relay.protocol.framing import OversizePolicy, utf8_cut
-from relay.service.timer import Timer
+from relay.protocol.framing import OversizePolicy
 from relay.spool.router import Router
 from relay.stats import Counters, LogLimit
 
 log = logging.getLogger("relay.input")
 
-# Datagrams taken per wake-up before yielding to other tasks: large enough to
-# amortise the await, small enough that TCP connections still get their turn.
+# Datagrams handed to trio at once at most (reader.py): large enough to
+# amortise the wake-up, small enough that TCP connections still get their turn.
 DRAIN_LIMIT = 1024
-# ... and bytes: what one wake-up holds before it is queued, and so the size of
+# ... and bytes: what one hand-over holds before it is queued, and so the size of
 # the batch a spool may take past its memory budget. 1,024 datagrams of 300
 # bytes stay under it; 1,024 of 64 KiB (a flood of large datagrams) would hold
 # 64 MiB at once. One output write (outputs/delivery.py SEND_BYTES) is as large.
 DRAIN_BYTES = 1024 * 1024
 # The largest UDP payload over IPv4 (65,535 - 8 - 20).
 MAX_DATAGRAM = 65_507
-# After a wake-up that found only a few datagrams, the input lets the next
-# ones gather for up to DEFER_MAX before it looks again, so that one wake-up
-# (a trio scheduling round, a Batch, a spool put) carries several: at 5,000
-# msg/s each wake-up otherwise carries one or two. The wait is chosen so
-# that, at the rate just seen, the socket's queue fills to a quarter at most
-# (scheduling delays on a busy host take the rest; with half, senders at
-# 5,000/s were blocked 0.7 s in 10 s, up to 7.7 ms at once, here): a
-# unix sender blocks once net.unix.max_dgram_qlen datagrams wait (10 by
-# kernel default, 512 under systemd), and local programs must never wait.
-# Waits are whole multiples of DEFER_MIN: trio's timers are epoll's, which
-# rounds up to the millisecond, so a shorter wait would last 1 ms anyway.
-# When a quarter of the queue would fill sooner than that, the input does
-# not wait (with the kernel's default of 10: above 2,500 msg/s).
-DEFER_MAX = 0.002
-DEFER_MIN = 0.001
-# What the wait is planned for: a UDP socket's queue is not bounded in
-# datagrams (a full buffer drops, it never blocks); plan as if it held this
-# many. (The unix input, inputs/local.py, plans for the kernel's
-# net.unix.max_dgram_qlen, and waits only when that is long, as under systemd.)
-UDP_QUEUE = 256
-
 # Linux's SO_RCVBUFFORCE (asm-generic/socket.h); the socket module lacks the name.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
@@ -91,6 +70,7 @@ class DatagramInput:
         self.counters = counters
         self.limit = for_input(config, counters)
         self.sock: socket.socket | None = None
+        self.reader: DatagramReader | None = None  # while serving
         self.address: str = config.endpoint.url
         self._scope = trio.CancelScope()
         self._fault_log = LogLimit(FAULT_LOG_INTERVAL, "errors like it not logged")
@@ -153,77 +133,38 @@ class DatagramInput:
     async def _serve(self) -> None:
         sock = self.sock
         assert sock is not None
-        name = self.config.name
-        limit = self.config.max_message_size
-        truncate = self.config.oversize is OversizePolicy.TRUNCATE
-        recvfrom_into = sock.recvfrom_into
-        counters = self.counters
-        buffer = bytearray(MAX_DATAGRAM + 1)
-        view = memoryview(buffer)
-        # The deferral (DEFER_MAX): plan for a quarter of the queue.
-        quarter = UDP_QUEUE / 4
-        monotonic = time.monotonic
-        last = monotonic()
-        deferred = False
-        timer = Timer()  # see relay/service/timer.py
+        reader = self.reader = DatagramReader(
+            self.config.name,
+            sock,
+            RECVFROM,
+            max_message_size=self.config.max_message_size,
+            truncate=self.config.oversize is OversizePolicy.TRUNCATE,
+            drain_limit=DRAIN_LIMIT,
+            drain_bytes=DRAIN_BYTES,
+            buffer_size=MAX_DATAGRAM + 1,
+        )
         try:
-            while True:
-                if not deferred:
-                    await trio.lowlevel.wait_readable(sock)
-                groups: dict[object, list[bytes]] = {}
-                nbytes = count = 0
-                for _ in range(DRAIN_LIMIT):
-                    try:
-                        size, peer = recvfrom_into(buffer)
-                    except BlockingIOError:
-                        break
-                    except OSError as exc:  # e.g. ICMP errors surfaced on the socket
-                        log.debug("input %s: %s", name, exc)
-                        continue
-                    if size and buffer[size - 1] == 10:  # a trailer, not content
-                        size -= 1  # (rsyslog drops it too)
-                    if size > limit:
-                        cut = oversize(view, size, limit, truncate, counters)
-                        if cut is None:
-                            continue
-                        data, size = cut, len(cut)
-                    elif size:
-                        data = view[:size].tobytes()  # at its size: see the docstring
-                    else:
-                        continue
-                    group = groups.get(peer)
-                    if group is None:
-                        groups[peer] = [data]
-                    else:
-                        group.append(data)
-                    nbytes += size
-                    count += 1
-                    if nbytes >= DRAIN_BYTES:
-                        break
-                # At the rate seen since the last look, how long until a quarter
-                # of the queue is full? That long (whole ms: trio's timers are
-                # epoll's) the next ones may gather; nothing came: wait.
-                now = monotonic()
-                delay = quarter * (now - last) / count if count else 0.0
-                delay = min(DEFER_MAX, delay // DEFER_MIN * DEFER_MIN)
-                last = now
-                deferred = delay > 0.0
-                if groups:
-                    self._queue(groups, count, nbytes)
-                if deferred:
-                    await timer.sleep(delay)
-                # Otherwise wait_readable is the checkpoint: no other await here.
+            await reader.run(self._deliver)
         finally:
             sock.close()
-            timer.close()
 
-    def _queue(self, groups: dict[object, list[bytes]], count: int, nbytes: int) -> None:
-        """Hand one wake-up's datagrams on, a batch per sender."""
+    def _deliver(self, handed: Handed) -> None:
+        counters = self.counters
+        if handed.truncated:
+            counters.add("truncated", handed.truncated)
+        if handed.dropped_oversize:
+            counters.add("dropped_oversize", handed.dropped_oversize)
+        if handed.count:
+            self._queue(handed.groups, handed.count, handed.nbytes, handed.received)
+
+    def _queue(
+        self, groups: dict[object, list[bytes]], count: int, nbytes: int, now: float
+    ) -> None:
+        """Hand one hand-over's datagrams on, a batch per sender."""
         name = self.config.name
         counters = self.counters
         put_nowait = self.router.put_nowait
         rate_limit = self.limit
-        now = time.time()
         counters.add("received", count)
         counters.add("bytes", nbytes)
         try:
@@ -254,18 +195,6 @@ def report_fault(
         trio.current_time(),
     )
     log.debug("input %s: the error's traceback:", name, exc_info=exc)
-
-
-def oversize(
-    view: memoryview, size: int, limit: int, truncate: bool, counters: Counters
-) -> bytes | None:
-    """A datagram of ``size`` bytes over ``limit``: cut at a UTF-8 boundary
-    (``truncate``) or None (dropped); counted either way."""
-    if not truncate:
-        counters.add("dropped_oversize")
-        return None
-    counters.add("truncated")
-    return utf8_cut(view[:size].tobytes(), limit)
 
 
 def _peer_name(peer: object) -> str:

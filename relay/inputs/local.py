@@ -50,16 +50,15 @@ from relay.config import InputConfig, RateLimitKey
 from relay.errors import StartupError
 from relay.inputs import datagram
 from relay.inputs.datagram import (
-    DEFER_MAX,
     DRAIN_BYTES,
     DRAIN_LIMIT,
     FAULT_LOG_INTERVAL,
 )
 from relay.inputs.limit import for_input
+from relay.inputs.reader import RECV, RECVMSG_CREDS, DatagramReader, Handed
 from relay.message import Batch, Creds
 from relay.protocol import local
 from relay.protocol.framing import OversizePolicy
-from relay.service.timer import Timer
 from relay.spool.router import Router
 from relay.stats import Counters, LogLimit
 
@@ -92,23 +91,6 @@ DROP_LOG_INTERVAL = 10.0
 # after this, never trusted for long.
 PROCESS_NAMES_MAX = 1024
 PROCESS_NAME_LIFETIME = 5.0
-
-
-# A unix datagram socket's queue: the kernel blocks a sender once more than
-# net.unix.max_dgram_qlen datagrams wait (10 by kernel default, 512 under
-# systemd), so the input lets datagrams gather (datagram.DEFER_MAX) only
-# while, at the rate just seen, the queue stays under this share of that.
-QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
-KERNEL_QLEN = 10
-QUEUE_SHARE = 0.25
-# ... but only when that share is this many datagrams or more: with the
-# kernel's default of 10 (a share of 2.75), a wait of 0.55 ms at 5,000
-# msg/s blocked senders 1.1 s in 8 s (scripts/bench, a busy host), half of
-# the queue 3.1 s, against 0.19 s for rsyslog, which never waits.
-PLANNED_MIN = 8
-# The shortest wait worth a wake-up of its own (the timer is exact, where
-# the UDP input's DEFER_MIN is a trio deadline, rounded up to 1 ms by epoll).
-TIMER_MIN = 0.0005
 
 
 # On systemd hosts /dev/log is journald's socket (or a link to it); the local
@@ -167,16 +149,6 @@ def _unlink_socket(path: str) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def max_dgram_qlen() -> int:
-    """How many datagrams a new unix socket queues before its senders block
-    (the kernel's default if it cannot be read)."""
-    try:
-        with open(QLEN_PATH, "rb") as file:
-            return max(1, int(file.read()))
-    except (OSError, ValueError):
-        return KERNEL_QLEN
 
 
 class ProcessNames:
@@ -307,8 +279,6 @@ class _LocalInput:
             creds_wanted or config.annotate or (limit is not None and limit.key is RateLimitKey.PID)
         )
         self.drops = DropSummary(config.name)
-        self.queue_length = KERNEL_QLEN  # the datagram socket's (read at bind)
-        self._timer: Timer | None = None
         self._hostname = (config.hostname or default_hostname()).encode("ascii", "replace")
         self._second = -1
         self._head = b""
@@ -346,8 +316,6 @@ class _LocalInput:
                     await self._serve(sock)
         finally:
             sock.close()
-            if self._timer is not None:
-                self._timer.close()
             release_socket(self.config.name, self.config.endpoint.path)
             self.drops.flush(trio.current_time())
 
@@ -398,102 +366,48 @@ class LocalDatagramInput(_LocalInput):
     2.0 us here): they are read only when something reads them
     (``creds_wanted``); otherwise the batch's ``creds`` are None.
 
-    Where the kernel queues many datagrams per socket (systemd sets
-    net.unix.max_dgram_qlen to 512), a look that found few lets the next
-    ones gather for up to ``datagram.DEFER_MAX`` (planned for a quarter of
-    the queue at the rate just seen), on a timerfd (relay/service/timer.py):
-    one wake-up then carries many. With the kernel's default of 10 it reads
-    them as they come: a sender would block first."""
+    A thread reads the socket as datagrams come, so that the kernel's queue
+    (net.unix.max_dgram_qlen datagrams: 10 by default, 512 under systemd)
+    never fills and no sender blocks, and hands them to trio a batch at a
+    time (relay/inputs/reader.py)."""
 
     def _bind(self) -> socket.socket:
-        # The kernel gives a socket the limit in force when it is made.
-        self.queue_length = max_dgram_qlen()
         sock = bind_socket(self.config.endpoint.path, self.config.socket_mode)
         if self.creds_wanted:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         return sock
 
     async def _serve(self, sock: socket.socket) -> None:
-        limit = self.config.max_message_size
-        truncate = self.config.oversize is OversizePolicy.TRUNCATE
-        recvmsg_into = sock.recvmsg_into
-        recv_into = sock.recv_into
-        with_creds = self.creds_wanted
-        key = b""  # without credentials: one group
+        reader = DatagramReader(
+            self.config.name,
+            sock,
+            RECVMSG_CREDS if self.creds_wanted else RECV,
+            max_message_size=self.config.max_message_size,
+            truncate=self.config.oversize is OversizePolicy.TRUNCATE,
+            drain_limit=DRAIN_LIMIT,
+            drain_bytes=DRAIN_BYTES,
+            buffer_size=self.config.max_message_size + 1,
+        )
+        await reader.run(self._deliver)
+
+    def _deliver(self, handed: Handed) -> None:
         counters = self.counters
-        buffer = bytearray(limit + 1)
-        view = memoryview(buffer)
-        buffers = [buffer]
+        if handed.truncated:
+            counters.add("truncated", handed.truncated)
+        if handed.dropped_oversize:
+            counters.add("dropped_oversize", handed.dropped_oversize)
+        if not handed.count:
+            return
+        counters.add("received", handed.count)
+        counters.add("bytes", handed.nbytes)
         unpack = _UCRED.unpack
-        # The deferral (datagram.DEFER_MAX): at the rate just seen, the next
-        # look comes before the queue holds QUEUE_SHARE of what it can.
-        planned = QUEUE_SHARE * (self.queue_length + 1)
-        if planned < PLANNED_MIN:
-            planned = 0.0  # too short a queue to let anything gather
-        monotonic = time.monotonic
-        last = monotonic()
-        deferred = False
-        timer = self._timer = Timer()
-        while True:
-            if not deferred:
-                await trio.lowlevel.wait_readable(sock)
-            groups: dict[bytes, list[bytes]] = {}
-            nbytes = count = 0
-            for _ in range(DRAIN_LIMIT):
-                try:
-                    if with_creds:
-                        size, ancillary, _, _ = recvmsg_into(buffers, _ANCILLARY)
-                        # The one SCM_CREDENTIALS message's bytes: the group's key.
-                        key = ancillary[0][2] if ancillary else b""
-                    else:
-                        size = recv_into(buffer)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    log.debug("input %s: %s", self.config.name, exc)
-                    continue
-                if size and buffer[size - 1] == 10:  # a trailer, not content
-                    size -= 1  # (rsyslog drops it too)
-                if size > limit:
-                    cut = datagram.oversize(view, size, limit, truncate, counters)
-                    if cut is None:
-                        continue
-                    data, size = cut, len(cut)
-                elif size:
-                    data = view[:size].tobytes()  # at its size: see datagram's docstring
-                else:
-                    continue
-                group = groups.get(key)
-                if group is None:
-                    groups[key] = [data]
-                else:
-                    group.append(data)
-                nbytes += size
-                count += 1
-                if nbytes >= DRAIN_BYTES:
-                    break
-            mono = monotonic()
-            # Found more than planned (a burst, or this task was late): look
-            # again as soon as there is something.
-            delay = 0.0
-            if count and count <= planned:
-                delay = min(DEFER_MAX, planned * (mono - last) / count)
-            last = mono
-            deferred = delay >= TIMER_MIN
-            if groups:
-                now = time.time()
-                counters.add("received", count)
-                counters.add("bytes", nbytes)
-                try:
-                    for key, messages in groups.items():
-                        creds = unpack(key) if len(key) == _UCRED.size else None
-                        self.queue(messages, creds, now)
-                except Exception as exc:  # the guard: this wake-up's datagrams, not the input
-                    self.fault(exc, count)
-            if deferred:
-                await timer.sleep(delay)
-            # Otherwise no checkpoint here: wait_readable is one (it always
-            # goes through the scheduler).
+        try:
+            for key, messages in handed.groups.items():
+                assert isinstance(key, bytes)
+                creds = unpack(key) if len(key) == _UCRED.size else None
+                self.queue(messages, creds, handed.received)
+        except Exception as exc:  # the guard: this hand-over's datagrams, not the input
+            self.fault(exc, handed.count)
 
 
 class LocalStreamInput(_LocalInput):

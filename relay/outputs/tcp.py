@@ -186,6 +186,12 @@ class TcpOutput(Output):
                 await self._probe(other)
             index = plan.write if plan.write is not None else plan.connect
             if index is None:
+                # ``last`` holds its traceback, and so this frame: without the
+                # del, each failed call would leave ``data`` (up to SEND_BYTES)
+                # in a reference cycle until the cyclic GC's rare full
+                # collection (measured: 6 MiB held, 7 MiB found by
+                # gc.collect(), after a few seconds with the collector down).
+                del data
                 raise self._all_down(last)
             try:
                 if plan.write is None:

@@ -79,7 +79,7 @@ def encode_record(batch: Batch) -> bytes:
     name = batch.input.encode("utf-8", "surrogateescape")
     if len(peer) > _MAX_NAME or len(name) > _MAX_NAME:
         raise ValueError("peer or input name longer than 65,535 bytes")
-    messages = batch.messages
+    messages = batch.sliced()  # an octet-counted batch keeps only its frames
     try:
         lengths = array(_U32, map(len, messages))
     except OverflowError:

@@ -140,6 +140,7 @@ class _Entry:
     batch: Batch
     seg: int | None = None  # the segment holding a copy, if any
     end: int = 0  # where its record ends in that segment
+    size: int = 0  # its memory_size when it joined memory (what leaving gives back)
 
 
 @dataclasses.dataclass(slots=True)
@@ -180,7 +181,9 @@ class Spool:
         self._error_logged: float | None = None
         self._memory: collections.deque[_Entry] = collections.deque()
         self._memory_messages = 0
-        self._memory_bytes = 0
+        self._memory_bytes = 0  # of the messages, as the stats show them
+        # What memory holds really takes (Batch.memory_size): what max_bytes bounds.
+        self._memory_size = 0
         self._segments: collections.deque[_Segment] = collections.deque()
         self._disk_messages = 0
         self._disk_bytes = 0
@@ -283,10 +286,12 @@ class Spool:
         return self._memory_messages + self._disk_messages
 
     def memory_full(self) -> bool:
-        """Whether memory is at its budget (in messages or bytes)."""
+        """Whether memory is at its budget (in messages, or in the bytes the
+        batches take there: more than their messages' bytes, see
+        Batch.memory_size)."""
         return (
             self._memory_messages >= self.settings.max_messages
-            or self._memory_bytes >= self.settings.max_bytes
+            or self._memory_size >= self.settings.max_bytes
         )
 
     def stalled(self) -> bool:
@@ -410,9 +415,19 @@ class Spool:
 
     def _append_memory(self, entry: _Entry) -> None:
         self._memory.append(entry)
+        entry.size = entry.batch.memory_size()
         self._memory_messages += len(entry.batch)
         self._memory_bytes += entry.batch.nbytes
+        self._memory_size += entry.size
         self._notify()
+
+    def _pop_memory(self) -> _Entry:
+        """Remove the head of memory (acked or dropped)."""
+        entry = self._memory.popleft()
+        self._memory_messages -= len(entry.batch)
+        self._memory_bytes -= entry.batch.nbytes
+        self._memory_size -= entry.size
+        return entry
 
     def _write(self, payload: bytes, batch: Batch) -> int:
         """Append one record to the current segment; returns its end offset."""
@@ -474,14 +489,12 @@ class Spool:
         """Drop the oldest batches not handed to the output yet, to fit ``batch``."""
         kept = [self._memory.popleft() for _ in range(min(self._peeked, len(self._memory)))]
         dropped = 0
+        size = batch.memory_size()
         while self._memory and (
             self._memory_messages + len(batch) > self.settings.max_messages
-            or self._memory_bytes + batch.nbytes > self.settings.max_bytes
+            or self._memory_size + size > self.settings.max_bytes
         ):
-            entry = self._memory.popleft()
-            self._memory_messages -= len(entry.batch)
-            self._memory_bytes -= entry.batch.nbytes
-            dropped += len(entry.batch)
+            dropped += len(self._pop_memory().batch)
         self._memory.extendleft(reversed(kept))
         self.counters.add("dropped_oldest", dropped)
         return dropped > 0 or not self._memory
@@ -637,9 +650,7 @@ class Spool:
         last: _Entry | None = None
         acked: dict[int, int] = {}
         for _ in range(count):
-            entry = self._memory.popleft()
-            self._memory_messages -= len(entry.batch)
-            self._memory_bytes -= entry.batch.nbytes
+            entry = self._pop_memory()
             if entry.seg is not None:
                 last = entry
                 acked[entry.seg] = acked.get(entry.seg, 0) + len(entry.batch)
@@ -675,7 +686,10 @@ class Spool:
     async def _refill(self) -> None:
         """Read the next records from the head of the disk part into memory."""
         seg = next((s for s in self._segments if s.read < s.size), None)
-        room = min(REFILL_BYTES, self.settings.max_bytes - self._memory_bytes)
+        # Room on disk is about room in memory, less what the batches take
+        # there beyond their bytes (see Batch.memory_size): the loop below
+        # stops at the budget.
+        room = min(REFILL_BYTES, self.settings.max_bytes - self._memory_size)
         if seg is None or (
             self._memory and (room <= 0 or self._memory_messages >= self.settings.max_messages)
         ):
@@ -699,7 +713,7 @@ class Spool:
         finally:
             self._refilling = False
         for batch, end in records:
-            if self._memory and self._memory_messages >= self.settings.max_messages:
+            if self._memory and self.memory_full():
                 break  # the rest stays on disk, to be read again later
             seg.read = end
             seg.read_messages += len(batch)

@@ -10,7 +10,7 @@ import trio.testing
 
 from relay.config import Endpoint, InputConfig
 from relay.errors import StartupError
-from relay.inputs import datagram
+from relay.inputs import datagram, reader
 from relay.message import Batch
 from relay.outputs import delivery
 from relay.protocol.framing import OversizePolicy
@@ -103,6 +103,37 @@ async def test_udp_drain_round_is_bounded_in_bytes() -> None:
     assert [m for b in batches for m in b.messages] == sent
     assert max(b.nbytes for b in batches) < datagram.DRAIN_BYTES + 65_536
     assert len(batches) >= 3
+
+
+async def test_a_flood_is_read_from_trio_then_the_thread_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """3,000 datagrams waiting at once (more than a hand-over takes) make trio
+    read the socket (inputs/reader.py); a trickle afterwards gives it back to
+    the thread. Every datagram arrives, in order, once."""
+    # A flood is DRAIN_LIMIT datagrams within one hand-over's time: a long one,
+    # so that a slow (busy) machine sees the flood too.
+    monkeypatch.setattr(reader, "HANDOVER", 5.0)
+    spool = memory_spool()
+    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0))
+    port = int(dgram.address.rsplit(":", 1)[1])
+    flood = [b"<13>seq=%d" % i for i in range(3000)]
+    trickle = [b"<13>seq=%d" % i for i in range(3000, 3000 + 2 * reader.QUIET_LOOKS)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for message in flood:
+            client.sendto(message, ("127.0.0.1", port))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dgram.serve)
+            await wait_for(spool, len(flood))
+            assert dgram.reader is not None
+            assert dgram.reader.floods == 1
+            dgram.reader.handover = 0.01  # from now on (read after the flood)
+            for i, message in enumerate(trickle, len(flood) + 1):
+                client.sendto(message, ("127.0.0.1", port))
+                await wait_for(spool, i)
+            assert dgram.reader._resume.is_set()  # the thread reads again
+            nursery.cancel_scope.cancel()
+    assert queued(spool) == flood + trickle
 
 
 def test_udp_port_in_use_is_a_startup_error() -> None:

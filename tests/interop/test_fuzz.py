@@ -22,7 +22,8 @@ import pytest
 from tests.interop.fuzzcases import EVENTS, KNOWN_CASES, TARGETS
 from tests.interop.fuzzer import Fuzzer
 
-pytestmark = pytest.mark.interop
+# The rig checks that good messages keep flowing after each batch of cases: alone.
+pytestmark = [pytest.mark.interop, pytest.mark.serial]
 
 CASES = 500
 

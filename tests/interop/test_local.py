@@ -282,6 +282,7 @@ def timed_call(argv: list[str], timeout: float = 10.0) -> float:
     return took
 
 
+@pytest.mark.serial  # the p99 of logger calls
 def test_applications_never_wait_when_every_network_spool_is_full(tmp_path: Path) -> None:
     logger = require_program("logger", "bsdutils")
     sock = tmp_path / "log"

@@ -65,6 +65,7 @@ def seqs_in_order(lines: list[bytes]) -> list[int]:
     return [int(line.split(b"seq=")[1].split(b" ")[0]) for line in lines]
 
 
+@pytest.mark.serial  # saving 200,000 messages within 20 s
 def test_stop_with_collector_down_keeps_everything_and_delivers_it_after_restart(
     tmp_path: Path,
 ) -> None:
@@ -101,6 +102,7 @@ def test_stop_with_collector_down_keeps_everything_and_delivers_it_after_restart
     assert not list((state / "spool" / "central").glob("*.seg"))  # drained: deleted
 
 
+@pytest.mark.serial  # 150,000 messages to the live one within 30 s
 def test_a_dead_collector_does_not_hold_up_a_live_one(tmp_path: Path) -> None:
     """Two outputs; the live one gets everything at full rate while the
     dead one's spool grows (past memory onto disk); then the dead one drains."""
@@ -138,7 +140,7 @@ def test_a_dead_collector_does_not_hold_up_a_live_one(tmp_path: Path) -> None:
 
 def test_collector_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path) -> None:
     """rsyslog is killed (SIGKILL: whatever it held in memory and in its
-    socket buffer dies with it) at about 30% of a 500,000-message stream, and started
+    socket buffer dies with it) at about 30% of a 300,000-message stream, and started
     again 5 s later. Every sequence number arrives.
 
     Duplicates are expected and bounded: plain TCP cannot tell what a collector
@@ -146,7 +148,9 @@ def test_collector_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path)
     yet confirmed (acknowledged by the peer's kernel and at least a second old).
     They are counted by the relay ("resent") and must be no more than that count.
     """
-    count = 500_000
+    # The 210,000 sent after the kill are more than the memory queue holds
+    # (100,000 by default): the outage spills to disk, as with 500,000 before.
+    count = 300_000
     collector = RsyslogCollector(tmp_path)
     port, state = free_port(), tmp_path / "state"
     config = write_config(tmp_path / "relay.toml", port, state, {"central": collector.tcp_port})

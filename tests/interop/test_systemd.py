@@ -141,6 +141,7 @@ def test_no_ready_when_the_start_fails(tmp_path: Path, notify: NotifySocket) -> 
     assert "Traceback" not in relay.log()
 
 
+@pytest.mark.serial  # each ping within 0.6 s
 def test_watchdog_pings_while_serving(tmp_path: Path, notify: NotifySocket) -> None:
     relay = RelayProcess(
         [f"--input=tcp://{LOOPBACK}:{free_port()}", f"--output=file://{tmp_path / 'out'}"],

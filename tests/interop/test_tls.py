@@ -359,6 +359,9 @@ def test_expiring_certificate_is_named_at_start(tmp_path: Path, pki: Pki) -> Non
     relay = RelayProcess(["-c", str(config)], tmp_path / "relay")
     with relay.start():
         relay.wait_for_tcp(port)
+        # Logged by a task the start spawns beside the listeners: a loaded
+        # host may accept the connection first (seen: an empty log here).
+        wait_until(lambda: "expires on" in relay.log(), 10, message=relay.log_tail)
         log = relay.log()
     day = soon.not_after.strftime("%Y-%m-%d")
     assert f"certificate {soon.cert} " in log and f"expires on {day}" in log, log

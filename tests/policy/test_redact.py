@@ -294,6 +294,24 @@ def test_address_rules_over_a_whole_batch_keep_headers_and_count_each_change() -
     ]
 
 
+def test_ipv4_at_once_checks_each_header_where_the_one_before_is_short() -> None:
+    """The batch is checked a message at a time even where one message's
+    header fields run into the next: an address in the next one's PROCID
+    stays (the batch is done address by address), one in MSG is masked."""
+    messages = [
+        b"<14>1 a b c",
+        b"<14>1 - - - 10.9.8.7 - - from 10.1.12.123",
+        b"<14>1 - host app - - - from 10.1.12.123",
+    ]
+    r = redactor(["ipv4"])
+    assert r.redact(messages) == [
+        b"<14>1 a b c",
+        b"<14>1 - - - 10.9.8.7 - - from 10.1.0.0",
+        b"<14>1 - host app - - - from 10.1.0.0",
+    ]
+    assert r.counts == {"ipv4": 2}
+
+
 # --- hypothesis: the ipv4 rule over a whole batch is _IPV4 on each MSG ---
 
 _ADDRESSY = st.lists(
@@ -319,6 +337,11 @@ _HEADS = st.sampled_from(
         b"<999>1 - h a - - - ",
         b"",
         b"1.2.3",
+        # Fewer than seven spaces: a field of the at-once check runs into
+        # the next message, whose header may hold an address.
+        b"<14>1 a b c",
+        b"<14>1 - - - 10.9.8.7 - - ",
+        b"<14>1 - - - ",
     ]
 )
 

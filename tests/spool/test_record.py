@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from relay.errors import ParseError
 from relay.message import Batch
+from relay.protocol.framing import encode_octet_counted
 from relay.spool.record import (
     FRAME_HEADER_SIZE,
     MAX_RECORD,
@@ -83,6 +84,18 @@ def test_layout_is_the_documented_one() -> None:
     length = struct.pack("<I", len(expected))
     crc = zlib.crc32(length + expected)
     assert frame(expected) == RECORD_MAGIC + length + struct.pack("<I", crc) + expected
+
+
+def test_encoding_octet_counted_frames_keeps_them_one_buffer() -> None:
+    # A batch read octet-counted keeps its frames as one buffer; writing it to
+    # disk (at a stop, all of memory) must not leave its messages sliced out
+    # too: that doubles what it takes, past queue_max_bytes.
+    messages = [b"<13>1 - h a - - - seq=%d" % i for i in range(100)]
+    wire = encode_octet_counted(messages)
+    batch = Batch(None, received=1.5, octet_counted=wire, nbytes=sum(map(len, messages)), count=100)
+    size = batch.memory_size()
+    assert same(decode_record(encode_record(batch)), Batch(messages, received=1.5))
+    assert batch.memory_size() == size
 
 
 def test_empty_batch() -> None:

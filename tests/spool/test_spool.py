@@ -120,6 +120,32 @@ async def test_drop_oldest_never_drops_what_the_output_holds() -> None:
     assert spool.counters["dropped_oldest"] == 10
 
 
+async def test_the_memory_budget_bounds_what_the_batches_take_not_only_their_bytes() -> None:
+    """queue_max_bytes bounds the memory the queued batches take: with 90-byte
+    messages, one object each, that is half as much again as their bytes."""
+    budget = 1 << 20
+    spool = memory_spool(max_messages=10**9, max_bytes=budget)
+    pad = b"x" * 62
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        n = 0
+        while True:
+            # The messages as an input makes them: each a bytes object of its own.
+            messages = [b"<13>1 - host app - - - seq=%d %s" % (n + i, pad) for i in range(100)]
+            n += 100
+            if spool.put_nowait(Batch(messages, received=0.0)) is Admission.FULL:
+                break
+        del messages
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    nbytes = spool.statistics().memory_bytes
+    # Within the budget, less than one more batch (it takes a batch while below).
+    assert held <= budget + 100 * 200, (held, nbytes)
+    assert nbytes > budget // 2  # and it does fill: 90 bytes a message take about 146
+
+
 # -- spilling to disk ---------------------------------------------------------
 
 
