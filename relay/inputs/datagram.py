@@ -149,35 +149,22 @@ class DatagramInput:
             sock.close()
 
     def _deliver(self, handed: Handed) -> None:
-        counters = self.counters
-        if handed.truncated:
-            counters.add("truncated", handed.truncated)
-        if handed.dropped_oversize:
-            counters.add("dropped_oversize", handed.dropped_oversize)
-        if handed.count:
-            self._queue(handed.groups, handed.count, handed.nbytes, handed.received)
-
-    def _queue(
-        self, groups: dict[object, list[bytes]], count: int, nbytes: int, now: float
-    ) -> None:
         """Hand one hand-over's datagrams on, a batch per sender."""
+        handed.count_into(self.counters)
         name = self.config.name
-        counters = self.counters
         put_nowait = self.router.put_nowait
         rate_limit = self.limit
-        counters.add("received", count)
-        counters.add("bytes", nbytes)
         try:
-            for peer, messages in groups.items():
-                batch = Batch(messages, received=now, peer=_peer_name(peer), input=name)
+            for peer, messages in handed.groups.items():
+                batch = Batch(messages, received=handed.received, peer=_peer_name(peer), input=name)
                 if rate_limit is not None:
                     limited = rate_limit.admit(batch)
                     if limited is None:
                         continue
                     batch = limited
                 put_nowait(batch)  # a full spool counts its own drops
-        except Exception as exc:  # the guard: this wake-up's datagrams, not the input
-            self._fault(exc, count)
+        except Exception as exc:  # the guard: this hand-over's datagrams, not the input
+            self._fault(exc, handed.count)
 
 
 def report_fault(

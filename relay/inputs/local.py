@@ -391,15 +391,7 @@ class LocalDatagramInput(_LocalInput):
         await reader.run(self._deliver)
 
     def _deliver(self, handed: Handed) -> None:
-        counters = self.counters
-        if handed.truncated:
-            counters.add("truncated", handed.truncated)
-        if handed.dropped_oversize:
-            counters.add("dropped_oversize", handed.dropped_oversize)
-        if not handed.count:
-            return
-        counters.add("received", handed.count)
-        counters.add("bytes", handed.nbytes)
+        handed.count_into(self.counters)
         unpack = _UCRED.unpack
         try:
             for key, messages in handed.groups.items():

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 import trio
 
 from relay.protocol.framing import utf8_cut
+from relay.stats import Counters
 
 log = logging.getLogger("relay.input")
 
@@ -88,6 +89,17 @@ class Handed:
     dropped_oversize: int = 0
     received: float = 0.0  # time.time() at the hand-over
     flood: bool = False  # the thread hands trio the socket too
+
+    def count_into(self, counters: Counters) -> None:
+        """Add what this hand-over read to an input's counters."""
+        for name, amount in (
+            ("received", self.count),
+            ("bytes", self.nbytes),
+            ("truncated", self.truncated),
+            ("dropped_oversize", self.dropped_oversize),
+        ):
+            if amount:
+                counters.add(name, amount)
 
 
 # How the thread receives, and what it groups the datagrams by.
