@@ -32,6 +32,7 @@ from relay.config import Endpoint, OutputConfig
 from relay.message import Batch
 from relay.outputs.window import Window, WindowLost
 from relay.policy.backoff import Backoff
+from relay.policy.targets import Event, FailedBack, FailedOver, TargetDown, TargetUp
 from relay.service.timer import Timer
 from relay.spool.spool import Spool
 from relay.stats import Counters
@@ -306,6 +307,22 @@ class Output:
             self.last_error = reason
         else:
             log.debug("output %s: %s; retrying in %.1f s", self.name, reason, delay)
+
+
+def report_targets(name: str, events: list[Event], targets: int) -> None:
+    """One line for each change in output ``name``'s targets (of ``targets``):
+    a lone target's down and up are the output's own lines (_failed and the
+    "delivering again" line), not these."""
+    several = targets > 1
+    for event in events:
+        if isinstance(event, TargetDown) and several:
+            log.warning("output %s: target %s down (%s)", name, event.endpoint.url, event.reason)
+        elif isinstance(event, TargetUp) and several:
+            log.warning("output %s: target %s up", name, event.endpoint.url)
+        elif isinstance(event, FailedOver):
+            log.warning("output %s: failing over from %s to %s", name, event.old.url, event.new.url)
+        elif isinstance(event, FailedBack):
+            log.warning("output %s: back on %s", name, event.new.url)
 
 
 def _total(batches: list[Batch]) -> int:

@@ -42,19 +42,15 @@ from relay.config import Endpoint
 from relay.errors import StartupError
 from relay.message import Batch
 from relay.outputs.delivery import COUNTERS as BASE_COUNTERS
-from relay.outputs.delivery import SEND_BYTES, Output
+from relay.outputs.delivery import SEND_BYTES, Output, report_targets
 from relay.outputs.window import WindowLost
 from relay.policy import http as policy
 from relay.policy.backoff import Backoff
 from relay.policy.http import HttpSettings, Verdict
 from relay.policy.targets import (
     Event,
-    FailedBack,
-    FailedOver,
     State,
-    TargetDown,
     TargetSelector,
-    TargetUp,
 )
 from relay.protocol import jsonform
 
@@ -570,23 +566,7 @@ class HttpOutput(Output):
         self._report(self.targets.failed(index, trio.current_time(), reason, random.random()))
 
     def _report(self, events: list[Event]) -> None:
-        several = len(self.targets.targets) > 1  # else the output's own line says it
-        for event in events:
-            if isinstance(event, TargetDown) and several:
-                log.warning(
-                    "output %s: target %s down (%s)", self.name, event.endpoint.url, event.reason
-                )
-            elif isinstance(event, TargetUp) and several:
-                log.warning("output %s: target %s up", self.name, event.endpoint.url)
-            elif isinstance(event, FailedOver):
-                log.warning(
-                    "output %s: failing over from %s to %s",
-                    self.name,
-                    event.old.url,
-                    event.new.url,
-                )
-            elif isinstance(event, FailedBack):
-                log.warning("output %s: back on %s", self.name, event.new.url)
+        report_targets(self.name, events, len(self.targets.targets))
 
     async def aclose(self) -> None:
         for index in list(self._clients):

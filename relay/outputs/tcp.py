@@ -44,17 +44,13 @@ import trio
 
 from relay.config import Endpoint, OutputConfig
 from relay.message import Batch, octet_counted_wire
-from relay.outputs.delivery import RETRYABLE, Output, describe
+from relay.outputs.delivery import RETRYABLE, Output, describe, report_targets
 from relay.outputs.window import Window, WindowLost
 from relay.policy.backoff import Backoff
 from relay.policy.targets import (
     Event,
-    FailedBack,
-    FailedOver,
     State,
-    TargetDown,
     TargetSelector,
-    TargetUp,
 )
 from relay.tls.stream import VERDICT_WAIT, ByteStream, silent_refusal
 from relay.tls.stream import aclose as tls_aclose
@@ -357,27 +353,7 @@ class TcpOutput(Output):
         self._report(self.targets.failed(index, trio.current_time(), reason, random.random()))
 
     def _report(self, events: list[Event]) -> None:
-        for event in events:
-            if isinstance(event, TargetDown):
-                if len(self.targets.targets) > 1:  # else the output's own line says it
-                    log.warning(
-                        "output %s: target %s down (%s)",
-                        self.name,
-                        event.endpoint.url,
-                        event.reason,
-                    )
-            elif isinstance(event, TargetUp):
-                if len(self.targets.targets) > 1:
-                    log.warning("output %s: target %s up", self.name, event.endpoint.url)
-            elif isinstance(event, FailedOver):
-                log.warning(
-                    "output %s: failing over from %s to %s",
-                    self.name,
-                    event.old.url,
-                    event.new.url,
-                )
-            elif isinstance(event, FailedBack):
-                log.warning("output %s: back on %s", self.name, event.new.url)
+        report_targets(self.name, events, len(self.targets.targets))
 
     def _url(self, index: int) -> str:
         return self.targets.endpoint(index).url
