@@ -13,13 +13,19 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 
-from tests.interop.peers import LOOPBACK, free_port, log_tail, require_program, wait_for_tcp
+from tests.interop.peers import (
+    LOOPBACK,
+    StartStop,
+    free_port,
+    log_tail,
+    require_program,
+    wait_for_tcp,
+)
 
 
-class Haproxy:
+class Haproxy(StartStop):
     def __init__(self, directory: Path, servers: Sequence[int], *, extra: str = "") -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -91,14 +97,3 @@ backend relays
         if self._log is not None:
             self._log.close()
             self._log = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

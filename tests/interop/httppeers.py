@@ -25,17 +25,23 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from tests.certs import CertFiles
-from tests.interop.peers import LOOPBACK, free_port, log_tail, require_program, wait_for_tcp
+from tests.interop.peers import (
+    LOOPBACK,
+    StartStop,
+    free_port,
+    log_tail,
+    require_program,
+    wait_for_tcp,
+)
 from tests.waiting import wait_until
 
 _SEQ = re.compile(r"seq=(\d+)")
 
 
-class Recorder:
+class Recorder(StartStop):
     """The API: records what it takes; see the module docstring."""
 
     def __init__(self, port: int = 0, *, body: str = "ndjson") -> None:
@@ -149,12 +155,6 @@ class Recorder:
         with self._lock:
             return len(self.seqs)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def _seq(record: dict[str, Any]) -> int | None:
     found = _SEQ.search(str(record.get("message", "")))
@@ -193,7 +193,7 @@ http {{
 """
 
 
-class Nginx:
+class Nginx(StartStop):
     """nginx as the test starts it: see the module docstring."""
 
     def __init__(
@@ -282,14 +282,3 @@ class Nginx:
                 self.process.kill()
                 self.process.wait()
         self.process = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

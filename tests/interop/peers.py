@@ -84,6 +84,23 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+class StartStop:
+    """A peer the test starts on entering ``with`` and stops on leaving it;
+    the subclass gives start() (returning itself) and stop()."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def free_port(kind: str = "tcp", host: str = LOOPBACK) -> int:
     """Ask the kernel for a free ``tcp`` or ``udp`` port on ``host``.
 
