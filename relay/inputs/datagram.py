@@ -46,6 +46,9 @@ DRAIN_LIMIT = 1024
 DRAIN_BYTES = 1024 * 1024
 # The largest UDP payload over IPv4 (65,535 - 8 - 20).
 MAX_DATAGRAM = 65_507
+# What a small datagram takes of the receive buffer, about (the kernel counts
+# its bookkeeping too): how many the buffer holds, for the reader's naps.
+DATAGRAM_TRUESIZE = 2048
 # Linux's SO_RCVBUFFORCE (asm-generic/socket.h); the socket module lacks the name.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
@@ -71,6 +74,7 @@ class DatagramInput:
         self.limit = for_input(config, counters)
         self.sock: socket.socket | None = None
         self.reader: DatagramReader | None = None  # while serving
+        self.rcvbuf = 0  # bytes the receive buffer holds (granted at open)
         self.address: str = config.endpoint.url
         self._scope = trio.CancelScope()
         self._fault_log = LogLimit(FAULT_LOG_INTERVAL, "errors like it not logged")
@@ -107,6 +111,7 @@ class DatagramInput:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
         # Linux reports twice the usable size (it counts its bookkeeping).
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        self.rcvbuf = granted
         level = logging.INFO if granted >= want else logging.WARNING
         hint = "" if granted >= want else " (raise net.core.rmem_max to get more)"
         log.log(
@@ -142,6 +147,7 @@ class DatagramInput:
             drain_limit=DRAIN_LIMIT,
             drain_bytes=DRAIN_BYTES,
             buffer_size=MAX_DATAGRAM + 1,
+            kernel_queue=max(16, self.rcvbuf // DATAGRAM_TRUESIZE),
         )
         try:
             await reader.run(self._deliver)

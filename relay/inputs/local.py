@@ -151,6 +151,17 @@ def _unlink_socket(path: str) -> None:
         pass
 
 
+def unix_queue_length() -> int:
+    """How many datagrams a unix socket queues before its senders block
+    (net.unix.max_dgram_qlen, in this network namespace; the kernel's
+    default, 10, when it cannot be read)."""
+    try:
+        with open("/proc/sys/net/unix/max_dgram_qlen", encoding="ascii") as f:
+            return max(1, int(f.read()))
+    except (OSError, ValueError):
+        return 10
+
+
 class ProcessNames:
     """A pid's name as ``/proc/PID/comm`` gives it, kept ``lifetime`` seconds
     in a least-recently-used table of ``max_entries``; None when it cannot be
@@ -369,7 +380,10 @@ class LocalDatagramInput(_LocalInput):
     A thread reads the socket as datagrams come, so that the kernel's queue
     (net.unix.max_dgram_qlen datagrams: 10 by default, 512 under systemd)
     never fills and no sender blocks, and hands them to trio a batch at a
-    time (relay/inputs/reader.py)."""
+    time (relay/inputs/reader.py; with a queue of 64 or more it naps
+    between looks)."""
+
+    reader: DatagramReader | None = None  # while serving
 
     def _bind(self) -> socket.socket:
         sock = bind_socket(self.config.endpoint.path, self.config.socket_mode)
@@ -378,7 +392,7 @@ class LocalDatagramInput(_LocalInput):
         return sock
 
     async def _serve(self, sock: socket.socket) -> None:
-        reader = DatagramReader(
+        reader = self.reader = DatagramReader(
             self.config.name,
             sock,
             RECVMSG_CREDS if self.creds_wanted else RECV,
@@ -387,6 +401,7 @@ class LocalDatagramInput(_LocalInput):
             drain_limit=DRAIN_LIMIT,
             drain_bytes=DRAIN_BYTES,
             buffer_size=self.config.max_message_size + 1,
+            kernel_queue=unix_queue_length(),
         )
         await reader.run(self._deliver)
 

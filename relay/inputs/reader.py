@@ -11,22 +11,25 @@ datagrams gather in the kernel first is not an answer for a unix socket: it
 queues only ``net.unix.max_dgram_qlen`` datagrams (10 by kernel default)
 before the sender blocks in syslog(3), and local programs must not wait.
 
-So a thread does what rsyslog's imuxsock thread does: it blocks in the
-receive call (the GIL released), takes each datagram as it comes (the
-kernel's queue stays short: nobody waits), and gathers them for up to
-HANDOVER before it hands the lot to trio in one wake-up (a
-:class:`collections.deque` and an eventfd). A datagram costs one receive
-call and a few Python operations in the thread; the trio side and
-everything after it run once per HANDOVER instead of once per datagram.
-A flood is handed over every DRAIN_LIMIT datagrams or DRAIN_BYTES, as the
-trio reader drained it, and the thread never runs more than AHEAD
+So a thread reads the socket (the GIL released while it waits) and
+gathers the datagrams for up to HANDOVER before it hands the lot to trio in
+one wake-up (a :class:`collections.deque` and an eventfd): the trio side
+and everything after it run once per HANDOVER instead of once per
+datagram. With nothing held the thread blocks in the receive call without
+a timeout (no wake-ups while nothing is logged). Once datagrams come, and
+the kernel's queue is long enough (NAP_QUEUE: a unix socket under
+systemd's 512, a UDP socket's receive buffer), it naps and then takes
+what came meanwhile with recvmmsg (relay/inputs/recvmmsg.py), each nap as
+long as lets a quarter of the queue fill at the rate it saw, so that it
+wakes once for many datagrams and no sender waits for room. Under a short
+queue (the kernel's default of 10), or when even a short nap would fill
+it, it takes them one receive call at a time, as they come. A look that
+finds nothing sends it back to the receive call, with SO_RCVTIMEO set to
+a quarter of HANDOVER. A message therefore waits in the reader for about
+HANDOVER, a quarter more at most. A hand-over is full at DRAIN_LIMIT
+datagrams or DRAIN_BYTES; a full one gathered quickly is a flood, read
+from trio until it calms down, and the thread never runs more than AHEAD
 hand-overs ahead of trio.
-
-The wait: when the thread holds datagrams it sets the socket's
-``SO_RCVTIMEO`` to HANDOVER, so a receive that finds nothing returns within it
-and the datagrams go; with none held it blocks without a timeout (no
-wake-ups while nothing is logged). A batch therefore waits at most about
-twice HANDOVER.
 
 The thread never touches the relay's state: it reads, cuts, groups and
 counts into what it hands over; the owner's ``deliver`` runs in trio's
@@ -49,16 +52,43 @@ from dataclasses import dataclass, field
 
 import trio
 
+from relay.inputs import recvmmsg
 from relay.protocol.framing import utf8_cut
 from relay.stats import Counters
 
 log = logging.getLogger("relay.input")
 
 # How long the thread lets datagrams gather before it hands them to trio:
-# at 5,000 msg/s a hand-over carries about fifty. A message waits at most
-# about twice this (see the docstring), as long as a disk write: nothing a
-# reader of logs notices. (2 ms cost twice the CPU a message at 5,000/s.)
-HANDOVER = 0.010
+# at 5,000 msg/s a hand-over carries about 250. Each hand-over costs trio
+# about 0.7 ms of CPU at a trickle, whatever it carries (a wake-up, the
+# stage, the spool, the output's wake-up and write, all run cold: measured
+# on a 2-core VM at 200 msg/s), so at 10 ms relay took 7% of a core at
+# 200 msg/s and 17% at 5,000. A message waits at most about this long in
+# the reader: nothing a reader of logs notices.
+HANDOVER = 0.050
+# While datagrams come, the thread naps between looks instead of waking for
+# each (a wake-up and a receive call cost about 12 us of CPU a datagram at
+# 5,000/s; under a queue of 512 the reader took 10 against 17 us a message
+# napping). A nap lets FILL of the kernel's queue (``kernel_queue``:
+# net.unix.max_dgram_qlen datagrams for a unix socket, before its senders
+# block) fill at the rate the last look saw: at a half, senders blocked for
+# 3 s in 8 at 50,000/s (the thread is late when trio holds the GIL), at a
+# quarter for 0.1 s. A nap is at most NAP_SHARE of HANDOVER, and none is
+# taken below MIN_NAP, nor on a queue shorter than NAP_QUEUE (a burst of a
+# dozen would block a sender): then the thread waits in the receive call,
+# a datagram at a time, and looks at the rate again after RELEARN of them.
+FILL = 0.25
+NAP_QUEUE = 64
+NAP_SHARE = 0.5
+MIN_NAP = 0.0005
+RELEARN = 256
+_NO_KEY = object()  # no group yet (see _pull_many)
+# Senders' addresses kept made (recvmmsg gives struct sockaddr bytes): past
+# this many the table starts again (a flood from spoofed sources).
+SENDERS_KEPT = 4096
+# A full hand-over (DRAIN_LIMIT datagrams or DRAIN_BYTES) gathered within
+# this share of HANDOVER is a flood, read from trio (see QUIET_LOOKS).
+FLOOD_SHARE = 0.2
 # Hand-overs trio has not taken yet, at most: past them the thread waits,
 # and what comes waits in the kernel's buffer (bounded; a UDP socket drops
 # and counts, a unix sender blocks), not in relay's memory. Reading ahead
@@ -123,6 +153,7 @@ class DatagramReader:
         drain_limit: int,
         drain_bytes: int,
         buffer_size: int,
+        kernel_queue: int,
     ) -> None:
         self.name = name
         self.sock = sock
@@ -134,10 +165,24 @@ class DatagramReader:
         self._buffer = bytearray(buffer_size)
         self._buffers = [self._buffer]
         self._view = memoryview(self._buffer)
+        # Many datagrams a call where recvmmsg is there (inputs/recvmmsg.py),
+        # else one; both ``pull`` into a Handed and say how many came.
+        self._many: recvmmsg.Receiver | None = None
+        self.pull: Callable[[Handed, int], int] = self._pull_one
+        self.short = False  # the last pull took fewer than it could: none left
+        if recvmmsg.available():
+            self._many = recvmmsg.Receiver(
+                sock, buffer_size, names=how is RECVFROM, creds=how is RECVMSG_CREDS
+            )
+            self.pull = self._pull_many
+        self._senders: dict[bytes, object] = {}  # struct sockaddr -> address (recvmmsg)
         self.handover = HANDOVER  # tests change it
+        self.kernel_queue = kernel_queue  # datagrams the kernel keeps for us, at most
+        self._nap = MIN_NAP
         self._handed: collections.deque[Handed] = collections.deque()
         self._room = threading.Semaphore(AHEAD)
         self.floods = 0  # how often trio took the socket over (for tests and curiosity)
+        self.looks = 0  # looks after a nap (likewise)
         self._resume = threading.Event()  # trio gives the socket back after a flood
         self._stopping = False
         self._failure: BaseException | None = None
@@ -192,7 +237,7 @@ class DatagramReader:
             handed = Handed()
             while handed.count < self.drain_limit and handed.nbytes < self.drain_bytes:
                 try:
-                    self._take(handed, *self._receive())
+                    self.pull(handed, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     break
                 except OSError as exc:  # e.g. ICMP errors surfaced on a UDP socket
@@ -232,31 +277,100 @@ class DatagramReader:
             self._failure = exc
             os.eventfd_write(self._wakeup, 1)
 
-    def _receive(self) -> tuple[int, object]:
-        """One datagram into the buffer: its size and its group's key."""
+    def _pull_one(self, handed: Handed, flags: int) -> int:
+        """Read one datagram into ``handed``; 1 (it may have been empty).
+        Raises as the socket module does (BlockingIOError: none waits)."""
         how = self.how
+        sock = self.sock
         if how is RECV:
-            return self.sock.recv_into(self._buffer), b""
-        if how is RECVFROM:
-            return self.sock.recvfrom_into(self._buffer)
-        size, ancillary, _, _ = self.sock.recvmsg_into(self._buffers, _ANCILLARY)
-        # The one SCM_CREDENTIALS message's bytes: the group's key.
-        return size, ancillary[0][2] if ancillary else b""
+            size, key = sock.recv_into(self._buffer, 0, flags), b""
+        elif how is RECVFROM:
+            size, key = sock.recvfrom_into(self._buffer, 0, flags)
+        else:
+            size, ancillary, _, _ = sock.recvmsg_into(self._buffers, _ANCILLARY, flags)
+            # The one SCM_CREDENTIALS message's bytes: the group's key.
+            key = ancillary[0][2] if ancillary else b""
+        self._take(handed, self._view, 0, size, key)
+        return 1
 
-    def _take(self, handed: Handed, size: int, key: object) -> None:
-        """Add the datagram of ``size`` bytes in the buffer to ``handed``."""
-        buffer = self._buffer
-        if size and buffer[size - 1] == 10:  # a trailer, not content
+    def _pull_many(self, handed: Handed, flags: int) -> int:
+        """Read the datagrams waiting, up to what ``handed`` still has room
+        for (in bytes, counting each as long as a slot), into it; how many
+        came (``flags``: MSG_DONTWAIT, as a blocking recvmmsg would wait for
+        them all). Raises as the socket module does (BlockingIOError: none
+        waits). The common datagram (no trailer, within the limit) is taken
+        here; the rest by :meth:`_take`."""
+        many = self._many
+        assert many is not None
+        slot = many.slot
+        asked = max(
+            1,
+            min(
+                recvmmsg.COUNT,
+                self.drain_limit - handed.count,
+                (self.drain_bytes - handed.nbytes) // slot + 1,
+            ),
+        )
+        got = many.receive(asked, flags)
+        self.short = got < asked
+        how = self.how
+        keys: list[object] | None = None
+        if how is RECVFROM:
+            keys = self._addresses(many, got)
+        elif how is RECVMSG_CREDS:
+            keys = [many.creds(i) for i in range(got)]
+        view = many.view
+        limit = self.limit
+        groups = handed.groups
+        group: list[bytes] | None = None
+        group_key: object = _NO_KEY
+        count = nbytes = 0
+        for i, size in enumerate(many.sizes(got)):
+            start = i * slot
+            key = b"" if keys is None else keys[i]
+            if not size or size > limit or view[start + size - 1] == 10:
+                self._take(handed, view, start, size, key)
+                group_key = _NO_KEY  # it may have made the group
+                continue
+            if group is None or key != group_key:
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = []
+                group_key = key
+            group.append(view[start : start + size].tobytes())  # at its size: datagram.py
+            nbytes += size
+            count += 1
+        handed.count += count
+        handed.nbytes += nbytes
+        return got
+
+    def _addresses(self, many: recvmmsg.Receiver, got: int) -> list[object]:
+        """The senders of the first ``got`` datagrams as recvfrom gives them
+        (the keys _pull_one uses), made once per sender."""
+        made = self._senders
+        out: list[object] = []
+        for name in many.names_of(got):
+            address = made.get(name)
+            if address is None:
+                if len(made) >= SENDERS_KEPT:
+                    made.clear()
+                address = made[name] = recvmmsg.sender(name)
+            out.append(address)
+        return out
+
+    def _take(self, handed: Handed, view: memoryview, start: int, size: int, key: object) -> None:
+        """Add the datagram of ``size`` bytes at ``start`` in ``view`` to ``handed``."""
+        if size and view[start + size - 1] == 10:  # a trailer, not content
             size -= 1  # (rsyslog drops it too)
         if size > self.limit:
             if not self.truncate:
                 handed.dropped_oversize += 1
                 return
             handed.truncated += 1
-            data = utf8_cut(self._view[:size].tobytes(), self.limit)
+            data = utf8_cut(view[start : start + size].tobytes(), self.limit)
             size = len(data)
         elif size:
-            data = self._view[:size].tobytes()  # at its size: see inputs/datagram.py
+            data = view[start : start + size].tobytes()  # at its size: see inputs/datagram.py
         else:
             return
         group = handed.groups.get(key)
@@ -267,60 +381,130 @@ class DatagramReader:
         handed.nbytes += size
         handed.count += 1
 
-    def _handover(self) -> tuple[float, bytes]:
-        """HANDOVER as the thread reads it (at start and after a flood), and
-        as SO_RCVTIMEO takes it."""
-        handover = self.handover
-        seconds = int(handover)
-        return handover, _TIMEVAL.pack(seconds, max(1, int((handover - seconds) * 1_000_000)))
-
     def _read(self) -> None:
         sock = self.sock
         sock.setblocking(True)
         setsockopt = sock.setsockopt
-        receive = self._receive
-        take = self._take
+        pull = self._pull_one  # one a wake-up: cheaper than recvmmsg's call (ctypes)
         drain_limit = self.drain_limit
         drain_bytes = self.drain_bytes
         monotonic = time.monotonic
-        handover, gather = self._handover()
         handed = Handed()
-        deadline = 0.0
-        gathering = False  # SO_RCVTIMEO is set
+        first = deadline = 0.0
+        timed = False  # SO_RCVTIMEO is set
+        # A queue too short to nap on: a burst would block senders (a unix
+        # socket under the kernel's default net.unix.max_dgram_qlen, 10).
+        naps = self.kernel_queue >= NAP_QUEUE
+        self._nap = MIN_NAP
+        per_datagram = 0  # receive calls since the rate was too high to nap
         while not self._stopping:
-            try:
-                size, key = receive()
-            except BlockingIOError:  # SO_RCVTIMEO: nothing came within HANDOVER
-                if handed.count:
+            # Wait in the receive call: with nothing held, for as long as it
+            # takes (no wake-ups while nothing is logged); else for a quarter
+            # of HANDOVER at most, so that the hand-over goes about when due.
+            if handed.count:
+                if monotonic() >= deadline:
                     self._hand_over(handed)
                     handed = Handed()
+                    continue
+                if not timed:
+                    setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.handover / 4))
+                    timed = True
+            elif timed:
                 setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _BLOCK)
-                gathering = False
+                timed = False
+            held = handed.count
+            try:
+                pull(handed, 0)
+            except BlockingIOError:  # SO_RCVTIMEO: the hand-over may be due
                 continue
             except OSError as exc:  # e.g. ICMP errors surfaced on a UDP socket
                 if not self._stopping:
                     log.debug("input %s: %s", self.name, exc)
                 continue
-            take(handed, size, key)
-            count = handed.count
-            if count == 1:
-                deadline = monotonic() + handover
-                if not gathering:
-                    setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, gather)
-                    gathering = True
-            elif count >= drain_limit or handed.nbytes >= drain_bytes:
-                # A flood: trio reads the socket until it calms down (the
+            if not handed.count:  # an empty datagram, one dropped, or the stop
+                continue
+            if not held:
+                first = monotonic()
+                deadline = first + self.handover
+            if not naps:
+                pass
+            elif self._nap >= MIN_NAP:
+                handed, deadline = self._gather(handed, deadline)
+            else:
+                # Too fast to nap: a receive call per datagram, as they come
+                # (each finds the next waiting). Look at the rate again now
+                # and then.
+                per_datagram += 1
+                if per_datagram >= RELEARN:
+                    per_datagram = 0
+                    self._nap = MIN_NAP
+            if handed.count >= drain_limit or handed.nbytes >= drain_bytes:
+                # Full. Gathered within FLOOD_SHARE of HANDOVER, it is a
+                # flood: trio reads the socket until it calms down (this
                 # thread would wait for the GIL at every datagram).
-                handed.flood = True
-                self._resume.clear()
+                flood = monotonic() - first < self.handover * FLOOD_SHARE
+                handed.flood = flood
+                if flood:
+                    self._resume.clear()
                 self._hand_over(handed)
                 handed = Handed()
-                self._resume.wait()
-                handover, gather = self._handover()
-                setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _BLOCK)
-                gathering = False
-            elif count and monotonic() >= deadline:
-                self._hand_over(handed)
-                handed = Handed()
+                if flood:
+                    self._resume.wait()
+                    self._nap = MIN_NAP
+                    if timed:  # HANDOVER may have changed (tests)
+                        setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _BLOCK)
+                        timed = False
         if handed.count or handed.truncated or handed.dropped_oversize:
             self._hand_over(handed, wait=False)  # stopping: trio takes it after the join
+
+    def _gather(self, handed: Handed, deadline: float) -> tuple[Handed, float]:
+        """Datagrams are coming: nap, take what came meanwhile, and again,
+        until a look finds none or ``handed`` is full; hand over when due.
+        Returns what is held and when it is due. Each nap lets about ``FILL``
+        of the kernel's queue fill at the rate the last look saw, so that
+        no sender waits for room (see the module docstring)."""
+        pull = self.pull
+        drain_limit = self.drain_limit
+        drain_bytes = self.drain_bytes
+        monotonic = time.monotonic
+        dontwait = socket.MSG_DONTWAIT
+        fill = self.kernel_queue * FILL
+        longest = self.handover * NAP_SHARE
+        nap = self._nap
+        now = monotonic()
+        while nap >= MIN_NAP and not self._stopping:
+            time.sleep(min(nap, max(0.0, deadline - now)))
+            self.looks += 1
+            found = 0
+            while handed.count < drain_limit and handed.nbytes < drain_bytes:
+                try:
+                    found += pull(handed, dontwait)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    log.debug("input %s: %s", self.name, exc)
+                    break
+                if self._stopping or self.short:  # the stop's shutdown; or none left
+                    break
+            took, now = now, monotonic()
+            if handed.count >= drain_limit or handed.nbytes >= drain_bytes:
+                nap /= 2  # the look stopped short: more may be waiting
+                break
+            if found:
+                # The rate seen, and the nap that lets ``fill`` in at it;
+                # shortened at once, lengthened by half at most.
+                nap = min(longest, nap * 1.5, (now - took) * fill / found)
+            if now >= deadline and handed.count:
+                self._hand_over(handed)
+                handed = Handed()
+                deadline = now + self.handover
+            if not found:
+                break  # quiet: wait in the receive call again
+        self._nap = nap
+        return handed, deadline
+
+
+def _timeval(seconds: float) -> bytes:
+    """``seconds`` as SO_RCVTIMEO takes it (at least 1 us: 0 would mean no timeout)."""
+    whole = int(seconds)
+    return _TIMEVAL.pack(whole, max(1, int((seconds - whole) * 1_000_000)))

@@ -170,3 +170,35 @@ async def test_an_error_while_queueing_loses_that_wake_up_only(
         nursery.cancel_scope.cancel()
     assert queued(spool) == [b"<13>before", b"<13>after"]
     assert "datagrams not queued after an error: RuntimeError: injected" in caplog.text
+
+
+async def test_a_trickle_from_two_senders_keeps_each_ones_order_and_address() -> None:
+    """The reader takes a datagram at a time when it wakes and the rest in
+    naps (recvmmsg, whose struct sockaddr it turns into the address recvfrom
+    gives): each sender's messages arrive once, in order, under its address."""
+    spool = memory_spool()
+    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0))
+    port = int(dgram.address.rsplit(":", 1)[1])
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for client in clients:
+            client.bind(("127.0.0.1", 0))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dgram.serve)
+            for i in range(400):
+                clients[i % 2].sendto(b"<13>seq=%d" % i, ("127.0.0.1", port))
+                if i % 8 == 7:
+                    await trio.sleep(0.001)
+            await wait_for(spool, 400)
+            nursery.cancel_scope.cancel()
+        by_peer: dict[str, list[bytes]] = {}
+        for batch in spool.peek(1 << 40):
+            by_peer.setdefault(batch.peer, []).extend(batch.messages)
+        assert dgram.reader is not None and dgram.reader.looks > 0
+        names = [f"127.0.0.1:{client.getsockname()[1]}" for client in clients]
+        assert sorted(by_peer) == sorted(names)
+        for n, name in enumerate(names):
+            assert by_peer[name] == [b"<13>seq=%d" % i for i in range(n, 400, 2)]
+    finally:
+        for client in clients:
+            client.close()
