@@ -401,7 +401,7 @@ class DatagramReader:
             # Wait in the receive call: with nothing held, for as long as it
             # takes (no wake-ups while nothing is logged); else for a quarter
             # of HANDOVER at most, so that the hand-over goes about when due.
-            if handed.count:
+            if handed.count or handed.dropped_oversize:
                 if monotonic() >= deadline:
                     self._hand_over(handed)
                     handed = Handed()
@@ -412,7 +412,7 @@ class DatagramReader:
             elif timed:
                 setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _BLOCK)
                 timed = False
-            held = handed.count
+            held = handed.count or handed.dropped_oversize
             try:
                 pull(handed, 0)
             except BlockingIOError:  # SO_RCVTIMEO: the hand-over may be due
@@ -421,7 +421,7 @@ class DatagramReader:
                 if not self._stopping:
                     log.debug("input %s: %s", self.name, exc)
                 continue
-            if not handed.count:  # an empty datagram, one dropped, or the stop
+            if not (handed.count or handed.dropped_oversize):  # an empty datagram, or the stop
                 continue
             if not held:
                 first = monotonic()
@@ -494,7 +494,7 @@ class DatagramReader:
                 # The rate seen, and the nap that lets ``fill`` in at it;
                 # shortened at once, lengthened by half at most.
                 nap = min(longest, nap * 1.5, (now - took) * fill / found)
-            if now >= deadline and handed.count:
+            if now >= deadline and (handed.count or handed.dropped_oversize):
                 self._hand_over(handed)
                 handed = Handed()
                 deadline = now + self.handover

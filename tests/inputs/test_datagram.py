@@ -202,3 +202,31 @@ async def test_a_trickle_from_two_senders_keeps_each_ones_order_and_address() ->
     finally:
         for client in clients:
             client.close()
+
+
+@pytest.mark.parametrize("many", [True, False], ids=["recvmmsg", "recv"])
+async def test_oversize_datagrams_alone_are_counted_without_waiting_for_more(
+    monkeypatch: pytest.MonkeyPatch, many: bool
+) -> None:
+    """Datagrams over max_message_size, dropped (oversize = "drop"), are
+    counted at the next hand-over even when no other datagram comes."""
+    from relay.inputs import recvmmsg
+
+    if not many:
+        monkeypatch.setattr(recvmmsg, "_RECVMMSG", None)
+    spool = memory_spool()
+    dgram = make_input(
+        spool,
+        Endpoint("udp", "127.0.0.1", 0),
+        max_message_size=100,
+        oversize=OversizePolicy.DROP,
+    )
+    port = int(dgram.address.rsplit(":", 1)[1])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dgram.serve)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for _ in range(3):
+                client.sendto(b"<13>" + b"x" * 200, ("127.0.0.1", port))
+        await await_until(lambda: dgram.counters["dropped_oversize"] == 3, 5)
+        nursery.cancel_scope.cancel()
+    assert len(spool) == 0
