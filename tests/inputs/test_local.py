@@ -51,6 +51,12 @@ def make_input(
     return made
 
 
+def our_annotation() -> bytes:
+    """What annotate = true appends to this process's messages."""
+    comm = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+    return b" @[_PID=%d _UID=%d _GID=%d _COMM=%s]" % (*ME, comm.encode())
+
+
 def batches(spool: Spool) -> list[Batch]:
     return spool.peek(1 << 40)
 
@@ -253,8 +259,7 @@ async def test_annotate_appends_the_credentials(tmp_path: Path) -> None:
             client.sendto(b"<13>app[99999]: hi", str(path))
         await wait_for(spool, 1)
         nursery.cancel_scope.cancel()
-    comm = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
-    suffix = b" @[_PID=%d _UID=%d _GID=%d _COMM=%s]" % (*ME, comm.encode())
+    suffix = our_annotation()
     assert texts(spool) == [b"<13>app[99999]: hi" + suffix]
 
 
@@ -457,6 +462,5 @@ async def test_a_steady_trickle_on_a_long_queue_is_read_in_naps(
         nursery.cancel_scope.cancel()
     assert isinstance(dgram, local.LocalDatagramInput)
     assert dgram.reader is not None and dgram.reader.looks > 0
-    comm = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
-    suffix = b" @[_PID=%d _UID=%d _GID=%d _COMM=%s]" % (*ME, comm.encode())
+    suffix = our_annotation()
     assert texts(spool) == [b"<13>app: seq=%d" % i + suffix for i in range(600)]
