@@ -54,6 +54,16 @@ _MODULE_PACKAGES = {
 
 _SEQ = re.compile(rb"seq=(\d+)")
 
+# How long (ms) a full rsyslog queue keeps a message waiting for room. Past
+# that rsyslog DISCARDS it, silently: only impstats counts it, as
+# "discarded.full". Its default, 2000, loses one message each time an action
+# queue stays full for 2 s, which is all it takes when the receiver under
+# test answers nothing for 2 s (a loaded machine): the relay never sees the
+# message and the test blames it. A peer in a test waits instead (10 min).
+ENQUEUE_TIMEOUT_MS = 600_000
+# The same for the main queue, which inputs feed (imtcp, imrelp).
+MAIN_QUEUE = f'main_queue(queue.timeoutEnqueue="{ENQUEUE_TIMEOUT_MS}")'
+
 
 # -- programs ---------------------------------------------------------------
 
@@ -435,6 +445,7 @@ class RsyslogCollector(Rsyslog):
 # characters as #ooo. (8.2302 honours this and the legacy
 # "$EscapeControlCharactersOnReceive off" alike.)
 global(parser.escapeControlCharactersOnReceive="off")
+{MAIN_QUEUE}
 module(load="imtcp")
 input(type="imtcp" address="{self.host}" port="{self.tcp_port}" ruleset="sink")
 module(load="imudp")
@@ -527,7 +538,8 @@ def omfwd_action(
     return (
         f'action(type="omfwd" target="{host}" port="{port}" protocol="tcp"'
         f' TCP_Framing="{framing}" template="{template}"'
-        f' queue.type="LinkedList" action.resumeRetryCount="-1" {extra})'
+        f' queue.type="LinkedList" queue.timeoutEnqueue="{ENQUEUE_TIMEOUT_MS}"'
+        f' action.resumeRetryCount="-1" {extra})'
     )
 
 
@@ -547,7 +559,7 @@ def omrelp_action(
     return (
         f'action(type="omrelp" target="{host}" port="{port}" windowSize="{window}"'
         f' template="{template}" queue.type="LinkedList" action.resumeRetryCount="-1"'
-        f" {extra})"
+        f' queue.timeoutEnqueue="{ENQUEUE_TIMEOUT_MS}" {extra})'
     )
 
 
@@ -583,6 +595,7 @@ class RsyslogSender(Rsyslog):
 global(parser.escapeControlCharactersOnReceive="off")
 {self.preamble}
 {'module(load="omrelp")' if load_omrelp else ""}
+{MAIN_QUEUE}
 module(load="imtcp")
 input(type="imtcp" address="{self.host}" port="{self.feed_port}" ruleset="feed")
 template(name="raw" type="string" string="%rawmsg%")
@@ -913,6 +926,21 @@ def assert_each_arrived(
     assert set(seqs) == set(range(count))
     assert resent == 0 or "messages not all acknowledged" in log
     assert duplicates <= resent, (duplicates, resent)
+
+
+def shortfall(collector: RsyslogCollector, count: int, config: Path, relay_input: str) -> str:
+    """Why numbers 0..count-1 have not all arrived: the first missing ones, and
+    what the running relay (``config``) received on ``relay_input`` and
+    delivered. A relay that received fewer than ``count`` never had the rest:
+    they were lost before it (the sending rsyslog)."""
+    missing = sorted(set(range(count)) - set(collector.seqs()))
+    doc = relay_stats(config)
+    received = doc["inputs"][relay_input]["received"]
+    delivered = {name: entry["delivered"] for name, entry in doc["outputs"].items()}
+    return (
+        f"collector has {count - len(missing)} of {count}, missing {missing[:10]}; "
+        f"the relay received {received} on input {relay_input}, delivered {delivered}"
+    )
 
 
 def relay_counters(log: str, kind: str, name: str) -> dict[str, int]:

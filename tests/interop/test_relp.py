@@ -16,6 +16,7 @@ from tests.interop.peers import (
     free_port,
     omrelp_action,
     relay_counters,
+    shortfall,
 )
 from tests.waiting import wait_until
 
@@ -61,7 +62,7 @@ def test_omrelp_to_relay_to_imrelp_every_message_once(tmp_path: Path) -> None:
             wait_until(
                 lambda: len(collector.seqs()) >= count,
                 60,
-                message=lambda: f"collector has {len(collector.seqs())} of {count}",
+                message=lambda: shortfall(collector, count, config, "relp"),
             )
             took = time.monotonic() - started
         assert relay.terminate(timeout=30) == 0, relay.log_tail()
