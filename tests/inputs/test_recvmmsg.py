@@ -44,7 +44,7 @@ def test_datagrams_and_senders_as_recvfrom_gives_them(family: int, host: str) ->
                 client = senders[seq % 2]
                 client.sendto(b"<13>seq=%d" % seq, server.getsockname())
                 sent.append((b"<13>seq=%d" % seq, client.getsockname()))
-            got = []
+            got: list[tuple[bytes, object]] = []
             while len(got) < len(sent):
                 count = receiver.receive(COUNT, socket.MSG_DONTWAIT)
                 for i in range(count):
