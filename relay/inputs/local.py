@@ -156,7 +156,7 @@ def unix_queue_length() -> int:
     (net.unix.max_dgram_qlen, in this network namespace; the kernel's
     default, 10, when it cannot be read)."""
     try:
-        with open("/proc/sys/net/unix/max_dgram_qlen", encoding="ascii") as f:
+        with open("/proc/sys/net/unix/max_dgram_qlen", "rb") as f:
             return max(1, int(f.read()))
     except (OSError, ValueError):
         return 10
@@ -384,8 +384,12 @@ class LocalDatagramInput(_LocalInput):
     between looks)."""
 
     reader: DatagramReader | None = None  # while serving
+    kernel_queue = 10  # datagrams its socket queues (read at the bind)
 
     def _bind(self) -> socket.socket:
+        # Read while binding: the relay may run as another user by the time
+        # it serves (--user), and what it has not imported by then it cannot.
+        self.kernel_queue = unix_queue_length()
         sock = bind_socket(self.config.endpoint.path, self.config.socket_mode)
         if self.creds_wanted:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -401,7 +405,7 @@ class LocalDatagramInput(_LocalInput):
             drain_limit=DRAIN_LIMIT,
             drain_bytes=DRAIN_BYTES,
             buffer_size=self.config.max_message_size + 1,
-            kernel_queue=unix_queue_length(),
+            kernel_queue=self.kernel_queue,
         )
         await reader.run(self._deliver)
 

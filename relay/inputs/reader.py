@@ -85,7 +85,7 @@ RELEARN = 256
 _NO_KEY = object()  # no group yet (see _pull_many)
 # Senders' addresses kept made (recvmmsg gives struct sockaddr bytes): past
 # this many the table starts again (a flood from spoofed sources).
-SENDERS_KEPT = 4096
+SENDERS_KEPT = 256
 # A full hand-over (DRAIN_LIMIT datagrams or DRAIN_BYTES) gathered within
 # this share of HANDOVER is a flood, read from trio (see QUIET_LOOKS).
 FLOOD_SHARE = 0.2
