@@ -120,6 +120,11 @@ class Handed:
     received: float = 0.0  # time.time() at the hand-over
     flood: bool = False  # the thread hands trio the socket too
 
+    @property
+    def holds(self) -> bool:
+        """Whether there is anything to hand over: messages, or drops to count."""
+        return bool(self.count or self.dropped_oversize)
+
     def count_into(self, counters: Counters) -> None:
         """Add what this hand-over read to an input's counters."""
         for name, amount in (
@@ -169,7 +174,7 @@ class DatagramReader:
         # else one; both ``pull`` into a Handed and say how many came.
         self._many: recvmmsg.Receiver | None = None
         self.pull: Callable[[Handed, int], int] = self._pull_one
-        self.short = False  # the last pull took fewer than it could: none left
+        self._short = False  # the last pull took fewer than it could: none left
         if recvmmsg.available():
             self._many = recvmmsg.Receiver(
                 sock, buffer_size, names=how is RECVFROM, creds=how is RECVMSG_CREDS
@@ -312,7 +317,7 @@ class DatagramReader:
             ),
         )
         got = many.receive(asked, flags)
-        self.short = got < asked
+        self._short = got < asked
         how = self.how
         keys: list[object] | None = None
         if how is RECVFROM:
@@ -401,7 +406,7 @@ class DatagramReader:
             # Wait in the receive call: with nothing held, for as long as it
             # takes (no wake-ups while nothing is logged); else for a quarter
             # of HANDOVER at most, so that the hand-over goes about when due.
-            if handed.count or handed.dropped_oversize:
+            if handed.holds:
                 if monotonic() >= deadline:
                     self._hand_over(handed)
                     handed = Handed()
@@ -412,7 +417,7 @@ class DatagramReader:
             elif timed:
                 setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _BLOCK)
                 timed = False
-            held = handed.count or handed.dropped_oversize
+            held = handed.holds
             try:
                 pull(handed, 0)
             except BlockingIOError:  # SO_RCVTIMEO: the hand-over may be due
@@ -421,16 +426,14 @@ class DatagramReader:
                 if not self._stopping:
                     log.debug("input %s: %s", self.name, exc)
                 continue
-            if not (handed.count or handed.dropped_oversize):  # an empty datagram, or the stop
+            if not handed.holds:  # an empty datagram, or the stop
                 continue
             if not held:
                 first = monotonic()
                 deadline = first + self.handover
-            if not naps:
-                pass
-            elif self._nap >= MIN_NAP:
+            if naps and self._nap >= MIN_NAP:
                 handed, deadline = self._gather(handed, deadline)
-            else:
+            elif naps:
                 # Too fast to nap: a receive call per datagram, as they come
                 # (each finds the next waiting). Look at the rate again now
                 # and then.
@@ -454,7 +457,7 @@ class DatagramReader:
                     if timed:  # HANDOVER may have changed (tests)
                         setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _BLOCK)
                         timed = False
-        if handed.count or handed.truncated or handed.dropped_oversize:
+        if handed.holds:
             self._hand_over(handed, wait=False)  # stopping: trio takes it after the join
 
     def _gather(self, handed: Handed, deadline: float) -> tuple[Handed, float]:
@@ -484,7 +487,7 @@ class DatagramReader:
                 except OSError as exc:
                     log.debug("input %s: %s", self.name, exc)
                     break
-                if self._stopping or self.short:  # the stop's shutdown; or none left
+                if self._stopping or self._short:  # the stop's shutdown; or none left
                     break
             took, now = now, monotonic()
             if handed.count >= drain_limit or handed.nbytes >= drain_bytes:
@@ -494,7 +497,7 @@ class DatagramReader:
                 # The rate seen, and the nap that lets ``fill`` in at it;
                 # shortened at once, lengthened by half at most.
                 nap = min(longest, nap * 1.5, (now - took) * fill / found)
-            if now >= deadline and (handed.count or handed.dropped_oversize):
+            if now >= deadline and handed.holds:
                 self._hand_over(handed)
                 handed = Handed()
                 deadline = now + self.handover
