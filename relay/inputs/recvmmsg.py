@@ -164,16 +164,6 @@ class Receiver:
         """The lengths of the first ``got`` datagrams (as cut to ``slot``)."""
         return self.words[_LEN : got * _WORDS : _WORDS].tolist()
 
-    def size(self, i: int) -> int:
-        """The ``i``-th datagram's length (as cut to ``slot``)."""
-        return int(self.words[i * _WORDS + _LEN])
-
-    def name(self, i: int) -> bytes:
-        """The ``i``-th sender's struct sockaddr."""
-        assert self.names is not None
-        start = i * _NAME
-        return self.names[start : start + int(self.words[i * _WORDS + _NAMELEN])].tobytes()
-
     def names_of(self, got: int) -> list[bytes]:
         """The first ``got`` senders' struct sockaddr."""
         assert self.names is not None

@@ -25,7 +25,7 @@ def read_all(receiver: Receiver) -> list[int]:
             got = receiver.receive(COUNT, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return sizes
-        sizes += [receiver.size(i) for i in range(got)]
+        sizes += receiver.sizes(got)
         if got < COUNT:
             return sizes
 
@@ -47,10 +47,11 @@ def test_datagrams_and_senders_as_recvfrom_gives_them(family: int, host: str) ->
             got: list[tuple[bytes, object]] = []
             while len(got) < len(sent):
                 count = receiver.receive(COUNT, socket.MSG_DONTWAIT)
-                for i in range(count):
+                names = receiver.names_of(count)
+                for i, size in enumerate(receiver.sizes(count)):
                     start = i * receiver.slot
-                    data = receiver.view[start : start + receiver.size(i)].tobytes()
-                    got.append((data, sender(receiver.name(i))))
+                    data = receiver.view[start : start + size].tobytes()
+                    got.append((data, sender(names[i])))
             assert got == sent
             with pytest.raises(BlockingIOError):
                 receiver.receive(COUNT, socket.MSG_DONTWAIT)
