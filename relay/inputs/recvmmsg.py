@@ -117,15 +117,16 @@ class Receiver:
         self.slot = slot
         # Anonymous memory: a page becomes resident when a datagram is
         # written to it, so COUNT slots of 64 KiB cost what small datagrams use.
-        self._data = mmap.mmap(-1, COUNT * slot)
-        self.view = memoryview(self._data)
+        # Sliced (bytes at once) where a datagram is taken whole, viewed for the rest.
+        self.data = mmap.mmap(-1, COUNT * slot)
+        self.view = memoryview(self.data)
         self._names = ctypes.create_string_buffer(COUNT * _NAME) if names else None
         self._control = ctypes.create_string_buffer(COUNT * _CONTROL) if creds else None
         self.names = memoryview(self._names).cast("B") if self._names is not None else None
         self.control = memoryview(self._control).cast("B") if self._control is not None else None
         self._iovecs = (_IoVec * COUNT)()
         self._headers = (_MMsgHdr * COUNT)()
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self._data))
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.data))
         for i in range(COUNT):
             self._iovecs[i].base = base + i * slot
             self._iovecs[i].len = slot
@@ -167,9 +168,12 @@ class Receiver:
     def names_of(self, got: int) -> list[bytes]:
         """The first ``got`` senders' struct sockaddr."""
         assert self.names is not None
-        names = self.names
+        names = self.names[: got * _NAME].tobytes()  # one copy; its slices are bytes
         lengths = self.words[_NAMELEN : got * _WORDS : _WORDS].tolist()
-        return [names[i * _NAME : i * _NAME + n].tobytes() for i, n in enumerate(lengths)]
+        if min(lengths) == max(lengths):  # one family: every sender's is as long
+            n = lengths[0]
+            return [names[i : i + n] for i in range(0, got * _NAME, _NAME)]
+        return [names[i * _NAME : i * _NAME + n] for i, n in enumerate(lengths)]
 
     def creds(self, i: int) -> bytes:
         """The ``i``-th datagram's struct ucred bytes (b"" without them)."""

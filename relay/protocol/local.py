@@ -120,15 +120,14 @@ def fill_in(messages: list[bytes], head: bytes) -> list[bytes]:
     batch (a NUL in a message, one message of another shape) goes through
     the loop, which gives the same bytes for these (tests/protocol)."""
     replacement = b">" + head
-    joined = b"\0" + b"\0".join(messages)
-    if (
-        messages
-        and b"\\" not in replacement  # (a template to subn; no host name has one)
-        and joined.count(0) == len(messages)
-    ):
-        filled, done = _SYSLOG3.subn(replacement, joined)
+    if messages and b"\\" not in replacement:  # (a template to subn; no host name has one)
+        filled, done = _SYSLOG3.subn(replacement, b"\0" + b"\0".join(messages))
         if done == len(messages):
-            return filled[1:].split(b"\0")
+            out = filled[1:].split(b"\0")
+            # As many parts as messages: no message held a NUL, so each match
+            # was at a message's start, one each.
+            if len(out) == done:
+                return out
     return _fill_in_each(messages, head)
 
 

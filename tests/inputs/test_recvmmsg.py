@@ -8,8 +8,11 @@ import socket
 import struct
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from relay.inputs import recvmmsg
+from relay.inputs.reader import RECV, RECVFROM, DatagramReader, Handed
 from relay.inputs.recvmmsg import COUNT, Receiver, sender
 
 
@@ -94,3 +97,76 @@ def test_without_credentials_asked_there_are_none(tmp_path: os.PathLike[str]) ->
             client.sendto(b"<13>app: hello", path)
         assert receiver.receive(COUNT, socket.MSG_DONTWAIT) == 1
         assert receiver.creds(0) == b""
+
+
+# What a look may find: kept whole, a trailer LF (dropped), empty (skipped),
+# over the limit (dropped or cut), at the limit. An example holds datagrams
+# taken whole and one kind of the others (or none, or all), so that looks
+# that are whole but for one kind are common.
+_LIMIT = 64
+_WHOLE = [b"<13>seq", b"x" * _LIMIT]
+_OTHERS = [b"<13>lf\n", b"<13>lf2\n\n", b"", b"\n", b"z" * (_LIMIT + 1), b"y" * 80]
+_SENDERS = st.sampled_from([0, 0, 0, 1])  # which sender: mostly one, as on a busy host
+_DATAGRAMS = st.sampled_from([[], *([other] for other in _OTHERS), _OTHERS]).flatmap(
+    lambda others: st.lists(
+        st.tuples(_SENDERS, st.sampled_from(_WHOLE + others)), min_size=1, max_size=150
+    )
+)
+
+
+def _looks(how: str, datagrams: list[tuple[int, bytes]], truncate: bool) -> list[Handed]:
+    """What a reader's pulls make of ``datagrams``: recvmmsg's, then one a call's
+    (the same datagrams sent again, from the same senders)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        reader = DatagramReader(
+            "test",
+            server,
+            how,
+            max_message_size=_LIMIT,
+            truncate=truncate,
+            drain_limit=10_000,
+            drain_bytes=1 << 30,
+            buffer_size=_LIMIT + 2,
+            kernel_queue=1024,
+        )
+        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+        looks: list[Handed] = []
+        try:
+            for client in senders:
+                client.bind(("127.0.0.1", 0))
+            for pull in (reader._pull_many, reader._pull_one):
+                for which, data in datagrams:
+                    senders[which].sendto(data, server.getsockname())
+                handed = Handed()
+                while True:
+                    try:
+                        pull(handed, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break
+                looks.append(handed)
+        finally:
+            for client in senders:
+                client.close()
+        return looks
+
+
+@given(_DATAGRAMS, st.booleans(), st.sampled_from([RECV, RECVFROM]))
+@example([(0, b"<13>seq"), (1, b"<13>seq")], False, RECVFROM)  # two senders in one look
+@example([(0, b"<13>seq"), (0, b"")], False, RECV)  # an empty one in a whole look
+@example([(0, b"<13>seq"), (0, b"z" * (_LIMIT + 1))], True, RECV)  # one over the limit
+@settings(max_examples=200, deadline=None)
+def test_a_look_with_recvmmsg_takes_what_one_a_call_takes(
+    datagrams: list[tuple[int, bytes]], truncate: bool, how: str
+) -> None:
+    """The reader's fast look (one sender, none cut, none with a trailer, in one
+    step) and its datagram-by-datagram loop agree with recvfrom, call for call."""
+    many, one = _looks(how, datagrams, truncate)
+    assert many.groups == one.groups
+    assert (many.count, many.nbytes, many.truncated, many.dropped_oversize) == (
+        one.count,
+        one.nbytes,
+        one.truncated,
+        one.dropped_oversize,
+    )

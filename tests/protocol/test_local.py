@@ -9,7 +9,7 @@ checks the same against a running rsyslogd.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay.protocol import local
@@ -130,6 +130,7 @@ _LOCAL_MESSAGES = st.builds(
 
 
 @given(st.lists(_LOCAL_MESSAGES, max_size=12))
+@example([b"<13>Dec  1 13:20:39 t: a\0<13>Dec  1 13:20:39 t: b", b"<13>no stamp"])  # 2 + 0 matches
 @settings(max_examples=500)
 def test_fill_in_a_batch_at_once_gives_what_the_loop_gives(messages: list[bytes]) -> None:
     assert local.fill_in(messages, HEAD) == local._fill_in_each(messages, HEAD)
