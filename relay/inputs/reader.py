@@ -322,17 +322,21 @@ class DatagramReader:
         if not got:
             return 0
         how = self.how
+        # The datagrams' senders: one for all (``sender``), or each its own.
+        sender: object = b""
         keys: list[object] | None = None
         if how is RECVFROM:
-            keys = self._addresses(many, got)
+            name = many.one_sender(got)
+            if name is None:
+                keys = self._addresses(many, got)
+            else:
+                sender = self._address(name)
         elif how is RECVMSG_CREDS:
             keys = [many.creds(i) for i in range(got)]
+            if keys.count(keys[0]) == got:
+                sender, keys = keys[0], None
         sizes = many.sizes(got)
-        if (
-            (keys is None or keys.count(keys[0]) == got)  # one sender (or none known)
-            and min(sizes)
-            and max(sizes) <= self.limit
-        ):
+        if keys is None and min(sizes) and max(sizes) <= self.limit:
             # The common look: each datagram whole, as it came, in a few
             # steps for all. One more test, that none ends in LF, at each one's
             # last byte (the first twice, so that itemgetter gives a tuple).
@@ -341,7 +345,6 @@ class DatagramReader:
             lasts = list(map(operator.add, range(-1, got * slot, slot), sizes))
             if 10 not in operator.itemgetter(lasts[0], *lasts)(data):
                 taken = [data[i : i + n] for i, n in zip(starts, sizes, strict=True)]
-                sender = b"" if keys is None else keys[0]
                 held = handed.groups.get(sender)
                 if held is None:
                     handed.groups[sender] = taken
@@ -358,7 +361,7 @@ class DatagramReader:
         count = nbytes = 0
         for i, size in enumerate(sizes):
             start = i * slot
-            key = b"" if keys is None else keys[i]
+            key = sender if keys is None else keys[i]
             if not size or size > limit or view[start + size - 1] == 10:
                 self._take(handed, view, start, size, key)
                 group_key = _NO_KEY  # it may have made the group
@@ -384,12 +387,18 @@ class DatagramReader:
         if None in out:  # a sender not seen yet
             for i, address in enumerate(out):
                 if address is None:
-                    name = names[i]
-                    if len(made) >= SENDERS_KEPT:
-                        made.clear()
-                    address = made.get(name) or made.setdefault(name, recvmmsg.sender(name))
-                    out[i] = address
+                    out[i] = self._address(names[i])
         return out
+
+    def _address(self, name: bytes) -> object:
+        """The sender whose struct sockaddr is ``name``, as recvfrom gives it
+        (the key _pull_one uses), made once."""
+        address = self._senders.get(name)
+        if address is None:
+            if len(self._senders) >= SENDERS_KEPT:
+                self._senders.clear()
+            address = self._senders[name] = recvmmsg.sender(name)
+        return address
 
     def _take(self, handed: Handed, view: memoryview, start: int, size: int, key: object) -> None:
         """Add the datagram of ``size`` bytes at ``start`` in ``view`` to ``handed``."""

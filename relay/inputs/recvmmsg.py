@@ -165,6 +165,19 @@ class Receiver:
         """The lengths of the first ``got`` datagrams (as cut to ``slot``)."""
         return self.words[_LEN : got * _WORDS : _WORDS].tolist()
 
+    def one_sender(self, got: int) -> bytes | None:
+        """The struct sockaddr of the first ``got`` datagrams' sender when it
+        is one for all (a look from one busy sender: one compare, no step a
+        datagram), else None. Each slot is compared whole: a socket's
+        senders' addresses are all as long (its family's), so the kernel
+        never writes a slot's tail, which stays as made (zeros)."""
+        assert self.names is not None
+        names = self.names[: got * _NAME].tobytes()
+        first = names[:_NAME]
+        if names != first * got:
+            return None
+        return first[: self.words[_NAMELEN]]
+
     def names_of(self, got: int) -> list[bytes]:
         """The first ``got`` senders' struct sockaddr."""
         assert self.names is not None
