@@ -27,20 +27,24 @@ it, it takes them one receive call at a time, as they come. A look that
 finds nothing sends it back to the receive call, with SO_RCVTIMEO set to
 a quarter of HANDOVER. A message therefore waits in the reader for about
 HANDOVER, a quarter more at most. A hand-over is full at DRAIN_LIMIT
-datagrams or DRAIN_BYTES; a full one gathered quickly is a flood, read
-from trio until it calms down, and the thread never runs more than AHEAD
-hand-overs ahead of trio.
+datagrams or DRAIN_BYTES (what a recvmmsg call read past that waits in
+the reader and comes first in the next); a full one gathered quickly is
+a flood, read from trio until it calms down, and the thread never runs
+more than AHEAD hand-overs ahead of trio.
 
 The thread never touches the relay's state: it reads, cuts, groups and
 counts into what it hands over; the owner's ``deliver`` runs in trio's
 thread. At the stop the thread is woken (``shutdown(SHUT_RD)``), joined, and
-what it held is delivered, so that nothing read from the kernel is lost.
+what it held (with what waited past a full hand-over) is delivered, so that
+nothing read from the kernel is lost.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import errno
+import itertools
 import logging
 import operator
 import os
@@ -176,6 +180,10 @@ class DatagramReader:
         self._many: recvmmsg.Receiver | None = None
         self.pull: Callable[[Handed, int], int] = self._pull_one
         self._short = False  # the last pull took fewer than it could: none left
+        # Datagrams a recvmmsg call read past a full hand-over (its bytes), with
+        # their senders: the next pull takes them first, so that the order
+        # holds (see _pull_many).
+        self._carried: collections.deque[tuple[bytes, object]] = collections.deque()
         if recvmmsg.available():
             self._many = recvmmsg.Receiver(
                 sock, buffer_size, names=how is RECVFROM, creds=how is RECVMSG_CREDS
@@ -239,7 +247,10 @@ class DatagramReader:
         self.floods += 1
         quiet = 0
         while quiet < QUIET_LOOKS:
-            await trio.lowlevel.wait_readable(sock)
+            if self._carried:  # read already: the socket may hold nothing more
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.wait_readable(sock)
             handed = Handed()
             while handed.count < self.drain_limit and handed.nbytes < self.drain_bytes:
                 try:
@@ -300,27 +311,29 @@ class DatagramReader:
         return 1
 
     def _pull_many(self, handed: Handed, flags: int) -> int:
-        """Read the datagrams waiting, up to what ``handed`` still has room
-        for (in bytes, counting each as long as a slot), into it; how many
-        came (``flags``: MSG_DONTWAIT, as a blocking recvmmsg would wait for
-        them all). Raises as the socket module does (BlockingIOError: none
-        waits). The common datagram (no trailer, within the limit) is taken
-        here; the rest by :meth:`_take`."""
+        """Read the datagrams waiting (up to COUNT, and to what ``handed`` has
+        room for in datagrams) into it; how many came from the kernel
+        (``flags``: MSG_DONTWAIT, as a blocking recvmmsg would wait for them
+        all). Raises as the socket module does (BlockingIOError: none
+        waits). Those past the one that fills ``handed`` to DRAIN_BYTES are
+        carried, and the next pull takes them before it reads again (a bound
+        in bytes before the call, counting each datagram as a slot, read 16
+        a call of a UDP socket's 64 KiB slots). The common look (one sender,
+        each datagram whole) is taken in a few steps for all; any other by
+        :meth:`_take`, a datagram at a time."""
         many = self._many
         assert many is not None
+        if self._carried:
+            self._take_carried(handed)
+            self._short = False  # more may wait in the kernel
+            return 0  # none came: they came with the last call
         slot = many.slot
-        asked = max(
-            1,
-            min(
-                recvmmsg.COUNT,
-                self.drain_limit - handed.count,
-                (self.drain_bytes - handed.nbytes) // slot + 1,
-            ),
-        )
+        asked = max(1, min(recvmmsg.COUNT, self.drain_limit - handed.count))
         got = many.receive(asked, flags)
         self._short = got < asked
         if not got:
             return 0
+        came = got
         how = self.how
         # The datagrams' senders: one for all (``sender``), or each its own.
         sender: object = b""
@@ -336,6 +349,18 @@ class DatagramReader:
             if keys.count(keys[0]) == got:
                 sender, keys = keys[0], None
         sizes = many.sizes(got)
+        room = self.drain_bytes - handed.nbytes
+        if sum(sizes) >= room and got > 1:
+            # Full before the last: the hand-over takes those up to the one
+            # that fills it, as one a call would, and the rest wait (their
+            # bytes copied out: the next call reads into the same slots).
+            got = min(got, bisect.bisect_left(list(itertools.accumulate(sizes)), room) + 1)
+            data = many.data
+            self._carried.extend(
+                (data[i * slot : i * slot + sizes[i]], sender if keys is None else keys[i])
+                for i in range(got, came)
+            )
+            sizes = sizes[:got]
         if keys is None and min(sizes) and max(sizes) <= self.limit:
             # The common look: each datagram whole, as it came, in a few
             # steps for all. One more test, that none ends in LF, at each one's
@@ -352,7 +377,7 @@ class DatagramReader:
                     held += taken
                 handed.count += got
                 handed.nbytes += sum(sizes)
-                return got
+                return came
         view = many.view
         limit = self.limit
         groups = handed.groups
@@ -376,7 +401,17 @@ class DatagramReader:
             count += 1
         handed.count += count
         handed.nbytes += nbytes
-        return got
+        return came
+
+    def _take_carried(self, handed: Handed, everything: bool = False) -> None:
+        """Move what a call read past a full hand-over into ``handed``, as far as
+        it has room (``everything``: at the stop, all of it)."""
+        carried = self._carried
+        while carried and (
+            everything or (handed.count < self.drain_limit and handed.nbytes < self.drain_bytes)
+        ):
+            data, key = carried.popleft()
+            self._take(handed, memoryview(data), 0, len(data), key)
 
     def _addresses(self, many: recvmmsg.Receiver, got: int) -> list[object]:
         """The senders of the first ``got`` datagrams as recvfrom gives them
@@ -455,14 +490,17 @@ class DatagramReader:
                 setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _BLOCK)
                 timed = False
             held = handed.holds
-            try:
-                pull(handed, 0)
-            except BlockingIOError:  # SO_RCVTIMEO: the hand-over may be due
-                continue
-            except OSError as exc:  # e.g. ICMP errors surfaced on a UDP socket
-                if not self._stopping:
-                    log.debug("input %s: %s", self.name, exc)
-                continue
+            if self._carried:  # read before anything the receive call would read
+                self._take_carried(handed)
+            else:
+                try:
+                    pull(handed, 0)
+                except BlockingIOError:  # SO_RCVTIMEO: the hand-over may be due
+                    continue
+                except OSError as exc:  # e.g. ICMP errors surfaced on a UDP socket
+                    if not self._stopping:
+                        log.debug("input %s: %s", self.name, exc)
+                    continue
             if not handed.holds:  # an empty datagram, or the stop
                 continue
             if not held:
@@ -494,6 +532,7 @@ class DatagramReader:
                     if timed:  # HANDOVER may have changed (tests)
                         setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _BLOCK)
                         timed = False
+        self._take_carried(handed, everything=True)
         if handed.holds:
             self._hand_over(handed, wait=False)  # stopping: trio takes it after the join
 

@@ -8,12 +8,14 @@ import socket
 import struct
 
 import pytest
+import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from relay.inputs import recvmmsg
+from relay.inputs import reader, recvmmsg
 from relay.inputs.reader import RECV, RECVFROM, DatagramReader, Handed
 from relay.inputs.recvmmsg import COUNT, Receiver, sender
+from tests.waiting import await_until
 
 
 def test_it_is_there() -> None:
@@ -114,9 +116,12 @@ _DATAGRAMS = st.sampled_from([[], *([other] for other in _OTHERS), _OTHERS]).fla
 )
 
 
-def _looks(how: str, datagrams: list[tuple[int, bytes]], truncate: bool) -> list[Handed]:
-    """What a reader's pulls make of ``datagrams``: recvmmsg's, then one a call's
-    (the same datagrams sent again, from the same senders)."""
+def _looks(
+    how: str, datagrams: list[tuple[int, bytes]], truncate: bool, drain_bytes: int
+) -> list[list[Handed]]:
+    """What a reader's pulls make of ``datagrams``, a hand-over each time one is
+    full: recvmmsg's, then one a call's (the same datagrams sent again, from
+    the same senders)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
         server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -127,22 +132,24 @@ def _looks(how: str, datagrams: list[tuple[int, bytes]], truncate: bool) -> list
             max_message_size=_LIMIT,
             truncate=truncate,
             drain_limit=10_000,
-            drain_bytes=1 << 30,
+            drain_bytes=drain_bytes,
             buffer_size=_LIMIT + 2,
             kernel_queue=1024,
         )
         senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
-        looks: list[Handed] = []
+        looks: list[list[Handed]] = []
         try:
             for client in senders:
                 client.bind(("127.0.0.1", 0))
             for pull in (reader._pull_many, reader._pull_one):
                 for which, data in datagrams:
                     senders[which].sendto(data, server.getsockname())
-                handed = Handed()
+                handed = [Handed()]
                 while True:
+                    if handed[-1].nbytes >= drain_bytes:
+                        handed.append(Handed())
                     try:
-                        pull(handed, socket.MSG_DONTWAIT)
+                        pull(handed[-1], socket.MSG_DONTWAIT)
                     except BlockingIOError:
                         break
                 looks.append(handed)
@@ -152,21 +159,79 @@ def _looks(how: str, datagrams: list[tuple[int, bytes]], truncate: bool) -> list
         return looks
 
 
-@given(_DATAGRAMS, st.booleans(), st.sampled_from([RECV, RECVFROM]))
-@example([(0, b"<13>seq"), (1, b"<13>seq")], False, RECVFROM)  # two senders in one look
-@example([(0, b"<13>seq"), (0, b"")], False, RECV)  # an empty one in a whole look
-@example([(0, b"<13>seq"), (0, b"z" * (_LIMIT + 1))], True, RECV)  # one over the limit
+def _merged(looks: list[Handed]) -> tuple[dict[object, list[bytes]], tuple[int, ...]]:
+    groups: dict[object, list[bytes]] = {}
+    for handed in looks:
+        for key, messages in handed.groups.items():
+            groups.setdefault(key, []).extend(messages)
+    return groups, tuple(
+        sum(getattr(h, name) for h in looks)
+        for name in ("count", "nbytes", "truncated", "dropped_oversize")
+    )
+
+
+@given(
+    _DATAGRAMS, st.booleans(), st.sampled_from([RECV, RECVFROM]), st.sampled_from([1 << 30, 300])
+)
+@example([(0, b"<13>seq"), (1, b"<13>seq")], False, RECVFROM, 1 << 30)  # two senders in one look
+@example([(0, b"<13>seq"), (0, b"")], False, RECV, 1 << 30)  # an empty one in a whole look
+@example([(0, b"<13>seq"), (0, b"z" * (_LIMIT + 1))], True, RECV, 1 << 30)  # one over the limit
+@example([(0, b"x" * _LIMIT)] * 20, False, RECV, 300)  # full after five: the rest wait
 @settings(max_examples=200, deadline=None)
 def test_a_look_with_recvmmsg_takes_what_one_a_call_takes(
-    datagrams: list[tuple[int, bytes]], truncate: bool, how: str
+    datagrams: list[tuple[int, bytes]], truncate: bool, how: str, drain_bytes: int
 ) -> None:
     """The reader's fast look (one sender, none cut, none with a trailer, in one
-    step) and its datagram-by-datagram loop agree with recvfrom, call for call."""
-    many, one = _looks(how, datagrams, truncate)
-    assert many.groups == one.groups
-    assert (many.count, many.nbytes, many.truncated, many.dropped_oversize) == (
-        one.count,
-        one.nbytes,
-        one.truncated,
-        one.dropped_oversize,
-    )
+    step), its datagram-by-datagram loop, and what a call read past a full
+    hand-over (taken by the next) agree with recvfrom, call for call; no
+    hand-over holds more than one datagram past DRAIN_BYTES."""
+    many, one = _looks(how, datagrams, truncate, drain_bytes)
+    assert _merged(many) == _merged(one)
+    assert max(h.nbytes for h in many) < drain_bytes + _LIMIT + 2
+
+
+@pytest.mark.parametrize("flood", [True, False], ids=["read-by-trio", "read-by-the-thread"])
+@pytest.mark.parametrize("stop", [True, False], ids=["stop-at-the-first", "all-read"])
+async def test_what_a_call_read_past_a_full_hand_over_comes_next_and_at_the_stop(
+    monkeypatch: pytest.MonkeyPatch, flood: bool, stop: bool
+) -> None:
+    """A recvmmsg call takes up to 64 datagrams whatever a hand-over still has
+    room for; what does not fit waits in the reader and comes first in the
+    next, also when the socket then holds nothing more (trio reading a flood
+    must not wait on it), and at a stop (here at the first hand-over, when 57
+    wait). Every datagram once, in order."""
+    monkeypatch.setattr(reader, "HANDOVER", 3600.0)  # hand-overs only when full
+    if not flood:
+        monkeypatch.setattr(reader, "FLOOD_SHARE", 0.0)
+    sent = [b"<13>app: seq=%03d" % i for i in range(60)]
+    handed: list[Handed] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        reading = DatagramReader(
+            "test",
+            server,
+            RECV,
+            max_message_size=_LIMIT,
+            truncate=False,
+            drain_limit=1024,
+            drain_bytes=50,  # full after three (17 bytes each): a call reads more
+            buffer_size=_LIMIT + 2,
+            kernel_queue=1024,  # naps: looks with recvmmsg
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for data in sent:
+                client.sendto(data, server.getsockname())
+        async with trio.open_nursery() as nursery:
+
+            def deliver(one: Handed) -> None:
+                handed.append(one)
+                if stop:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(reading.run, deliver)
+            await await_until(lambda: sum(h.count for h in handed) == len(sent), 10)
+            nursery.cancel_scope.cancel()
+    assert [m for h in handed for m in h.groups.get(b"", [])] == sent
+    if not stop:
+        assert max(h.nbytes for h in handed) < 50 + _LIMIT
