@@ -109,8 +109,9 @@ async def test_a_flood_is_read_from_trio_then_the_thread_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """3,000 datagrams waiting at once (more than a hand-over takes) make trio
-    read the socket (inputs/reader.py); a trickle afterwards gives it back to
-    the thread. Every datagram arrives, in order, once."""
+    read the socket (inputs/reader.py), napping between looks once they come
+    fewer than a look takes; a trickle afterwards gives it back to the
+    thread. Every datagram arrives, in order, once."""
     # A flood is DRAIN_LIMIT datagrams within one hand-over's time: a long one,
     # so that a slow (busy) machine sees the flood too.
     monkeypatch.setattr(reader, "HANDOVER", 5.0)
@@ -132,6 +133,7 @@ async def test_a_flood_is_read_from_trio_then_the_thread_again(
                 client.sendto(message, ("127.0.0.1", port))
                 await wait_for(spool, i)
             assert dgram.reader._resume.is_set()  # the thread reads again
+            assert dgram.reader.flood_naps > 0  # trio napped between looks (UDP)
             nursery.cancel_scope.cancel()
     assert queued(spool) == flood + trickle
 
