@@ -257,7 +257,8 @@ class DatagramReader:
         sock = self.sock
         sock.setblocking(False)
         self.floods += 1
-        naps = self.how is RECVFROM and self.kernel_queue >= NAP_QUEUE
+        long_queue = self.kernel_queue >= NAP_QUEUE
+        naps = self.how is RECVFROM and long_queue
         fill = self.kernel_queue * FILL
         nap = 0.0
         timer = Timer()
@@ -280,7 +281,12 @@ class DatagramReader:
                         break
                     except OSError as exc:  # e.g. ICMP errors surfaced on a UDP socket
                         log.debug("input %s: %s", self.name, exc)
-                    if self._short:  # none left
+                    if self._short and long_queue:
+                        # None left: a nap (UDP) or the next wake-up lets more
+                        # gather. Under a unix queue of 10 the look goes on:
+                        # its senders, blocked on the full queue, fill it
+                        # again at once (stopping here took 9.3 against 5.5 us
+                        # a message at the most; under 512, 3.9 against 5.0).
                         break
                 now = time.monotonic()
                 if naps:
