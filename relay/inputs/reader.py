@@ -46,6 +46,7 @@ import collections
 import errno
 import itertools
 import logging
+import mmap
 import operator
 import os
 import socket
@@ -407,13 +408,11 @@ class DatagramReader:
             sizes = sizes[:got]
         if keys is None and min(sizes) and max(sizes) <= self.limit:
             # The common look: each datagram whole, as it came, in a few
-            # steps for all. One more test, that none ends in LF, at each one's
-            # last byte (the first twice, so that itemgetter gives a tuple).
+            # steps for all, unless one ends in LF.
             data = many.data
             starts = range(0, got * slot, slot)
-            lasts = list(map(operator.add, range(-1, got * slot, slot), sizes))
-            if 10 not in operator.itemgetter(lasts[0], *lasts)(data):
-                taken = [data[i : i + n] for i, n in zip(starts, sizes, strict=True)]
+            taken = [data[i : i + n] for i, n in zip(starts, sizes, strict=True)]
+            if not _trailer_in(taken, data, starts, sizes):
                 held = handed.groups.get(sender)
                 if held is None:
                     handed.groups[sender] = taken
@@ -625,6 +624,17 @@ class DatagramReader:
                 break  # quiet: wait in the receive call again
         self._nap = nap
         return handed, deadline
+
+
+def _trailer_in(taken: list[bytes], data: mmap.mmap, starts: range, sizes: list[int]) -> bool:
+    """Whether a datagram ``taken`` from ``data`` (at ``starts``, of ``sizes``)
+    ends in LF: none does when none holds one (memchr over them joined: 20
+    ns a datagram); else each one's last byte is read (the first twice, so
+    that itemgetter gives a tuple: 150 ns a datagram)."""
+    if 10 not in b"".join(taken):
+        return False
+    lasts = list(map(operator.add, starts, sizes))
+    return 10 in operator.itemgetter(lasts[0] - 1, *(last - 1 for last in lasts))(data)
 
 
 def _timeval(seconds: float) -> bytes:

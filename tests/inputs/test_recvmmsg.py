@@ -101,12 +101,12 @@ def test_without_credentials_asked_there_are_none(tmp_path: os.PathLike[str]) ->
         assert receiver.creds(0) == b""
 
 
-# What a look may find: kept whole, a trailer LF (dropped), empty (skipped),
+# What a look may find: kept whole (an LF inside too), a trailer LF (dropped), empty (skipped),
 # over the limit (dropped or cut), at the limit. An example holds datagrams
 # taken whole and one kind of the others (or none, or all), so that looks
 # that are whole but for one kind are common.
 _LIMIT = 64
-_WHOLE = [b"<13>seq", b"x" * _LIMIT]
+_WHOLE = [b"<13>seq", b"x" * _LIMIT, b"<13>multi\nline"]
 _OTHERS = [b"<13>lf\n", b"<13>lf2\n\n", b"", b"\n", b"z" * (_LIMIT + 1), b"y" * 80]
 _SENDERS = st.sampled_from([0, 0, 0, 1])  # which sender: mostly one, as on a busy host
 _DATAGRAMS = st.sampled_from([[], *([other] for other in _OTHERS), _OTHERS]).flatmap(
