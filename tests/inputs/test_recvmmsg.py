@@ -3,9 +3,11 @@ it reads is what the socket module's one-a-call reads would give."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -116,32 +118,47 @@ _DATAGRAMS = st.sampled_from([[], *([other] for other in _OTHERS), _OTHERS]).fla
 )
 
 
+@contextlib.contextmanager
+def _reading(
+    how: str, *, truncate: bool = False, drain_limit: int, drain_bytes: int
+) -> Iterator[tuple[socket.socket, DatagramReader]]:
+    """A UDP socket on loopback with room for what a test sends, and a reader
+    of it that naps (its queue taken as long) and looks with recvmmsg."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        yield (
+            server,
+            DatagramReader(
+                "test",
+                server,
+                how,
+                max_message_size=_LIMIT,
+                truncate=truncate,
+                drain_limit=drain_limit,
+                drain_bytes=drain_bytes,
+                buffer_size=_LIMIT + 2,
+                kernel_queue=1024,
+            ),
+        )
+
+
 def _looks(
     how: str, datagrams: list[tuple[int, bytes]], truncate: bool, drain_bytes: int
 ) -> list[list[Handed]]:
     """What a reader's pulls make of ``datagrams``, a hand-over each time one is
     full: recvmmsg's, then one a call's (the same datagrams sent again, from
     the same senders)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
-        server.bind(("127.0.0.1", 0))
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        reader = DatagramReader(
-            "test",
-            server,
-            how,
-            max_message_size=_LIMIT,
-            truncate=truncate,
-            drain_limit=10_000,
-            drain_bytes=drain_bytes,
-            buffer_size=_LIMIT + 2,
-            kernel_queue=1024,
-        )
+    with _reading(how, truncate=truncate, drain_limit=10_000, drain_bytes=drain_bytes) as (
+        server,
+        reading,
+    ):
         senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
         looks: list[list[Handed]] = []
         try:
             for client in senders:
                 client.bind(("127.0.0.1", 0))
-            for pull in (reader._pull_many, reader._pull_one):
+            for pull in (reading._pull_many, reading._pull_one):
                 for which, data in datagrams:
                     senders[which].sendto(data, server.getsockname())
                 handed = [Handed()]
@@ -205,20 +222,8 @@ async def test_what_a_call_read_past_a_full_hand_over_comes_next_and_at_the_stop
         monkeypatch.setattr(reader, "FLOOD_SHARE", 0.0)
     sent = [b"<13>app: seq=%03d" % i for i in range(60)]
     handed: list[Handed] = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
-        server.bind(("127.0.0.1", 0))
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        reading = DatagramReader(
-            "test",
-            server,
-            RECV,
-            max_message_size=_LIMIT,
-            truncate=False,
-            drain_limit=1024,
-            drain_bytes=50,  # full after three (17 bytes each): a call reads more
-            buffer_size=_LIMIT + 2,
-            kernel_queue=1024,  # naps: looks with recvmmsg
-        )
+    # Full after three (17 bytes each): a call reads more.
+    with _reading(RECV, drain_limit=1024, drain_bytes=50) as (server, reading):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             for data in sent:
                 client.sendto(data, server.getsockname())
