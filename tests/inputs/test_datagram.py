@@ -28,6 +28,12 @@ def make_input(spool: Spool, endpoint: Endpoint, **settings: object) -> datagram
     return dgram
 
 
+def loopback_input(spool: Spool, **settings: object) -> tuple[datagram.DatagramInput, int]:
+    """A UDP input on 127.0.0.1 at a port of the kernel's choice, and that port."""
+    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0), **settings)
+    return dgram, int(dgram.address.rsplit(":", 1)[1])
+
+
 def queued(spool: Spool) -> list[bytes]:
     return [m for b in spool.peek(1 << 40) for m in b.messages]
 
@@ -40,13 +46,11 @@ async def wait_for(spool: Spool, count: int) -> None:
 
 async def test_udp_one_message_per_datagram() -> None:
     spool = memory_spool()
-    dgram = make_input(
+    dgram, port = loopback_input(
         spool,
-        Endpoint("udp", "127.0.0.1", 0),
         max_message_size=100,
         oversize=OversizePolicy.TRUNCATE,
     )
-    port = int(dgram.address.rsplit(":", 1)[1])
     sent = [b"<13>seq=%d" % i for i in range(500)] + [
         b"<13>lf\n",
         b"<13>" + b"x" * 200,
@@ -68,8 +72,7 @@ async def test_udp_one_message_per_datagram() -> None:
 
 async def test_udp_full_spool_drops_and_counts() -> None:
     spool = memory_spool(max_messages=10, max_bytes=1 << 20)
-    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0))
-    port = int(dgram.address.rsplit(":", 1)[1])
+    dgram, port = loopback_input(spool)
     route = dgram.router.routes[0]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(dgram.serve)
@@ -89,8 +92,7 @@ async def test_udp_drain_round_is_bounded_in_bytes() -> None:
     # 64 datagrams of 60,000 bytes wait in the kernel before the input reads:
     # one round of 1,024 would hold (and queue as one batch) all 3.7 MB.
     spool = memory_spool(max_bytes=1 << 30)
-    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0), max_message_size=65_536)
-    port = int(dgram.address.rsplit(":", 1)[1])
+    dgram, port = loopback_input(spool, max_message_size=65_536)
     sent = [b"<13>seq=%d " % i + b"x" * 60_000 for i in range(64)]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         for message in sent:
@@ -116,8 +118,7 @@ async def test_a_flood_is_read_from_trio_then_the_thread_again(
     # so that a slow (busy) machine sees the flood too.
     monkeypatch.setattr(reader, "HANDOVER", 5.0)
     spool = memory_spool()
-    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0))
-    port = int(dgram.address.rsplit(":", 1)[1])
+    dgram, port = loopback_input(spool)
     flood = [b"<13>seq=%d" % i for i in range(3000)]
     trickle = [b"<13>seq=%d" % i for i in range(3000, 3000 + 2 * reader.QUIET_LOOKS)]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -150,8 +151,7 @@ async def test_an_error_while_queueing_loses_that_wake_up_only(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     spool = memory_spool()
-    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0))
-    port = int(dgram.address.rsplit(":", 1)[1])
+    dgram, port = loopback_input(spool)
     put_nowait = dgram.router.put_nowait
 
     def put_or_fail(batch: Batch) -> int:
@@ -179,8 +179,7 @@ async def test_a_trickle_from_two_senders_keeps_each_ones_order_and_address() ->
     naps (recvmmsg, whose struct sockaddr it turns into the address recvfrom
     gives): each sender's messages arrive once, in order, under its address."""
     spool = memory_spool()
-    dgram = make_input(spool, Endpoint("udp", "127.0.0.1", 0))
-    port = int(dgram.address.rsplit(":", 1)[1])
+    dgram, port = loopback_input(spool)
     clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     try:
         for client in clients:
@@ -217,13 +216,11 @@ async def test_oversize_datagrams_alone_are_counted_without_waiting_for_more(
     if not many:
         monkeypatch.setattr(recvmmsg, "_RECVMMSG", None)
     spool = memory_spool()
-    dgram = make_input(
+    dgram, port = loopback_input(
         spool,
-        Endpoint("udp", "127.0.0.1", 0),
         max_message_size=100,
         oversize=OversizePolicy.DROP,
     )
-    port = int(dgram.address.rsplit(":", 1)[1])
     async with trio.open_nursery() as nursery:
         nursery.start_soon(dgram.serve)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
